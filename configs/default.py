@@ -1,0 +1,61 @@
+"""Base config: every field the training system reads, with the values of the embedded
+default job (LRR on ResNet-18, procedurally generated `shapes`, CPU-sized).
+
+Other configs start from `get_config()` and change a few fields; override any field on
+the command line, e.g. `lapseg train --config configs/default.py --config.batch_size=16`.
+"""
+
+import ml_collections
+
+
+def get_config():
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    # Model: `lapseg.models.create_model(config.model, num_classes=..., **config.model_kwargs)`.
+    config.model = "lrr"
+    config.model_kwargs = ml_collections.ConfigDict(
+        {"backbone": "resnet18", "backbone_kwargs": {"output_stride": 32}})
+    config.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (params stay f32)
+    # LRR bases / DUpsampling matrix: fitted from the training labels before training
+    # (`lapseg basis`), written to `<workdir>/basis.npz` unless a path is given.
+    config.basis = ml_collections.ConfigDict({"path": "", "num_batches": 50})
+
+    # Data (`lapseg.data.create_loader(config.data, ...)`).
+    config.data = ml_collections.ConfigDict()
+    config.data.dataset = "shapes"
+    config.data.data_dir = ""           # tfds data dir; "" = ~/tensorflow_datasets
+    config.data.source_dir = ""         # raw dataset dir (camvid), if any
+    config.data.crop_size = (96, 96)
+    config.data.scale_range = (0.75, 1.5)
+    config.data.flip = True
+    config.data.normalize = "torch"
+    config.data.batch_size = 16         # global batch, split over devices and hosts
+    config.data.eval_batch_size = 16
+    config.data.worker_count = 0
+    config.data.prefetch = 2
+    config.data.num_epochs = None
+
+    # Optimiser (`lapseg.train.optim`): SGD momentum, poly 0.9 with warm-up.
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.learning_rate = 0.02
+    config.optimizer.momentum = 0.9
+    config.optimizer.nesterov = False
+    config.optimizer.weight_decay = 1e-4
+    config.optimizer.warmup_steps = 50
+    config.optimizer.lr_power = 0.9
+    config.optimizer.head_lr_multiplier = 1.0
+    config.optimizer.backbone_prefixes = ("backbone",)
+
+    # Loss (`lapseg.losses.for_model`): output key -> weight.
+    config.loss = ml_collections.ConfigDict()
+    config.loss.weights = {"logits": 1.0}
+    config.loss.class_weights = None
+
+    config.num_train_steps = 1000
+    config.log_every_steps = 25
+    config.eval_every_steps = 500
+    config.checkpoint_every_steps = 250
+    config.keep_checkpoints = 2
+    config.distributed = False  # call jax.distributed.initialize() (multi-host)
+    return config

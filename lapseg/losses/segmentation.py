@@ -1,0 +1,99 @@
+"""Masked softmax cross-entropy and deep supervision over a model's output dict.
+
+One parameterised loss serves every decoder whose auxiliary outputs are class scores:
+FCN (`logits`), PSPNet (`logits` + `aux`, weight 0.4), LRR (`logits` + every pyramid
+level), ICNet cascade label guidance (`aux_sub4` 0.16, `aux_sub24` 0.4, `logits` 1.0).
+Each output is compared with the labels resized by NEAREST to its own resolution
+(never bilinear: labels are categorical).
+"""
+
+from typing import Mapping, Optional, Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from lapseg.ops import resize
+
+
+def masked_cross_entropy(
+    logits: jnp.ndarray,
+    labels: jnp.ndarray,
+    *,
+    ignore_label: int,
+    class_weights: Optional[Sequence[float]] = None,
+) -> jnp.ndarray:
+    """Mean softmax cross-entropy over non-ignored pixels.
+
+    `L = sum_p w[y_p] * (-log softmax(z_p)[y_p]) / sum_p w[y_p]` over pixels p with
+    `y_p != ignore_label` (PyTorch `CrossEntropyLoss(weight=w, ignore_index=...)`
+    semantics: a weighted mean, normalised by the weights of the counted pixels).
+
+    Args:
+      logits: `[N, H, W, C]` (any float dtype; the loss is computed in f32).
+      labels: int `[N, H, W]`.
+      ignore_label: label value excluded from the loss.
+      class_weights: optional `[C]` per-class weights.
+
+    Returns:
+      f32 scalar (0 when every pixel is ignored).
+    """
+    chex.assert_rank(logits, 4)
+    chex.assert_equal_shape_prefix([logits, labels], 3)
+    num_classes = logits.shape[-1]
+    labels = labels.astype(jnp.int32)
+    valid = labels != ignore_label
+    safe_labels = jnp.where(valid, labels, 0)
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(log_probs, safe_labels[..., None], axis=-1)[..., 0]
+    weight = valid.astype(jnp.float32)
+    if class_weights is not None:
+        class_weights = jnp.asarray(class_weights, jnp.float32)
+        chex.assert_shape(class_weights, (num_classes,))
+        weight = weight * class_weights[safe_labels]
+    return (nll * weight).sum() / jnp.maximum(weight.sum(), 1e-12)
+
+
+def labels_like(labels: jnp.ndarray, logits: jnp.ndarray) -> jnp.ndarray:
+    """`labels` `[N, H, W]` resized by nearest to the spatial size of `logits` `[N, h, w, C]`."""
+    size = logits.shape[1:3]
+    if tuple(labels.shape[1:3]) == tuple(size):
+        return labels
+    return resize.resize_nearest(labels, size)
+
+
+def deep_supervision(
+    outputs: Mapping[str, jnp.ndarray],
+    labels: jnp.ndarray,
+    *,
+    weights: Mapping[str, float],
+    ignore_label: int,
+    class_weights: Optional[Sequence[float]] = None,
+):
+    """Weighted sum of masked CE over the named outputs.
+
+    Args:
+      outputs: the model's output dict; every key in `weights` must be present.
+      labels: int `[N, H, W]` at input resolution.
+      weights: output key -> loss weight, e.g. `{'logits': 1.0, 'aux': 0.4}`.
+      ignore_label: label value excluded from every term.
+      class_weights: optional `[C]` per-class weights.
+
+    Returns:
+      `(loss, metrics)`: the f32 total and `{'loss/<key>': term}` for every key.
+    """
+    missing = sorted(set(weights) - set(outputs))
+    if missing:
+        raise ValueError(
+            f"loss weights name outputs {missing} that the model does not return; "
+            f"it returns {sorted(outputs)}"
+        )
+    total = jnp.zeros((), jnp.float32)
+    metrics = {}
+    for key, weight in weights.items():
+        term = masked_cross_entropy(
+            outputs[key], labels_like(labels, outputs[key]),
+            ignore_label=ignore_label, class_weights=class_weights)
+        metrics[f"loss/{key}"] = term
+        total = total + weight * term
+    return total, metrics

@@ -1,0 +1,5 @@
+"""Pure, jittable, differentiable functions (no parameters), NHWC throughout."""
+
+from lapseg.ops import basis, boundary, dupsample, pca, resize
+
+__all__ = ["basis", "boundary", "dupsample", "pca", "resize"]

@@ -1,0 +1,119 @@
+"""Orbax checkpoints of the train state, the data iterator and the run's identity.
+
+Each checkpoint holds three items: `state` (the `TrainState` pytree), `data` (the grain
+iterator state, so a resumed run sees exactly the batches it would have seen) and `meta`
+(JSON: model name, number of classes, step). Orbax writes into a temporary directory
+and renames it when complete, so a run killed mid-save leaves the previous checkpoint
+intact. Restoring takes the *current* mesh's shardings as targets, so a checkpoint
+written on 8 devices restores onto 2 (or 1).
+"""
+
+import os
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be restored into this run (other model, corrupt files)."""
+
+
+class Checkpointer:
+    """Keeps the last `max_to_keep` checkpoints under `directory`.
+
+    Args:
+      directory: where step folders are written (created if missing).
+      max_to_keep: how many to keep.
+      save_interval_steps: `should_save` cadence (the final step is always saved by the loop).
+      async_save: write in a background thread while training continues.
+    """
+
+    def __init__(self, directory, *, max_to_keep=3, save_interval_steps=1, async_save=True):
+        self.directory = os.path.abspath(directory)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
+            enable_async_checkpointing=async_save, create=True)
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options,
+            item_handlers={"state": ocp.StandardCheckpointHandler(),
+                           "data": grain.checkpoint.CheckpointHandler(),
+                           "meta": ocp.JsonCheckpointHandler()})
+
+    def latest_step(self):
+        return self._manager.latest_step()
+
+    def save(self, step, state, *, meta, data_iterator=None, force=False):
+        items = {"state": ocp.args.StandardSave(state),
+                 "meta": ocp.args.JsonSave({**meta, "step": int(step)})}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        return self._manager.save(int(step), args=ocp.args.Composite(**items), force=force)
+
+    def restore(self, abstract_state, *, meta, step=None, data_iterator=None):
+        """Restores `step` (default latest) onto the shardings of `abstract_state`.
+
+        Args:
+          abstract_state: `jax.ShapeDtypeStruct` pytree with `.sharding` set (the target).
+          meta: this run's identity (`model`, `num_classes`); a checkpoint of another
+            model raises `CheckpointError` naming both.
+          data_iterator: a grain iterator whose state is restored in place (if given and
+            the checkpoint has one).
+
+        Returns:
+          The restored state.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"no checkpoint in {self.directory}")
+        saved_meta = self._manager.restore(
+            step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        for key, value in meta.items():
+            if saved_meta.get(key) != value:
+                raise CheckpointError(
+                    f"checkpoint {self.directory}/{step} was written for {key}="
+                    f"{saved_meta.get(key)!r}, but this run has {key}={value!r}")
+        _check_tree(self._manager.item_metadata(step)["state"], abstract_state,
+                    f"{self.directory}/{step}")
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        return self._manager.restore(step, args=ocp.args.Composite(**items))["state"]
+
+    def wait(self):
+        """Blocks until pending async saves are on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self):
+        self._manager.close()
+
+
+def _key_name(key):
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def _shapes(tree):
+    """'params/head/kernel' -> shape, for a state pytree or orbax's dict-of-dicts metadata."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(_key_name(k) for k in path): tuple(getattr(leaf, "shape", np.shape(leaf)))
+            for path, leaf in leaves}
+
+
+def _check_tree(saved, target, where):
+    """Names missing, unexpected and mis-shaped arrays between a checkpoint and a run."""
+    saved_shapes, target_shapes = _shapes(saved), _shapes(target)
+    missing = sorted(set(target_shapes) - set(saved_shapes))
+    unexpected = sorted(set(saved_shapes) - set(target_shapes))
+    mismatched = sorted(k for k in set(saved_shapes) & set(target_shapes)
+                        if saved_shapes[k] != target_shapes[k])
+    if missing or unexpected or mismatched:
+        lines = [f"checkpoint {where} does not match this model:"]
+        lines += [f"  missing from checkpoint: {k}" for k in missing[:20]]
+        lines += [f"  not in this model: {k}" for k in unexpected[:20]]
+        lines += [f"  shape {saved_shapes[k]} in checkpoint, {target_shapes[k]} in model: {k}"
+                  for k in mismatched[:20]]
+        raise CheckpointError("\n".join(lines))

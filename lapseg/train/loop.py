@@ -1,0 +1,159 @@
+"""`train_and_evaluate(config, workdir)`: the main job, top to bottom.
+
+Set-up (dataset, model, optimiser, mesh, state or the latest checkpoint), then a plain
+loop: next batch -> jitted step -> log / eval / checkpoint. Everything stateful lives
+here; the step itself (`lapseg.train.step`) is a pure function.
+"""
+
+import json
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lapseg import data as data_lib
+from lapseg import losses
+from lapseg import metrics as metrics_lib
+from lapseg import models
+from lapseg.train import checkpoint as checkpoint_lib
+from lapseg.train import logging as log_lib
+from lapseg.train import optim
+from lapseg.train import state as state_lib
+from lapseg.train import step as step_lib
+
+log = logging.getLogger(__name__)
+
+
+def build_model(config, num_classes):
+    """The model of `config` with its compute dtype."""
+    kwargs = dict(config.model_kwargs)
+    kwargs["dtype"] = jnp.dtype(config.dtype)
+    return models.create_model(config.model, num_classes=num_classes, **kwargs)
+
+
+def _run_identity(config, info):
+    return {"model": config.model, "num_classes": int(info.num_classes),
+            "dataset": config.data.dataset}
+
+
+def evaluate(state, eval_step, mesh, loader, num_classes):
+    """Confusion matrix over the whole split (accumulated on device), then its summary."""
+    confusion = jnp.zeros((num_classes, num_classes), jnp.int32)
+    for batch in loader:
+        confusion = confusion + eval_step(state, step_lib.shard_batch(batch, mesh))
+    return metrics_lib.summarize(jax.device_get(confusion))
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Trains `config` in `workdir`, resuming from its latest checkpoint if any.
+
+    Returns:
+      The final evaluation: `{'miou', 'per_class_iou', 'pixel_accuracy', 'step'}`.
+    """
+    if config.distributed:
+        jax.distributed.initialize()
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    is_main = jax.process_index() == 0
+    info = data_lib.dataset_info(config.data.dataset)
+    num_classes, ignore_label = info.num_classes, info.ignore_label
+    data_dir = config.data.data_dir or None
+
+    def loader(split, train):
+        return data_lib.create_loader(
+            config.data, split, data_dir=data_dir, seed=config.seed, train=train,
+            process_index=jax.process_index(), process_count=jax.process_count())
+
+    model = build_model(config, num_classes)
+    total_steps = config.num_train_steps
+    tx = optim.make_optimizer(config.optimizer, total_steps)
+    loss_fn = losses.for_model(config.model, config.loss, ignore_label=ignore_label)
+    mesh = step_lib.make_mesh()
+    replicated = step_lib.replicated(mesh)
+    crop = tuple(config.data.crop_size)
+    image_shape = (1, *crop, 3)
+
+    abstract = state_lib.abstract_train_state(model, tx, image_shape)
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
+    train_iter = iter(loader("train", train=True))
+    checkpointer = checkpoint_lib.Checkpointer(
+        os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
+    identity = _run_identity(config, info)
+    if checkpointer.latest_step() is not None:
+        state = checkpointer.restore(abstract, meta=identity, data_iterator=train_iter)
+        log.info("resumed from step %d", int(state.step))
+    else:
+        create = jax.jit(
+            lambda rng: state_lib.create_train_state(
+                state_lib.init_variables(model, rng, image_shape), tx),
+            out_shardings=replicated)
+        state = create(jax.random.key(config.seed))
+
+    train_step = step_lib.jit_train_step(mesh, model=model, tx=tx, loss_fn=loss_fn,
+                                         ignore_label=ignore_label)
+    eval_step = step_lib.jit_eval_step(mesh, model=model, num_classes=num_classes,
+                                       ignore_label=ignore_label)
+    writer = log_lib.MetricWriter(workdir, enabled=is_main)
+    progress = log_lib.Progress(total_steps, config.data.batch_size, enabled=is_main)
+    step_rng = jax.random.key(config.seed + 1)
+    best_miou = _read_best(workdir)
+    result = None
+    wait_time = step_time = 0.0
+
+    step = int(state.step)
+    while step < total_steps:
+        start = time.perf_counter()
+        batch = next(train_iter)
+        waited = time.perf_counter()
+        state, train_metrics = train_step(state, step_lib.shard_batch(batch, mesh), step_rng)
+        step += 1
+        if step % config.log_every_steps == 0 or step == total_steps:
+            train_metrics = jax.device_get(train_metrics)  # syncs: step time is real here
+            writer.write(step, "train", train_metrics)
+            progress.update(step, float(train_metrics["loss"]),
+                            wait_time / max(wait_time + step_time, 1e-9))
+        wait_time += waited - start
+        step_time += time.perf_counter() - waited
+        if step % config.eval_every_steps == 0 or step == total_steps:
+            result = evaluate(state, eval_step, mesh, loader("validation", train=False),
+                              num_classes)
+            writer.write(step, "eval", {"miou": result["miou"],
+                                        "pixel_accuracy": result["pixel_accuracy"]})
+            if result["miou"] > best_miou:
+                best_miou = result["miou"]
+                _save_best(workdir, state, identity, step, best_miou)
+        if step % config.checkpoint_every_steps == 0 or step == total_steps:
+            checkpointer.save(step, state, meta=identity, data_iterator=train_iter, force=True)
+    checkpointer.wait()
+    checkpointer.close()
+    progress.close()
+    writer.close()
+    if result is None:  # restored at the last step: evaluate what was restored
+        result = evaluate(state, eval_step, mesh, loader("validation", train=False), num_classes)
+    result["step"] = step
+    if is_main:
+        print(log_lib.summary_table(result, info.class_names))
+    return result
+
+
+def _read_best(workdir):
+    path = os.path.join(workdir, "best", "best.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)["miou"]
+    return -np.inf
+
+
+def _save_best(workdir, state, identity, step, miou):
+    """The best-mIoU checkpoint, kept apart from the rolling last-N ones."""
+    best = checkpoint_lib.Checkpointer(os.path.join(workdir, "best"), max_to_keep=1,
+                                       async_save=False)
+    best.save(step, state, meta=identity, force=True)
+    best.close()
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "best", "best.json"), "w", encoding="utf-8") as f:
+            json.dump({"step": step, "miou": miou}, f)

@@ -1,0 +1,19 @@
+"""Test set-up: eight virtual CPU devices, so sharded code runs as it would on 8 chips."""
+
+import os
+import pathlib
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+import pytest  # noqa: E402  (after XLA_FLAGS, before anything imports jax)
+
+CAMVID_DIR = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "camvid"
+
+
+@pytest.fixture(scope="session")
+def camvid_dir():
+    """The shared CamVid copy (../shared/data/camvid); tests that need it skip without it."""
+    path = pathlib.Path(os.environ.get("LAPSEG_CAMVID_DIR", CAMVID_DIR))
+    if not (path / "trainannot").is_dir():
+        pytest.skip(f"CamVid not found at {path} (set LAPSEG_CAMVID_DIR)")
+    return path

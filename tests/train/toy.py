@@ -1,0 +1,20 @@
+"""A tiny segmentation model with BatchNorm and dropout, for testing the training system
+without paying for a real backbone."""
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class ToySegmenter(nn.Module):
+    num_classes: int = 3
+    width: int = 8
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images, train: bool = False):
+        x = nn.Conv(self.width, (3, 3), dtype=self.dtype, name="backbone")(images)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
+        x = nn.relu(x)
+        x = nn.Dropout(0.1, deterministic=not train)(x)
+        logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="head")(x)
+        return {"logits": logits.astype(jnp.float32)}
