@@ -6,6 +6,7 @@ the command line, e.g. `lapseg train --config configs/default.py --config.batch_
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def get_config():
@@ -24,17 +25,18 @@ def get_config():
     # Data (`lapseg.data.create_loader(config.data, ...)`).
     config.data = ml_collections.ConfigDict()
     config.data.dataset = "shapes"
-    config.data.data_dir = ""           # tfds data dir; "" = ~/tensorflow_datasets
-    config.data.source_dir = ""         # raw dataset dir (camvid), if any
+    config.data.data_dir = placeholder(str)    # tfds data dir; None = ~/tensorflow_datasets
+    config.data.source_dir = placeholder(str)  # camvid: local raw directory (None: download)
     config.data.crop_size = (96, 96)
     config.data.scale_range = (0.75, 1.5)
     config.data.flip = True
     config.data.normalize = "torch"
     config.data.batch_size = 16         # global batch, split over devices and hosts
-    config.data.eval_batch_size = 16
+    config.data.eval_size = placeholder(tuple)  # None: image size rounded up to 32
     config.data.worker_count = 0
     config.data.prefetch = 2
-    config.data.num_epochs = None
+    config.data.num_threads = 2
+    config.data.num_epochs = placeholder(int)  # None: repeat forever
 
     # Optimiser (`lapseg.train.optim`): SGD momentum, poly 0.9 with warm-up.
     config.optimizer = ml_collections.ConfigDict()
@@ -50,7 +52,7 @@ def get_config():
     # Loss (`lapseg.losses.for_model`): output key -> weight.
     config.loss = ml_collections.ConfigDict()
     config.loss.weights = {"logits": 1.0}
-    config.loss.class_weights = None
+    config.loss.class_weights = placeholder(tuple)
 
     config.num_train_steps = 1000
     config.log_every_steps = 25

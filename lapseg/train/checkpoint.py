@@ -81,6 +81,20 @@ class Checkpointer:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         return self._manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
+    def read(self, step=None):
+        """The saved state as a plain pytree (dicts of arrays), without a target or checks.
+
+        For inspection and export; training restores with `restore`.
+        """
+        step = self.latest_step() if step is None else step
+        items = self._manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        return items["state"]
+
+    def reached_preemption(self, step):
+        """True when the cluster announced a preemption (multi-host TPU/GPU); save now."""
+        return self._manager.reached_preemption(int(step))
+
     def wait(self):
         """Blocks until pending async saves are on disk."""
         self._manager.wait_until_finished()

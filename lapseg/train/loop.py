@@ -60,7 +60,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     is_main = jax.process_index() == 0
     info = data_lib.dataset_info(config.data.dataset)
     num_classes, ignore_label = info.num_classes, info.ignore_label
-    data_dir = config.data.data_dir or None
+    data_dir = config.data.data_dir
 
     def loader(split, train):
         return data_lib.create_loader(
@@ -105,33 +105,42 @@ def train_and_evaluate(config, workdir: str) -> dict:
     wait_time = step_time = 0.0
 
     step = int(state.step)
-    while step < total_steps:
-        start = time.perf_counter()
-        batch = next(train_iter)
-        waited = time.perf_counter()
-        state, train_metrics = train_step(state, step_lib.shard_batch(batch, mesh), step_rng)
-        step += 1
-        if step % config.log_every_steps == 0 or step == total_steps:
-            train_metrics = jax.device_get(train_metrics)  # syncs: step time is real here
-            writer.write(step, "train", train_metrics)
-            progress.update(step, float(train_metrics["loss"]),
-                            wait_time / max(wait_time + step_time, 1e-9))
-        wait_time += waited - start
-        step_time += time.perf_counter() - waited
-        if step % config.eval_every_steps == 0 or step == total_steps:
-            result = evaluate(state, eval_step, mesh, loader("validation", train=False),
-                              num_classes)
-            writer.write(step, "eval", {"miou": result["miou"],
-                                        "pixel_accuracy": result["pixel_accuracy"]})
-            if result["miou"] > best_miou:
-                best_miou = result["miou"]
-                _save_best(workdir, state, identity, step, best_miou)
-        if step % config.checkpoint_every_steps == 0 or step == total_steps:
-            checkpointer.save(step, state, meta=identity, data_iterator=train_iter, force=True)
-    checkpointer.wait()
-    checkpointer.close()
-    progress.close()
-    writer.close()
+    try:
+        while step < total_steps:
+            start = time.perf_counter()
+            batch = next(train_iter)
+            waited = time.perf_counter()
+            state, train_metrics = train_step(state, step_lib.shard_batch(batch, mesh), step_rng)
+            step += 1
+            if step % config.log_every_steps == 0 or step == total_steps:
+                train_metrics = jax.device_get(train_metrics)  # syncs: step time is real here
+                writer.write(step, "train", train_metrics)
+                progress.update(step, float(train_metrics["loss"]),
+                                wait_time / max(wait_time + step_time, 1e-9))
+            wait_time += waited - start
+            step_time += time.perf_counter() - waited
+            if step % config.eval_every_steps == 0 or step == total_steps:
+                result = evaluate(state, eval_step, mesh, loader("validation", train=False),
+                                  num_classes)
+                writer.write(step, "eval", {"miou": result["miou"],
+                                            "pixel_accuracy": result["pixel_accuracy"]})
+                if result["miou"] > best_miou:
+                    best_miou = result["miou"]
+                    _save_best(workdir, state, identity, step, best_miou)
+            preempted = checkpointer.reached_preemption(step)
+            if (step % config.checkpoint_every_steps == 0 or step == total_steps
+                    or preempted):
+                checkpointer.save(step, state, meta=identity, data_iterator=train_iter,
+                                  force=True)
+            if preempted:
+                log.warning("preemption notice at step %d: checkpoint saved, exiting", step)
+                break
+    finally:
+        # Also on an exception or Ctrl-C: let an async save in flight reach the disk.
+        checkpointer.wait()
+        checkpointer.close()
+        progress.close()
+        writer.close()
     if result is None:  # restored at the last step: evaluate what was restored
         result = evaluate(state, eval_step, mesh, loader("validation", train=False), num_classes)
     result["step"] = step

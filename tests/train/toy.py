@@ -18,3 +18,8 @@ class ToySegmenter(nn.Module):
         x = nn.Dropout(0.1, deterministic=not train)(x)
         logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name="head")(x)
         return {"logits": logits.astype(jnp.float32)}
+
+
+def toy(*, num_classes, dtype=jnp.float32, width=8):
+    """Registry factory (tests register it as model 'toy')."""
+    return ToySegmenter(num_classes=num_classes, width=width, dtype=dtype)
