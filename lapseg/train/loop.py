@@ -47,6 +47,34 @@ def evaluate(state, eval_step, mesh, loader, num_classes):
     return metrics_lib.summarize(jax.device_get(confusion))
 
 
+def restore_model(config, workdir: str, *, best: bool = False, step=None):
+    """The model of `config` and its variables from `workdir`'s checkpoints, for inference.
+
+    Args:
+      config: the run's config (identifies the model; a checkpoint of another model is
+        refused with an error naming both).
+      workdir: the training work dir.
+      best: the best-mIoU checkpoint instead of the latest.
+      step: a specific step (default: the latest of the chosen kind).
+
+    Returns:
+      `(model, variables, info)`: the linen model, `{'params': ..., 'batch_stats': ...}`
+      and the dataset's `DatasetInfo` (classes, palette, ignore label).
+    """
+    info = data_lib.dataset_info(config.data.dataset)
+    model = build_model(config, info.num_classes)
+    tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
+    mesh = step_lib.make_mesh(1)
+    abstract = state_lib.abstract_train_state(model, tx, (1, *config.data.crop_size, 3))
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+        x.shape, x.dtype, sharding=step_lib.replicated(mesh)), abstract)
+    directory = os.path.join(os.path.abspath(workdir), "best" if best else "checkpoints")
+    checkpointer = checkpoint_lib.Checkpointer(directory)
+    state = checkpointer.restore(abstract, meta=_run_identity(config, info), step=step)
+    checkpointer.close()
+    return model, state.variables, info
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains `config` in `workdir`, resuming from its latest checkpoint if any.
 

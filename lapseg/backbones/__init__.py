@@ -1,0 +1,64 @@
+"""Backbones by name: `create('resnet50', output_stride=8)` -> linen Module.
+
+Every backbone is called as `backbone(images, train)` on normalised images
+`[N, H, W, 3]` (see `normalize`) and returns a dict of named features, e.g.
+`{'stem', 'res2', 'res3', 'res4', 'res5'}` for ResNet; `backbone.feature_info()`
+gives each feature's stride and channels without running it, so decoders pick
+what they need by name. PyTorch weights: `read_state_dict` + `load_torch_weights`.
+"""
+
+import dataclasses
+import functools
+
+from lapseg.backbones.feature_info import FeatureInfo
+from lapseg.backbones.imagenet import normalize
+from lapseg.backbones.resnet import ResNet
+from lapseg.backbones.vgg import VGG16
+from lapseg.backbones.weights import load_torch_weights, read_state_dict
+
+_BACKBONES = {
+    "resnet18": functools.partial(ResNet, depth=18),
+    "resnet34": functools.partial(ResNet, depth=34),
+    "resnet50": functools.partial(ResNet, depth=50),
+    "resnet101": functools.partial(ResNet, depth=101),
+    "resnet152": functools.partial(ResNet, depth=152),
+    "vgg16": VGG16,
+}
+
+
+def names() -> list[str]:
+    """The registered backbone names."""
+    return sorted(_BACKBONES)
+
+
+def create(name: str, **kwargs):
+    """Builds backbone `name` ('resnet18' ... 'resnet152', 'vgg16') with its fields.
+
+    ResNet fields: deep_stem, output_stride, multi_grid, dilation_mode, width, dtype,
+    param_dtype. VGG-16 fields: pad100, dropout_rate, width, dtype, param_dtype.
+    """
+    if name not in _BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; registered: {', '.join(names())}")
+    factory = _BACKBONES[name]
+    cls = getattr(factory, "func", factory)
+    fixed = getattr(factory, "keywords", {})
+    accepted = {f.name for f in dataclasses.fields(cls) if f.init} - {"parent", "name"} - set(fixed)
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ValueError(
+            f"backbone {name!r} has no field(s) {', '.join(unknown)}; "
+            f"accepted: {', '.join(sorted(accepted))}"
+        )
+    return factory(**kwargs)
+
+
+__all__ = [
+    "FeatureInfo",
+    "ResNet",
+    "VGG16",
+    "create",
+    "load_torch_weights",
+    "names",
+    "normalize",
+    "read_state_dict",
+]

@@ -1,0 +1,25 @@
+"""Datasets and the grain input pipeline.
+
+    from lapseg import data
+    info = data.dataset_info('shapes')           # classes, ignore label, palette, size
+    source = data.load_source('shapes', 'train', data_dir=DIR)   # source[i]: image, label
+    loader = data.create_loader(config, 'train', data_dir=DIR, seed=0, train=True)
+
+Datasets are tfds builders writing ArrayRecord, read through tfds data sources and
+grain without TensorFlow: `shapes` (generated, the default), `camvid` (local directory
+or download) and prepared tfds catalog datasets (`catalog.CATALOG`).
+"""
+
+from lapseg.data.info import DatasetInfo
+from lapseg.data.pipeline import checkpoint_args, create_loader, default_config
+from lapseg.data.sources import dataset_info, load_source, names
+
+__all__ = [
+    "DatasetInfo",
+    "checkpoint_args",
+    "create_loader",
+    "dataset_info",
+    "default_config",
+    "load_source",
+    "names",
+]

@@ -1,0 +1,72 @@
+"""Datasets by name: `dataset_info(name)` and `load_source(name, split, ...)`.
+
+Names: `shapes` (or `shapes/<config>`, see `lapseg.data.shapes`), `camvid`, and the
+tfds catalog adapters of `lapseg.data.catalog` (`cityscapes`, `oxford_iiit_pet`,
+`scene_parse150`).
+"""
+
+import grain
+import numpy as np
+
+from lapseg.data import camvid, catalog, shapes
+from lapseg.data import info as info_lib
+
+
+def names() -> tuple[str, ...]:
+    """The dataset names `load_source` accepts (besides `shapes/<config>`)."""
+    return ("shapes", "camvid", *catalog.CATALOG)
+
+
+def dataset_info(name: str) -> info_lib.DatasetInfo:
+    """Classes, ignore label, palette and typical image size of dataset `name`."""
+    base, _, config = name.partition("/")
+    if base == "shapes":
+        return shapes.dataset_info(config or None)
+    if name == "camvid":
+        return camvid.dataset_info()
+    if name in catalog.CATALOG:
+        return catalog.CATALOG[name].info
+    raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(names())}")
+
+
+def load_source(name: str, split: str, *, data_dir, source_dir=None) -> grain.MapDataset:
+    """Random-access source of one split, built into `data_dir` on first use.
+
+    `shapes` is generated and `camvid` converted from `source_dir` (downloaded when None)
+    into ArrayRecord files under `data_dir` the first time; later calls only open them.
+    Catalog datasets must already be prepared in `data_dir` (see `lapseg.data.catalog`).
+
+    Args:
+      name: dataset name, see `names()`.
+      split: `'train'`, `'validation'` or `'test'` (what the dataset has); tfds slices
+        such as `'train[:100]'` work too.
+      data_dir: tfds data directory.
+      source_dir: camvid only: local directory with the raw CamVid PNGs.
+
+    Returns:
+      A `grain.MapDataset` (len, indexing) of dicts `{'image': uint8 [H, W, 3],
+      'label': uint8 [H, W]}`, labels holding class ids and the dataset's ignore label.
+    """
+    dataset_info(name)  # Rejects unknown names.
+    if source_dir is not None and name != "camvid":
+        raise ValueError(f"source_dir is for camvid only, not {name!r}")
+    if name in catalog.CATALOG:
+        source, entry = catalog.open_source(name, split, data_dir)
+        return grain.MapDataset.source(source).map(entry.standardize)
+    base, _, config = name.partition("/")
+    if base == "shapes":
+        builder = shapes.builder(data_dir, config or None)
+    else:
+        builder = camvid.builder(data_dir, source_dir)
+    builder.download_and_prepare(file_format="array_record")
+    split_name = split.partition("[")[0]
+    if split_name not in builder.info.splits:
+        raise ValueError(
+            f"{name} has no split {split_name!r}; it has {', '.join(builder.info.splits)}"
+        )
+    source = builder.as_data_source(split=split)
+    return grain.MapDataset.source(source).map(_squeeze_label)
+
+
+def _squeeze_label(example: dict) -> dict:
+    return {"image": example["image"], "label": np.squeeze(example["label"], -1)}

@@ -1,0 +1,149 @@
+"""Learned-basis reconstruction (LRR) and fixed bilinear upsampling, as one einsum.
+
+Ghiasi & Fowlkes, "Laplacian Pyramid Reconstruction and Refinement for Semantic
+Segmentation", ECCV 2016, Sec. 3: each class score map is reconstructed at `s` times
+the resolution as a sum of K basis functions `B[2s, 2s, k, c]` (2s x 2s, overlapping
+by half a tile with each neighbour) weighted by low-resolution coefficients. In the
+reference (golnazghiasi/LRR, MatConvNet) this is a grouped deconvolution with kernel
+2s, stride s, crop s/2; FCN's (and LRR's) bilinear upsampling is the same layer with
+a fixed bilinear kernel (fcn.berkeleyvision.org `surgery.py: upsample_filt`,
+LRR `modelInitialization/bilinear_u.m`).
+
+Both are computed here by `_overlapping_tiles`: a transposed convolution whose
+kernel (2s) is twice its stride (s) touches every output pixel from exactly the 2 x 2
+nearest input pixels, so it is one dense einsum over those four neighbours, no
+dilated zeros and no grouped convolution.
+"""
+
+import chex
+import jax.numpy as jnp
+import numpy as np
+
+
+def _overlapping_tiles(x: jnp.ndarray, kernel: jnp.ndarray, offset: int) -> jnp.ndarray:
+    """Per-class transposed convolution, kernel `2s`, stride `s`, output cropped by `offset`.
+
+    `Y[n, s*q + m - offset, s*r + l - offset, c]
+       = sum_k sum_{u,v in {0,1}} kernel[m + s*u, l + s*v, k, c] * x[n, q - u, r - v, k, c]`
+    with `x` zero outside `[0, H) x [0, W)`, `q in [0, H]`, `m in [0, s)`, i.e. PyTorch's
+    `conv_transpose2d(kernel 2s, stride s, padding offset)` with one kernel per class.
+
+    Args:
+      x: `[N, H, W, K, C]`.
+      kernel: `[2s, 2s, K, C]`.
+      offset: crop at the top-left, `0 <= offset <= s`.
+
+    Returns:
+      `[N, s*H, s*W, C]`.
+    """
+    n, h, w, num_bases, channels = x.shape
+    stride = kernel.shape[0] // 2
+    # Class-major layout first: the einsum below batches over c, and with c minor in
+    # every operand XLA transposes the four-times-larger Z instead of x and runs about
+    # 2x slower on CPU (alternatives and timings: benchmarks/kernels.py docstring).
+    x = jnp.transpose(x, (4, 0, 1, 2, 3))  # c n h w k
+    padded = jnp.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)))
+    # Z[c, n, i, j, u, v, k] = x[n, i - u, j - v, k, c] for i in [0, H], j in [0, W].
+    shifts = jnp.stack(
+        [padded[:, :, 1 - u : 2 - u + h, 1 - v : 2 - v + w] for u in (0, 1) for v in (0, 1)], axis=4
+    ).reshape(channels, n, h + 1, w + 1, 2, 2, num_bases)
+    # Kernel row index m + s*u -> (u, m), column index l + s*v -> (v, l).
+    tiles = kernel.reshape(2, stride, 2, stride, num_bases, channels).transpose(5, 0, 2, 4, 1, 3)
+    # c n i j u v k, c u v k a b -> c n i j a b: per class, sum over the four neighbours
+    # (u, v) and the K bases; a plain batched matmul [nij, uvk] x [uvk, ab].
+    y = jnp.einsum("cnijuvk,cuvkab->cnijab", shifts, tiles)
+    # Back to NHWC with the tile offsets (a, b) next to (i, j), then merge them.
+    y = y.transpose(1, 2, 4, 3, 5, 0).reshape(n, (h + 1) * stride, (w + 1) * stride, channels)
+    return y[:, offset : offset + stride * h, offset : offset + stride * w]
+
+
+def reconstruct(coeffs: jnp.ndarray, basis: jnp.ndarray) -> jnp.ndarray:
+    """LRR's learned-basis reconstruction: `[N, H, W, K, C] x [2s, 2s, K, C] -> [N, sH, sW, C]`.
+
+    `Y[n, s*q + m - s/2, s*r + l - s/2, c]
+       = sum_k sum_{u,v in {0,1}} B[m + s*u, l + s*v, k, c] * X[n, q - u, r - v, k, c]`
+    (X zero outside the image, `m, l in [0, s)`), computed as one einsum over the 2 x 2
+    neighbour shifts of X (see `_overlapping_tiles`).
+
+    Equal to PyTorch's `ConvTranspose2d(K*C, C, kernel_size=2s, stride=s, padding=s/2,
+    groups=C, bias=False)` with weight `[K*C, 1, 2s, 2s]`, where input channel `c*K + k`
+    (group c) is `X[..., k, c]` and `weight[c*K + k, 0] = B[:, :, k, c]` (no flip), i.e.
+    `weight = B.transpose(3, 2, 0, 1).reshape(K*C, 1, 2s, 2s)` and the NCHW input is
+    `X.transpose(0, 4, 3, 1, 2).reshape(N, C*K, H, W)`; `tests/ops/test_basis.py` checks
+    this and the same grouped convolution in `jax.lax`.
+
+    Args:
+      coeffs: X, `[N, H, W, K, C]` (K basis coefficients for each of C classes).
+      basis: B, `[2s, 2s, K, C]`, s even (the reference crops s/2 on each side).
+
+    Returns:
+      `[N, s*H, s*W, C]` in the promoted dtype of `coeffs` and `basis`.
+    """
+    chex.assert_rank([coeffs, basis], [5, 4])
+    size = basis.shape[0]
+    if basis.shape[1] != size or size % 4:
+        raise ValueError(
+            f"reconstruct: basis must be [2s, 2s, K, C] with s even, got {basis.shape}"
+        )
+    if coeffs.shape[3:] != basis.shape[2:]:
+        raise ValueError(
+            f"reconstruct: coeffs [N, H, W, K, C] = {coeffs.shape} and basis [2s, 2s, K, C] = "
+            f"{basis.shape} disagree on (K, C)"
+        )
+    return _overlapping_tiles(coeffs, basis, offset=size // 4)
+
+
+def bilinear_kernel(size: int) -> np.ndarray:
+    """FCN's `upsample_filt(size)` (surgery.py): the `[size, size]` bilinear upsampling kernel.
+
+    `f = ceil(size / 2)`, centre `ctr = f - 1` (size odd) or `f - 0.5` (size even),
+    `K[i, j] = (1 - |i - ctr| / f) * (1 - |j - ctr| / f)`; identical to LRR's
+    `bilinear_u.m`. For `size = 2f - f % 2` and stride f it interpolates linearly.
+    """
+    if size < 1:
+        raise ValueError(f"bilinear_kernel: size must be positive, got {size}")
+    factor = (size + 1) // 2
+    center = factor - 1 if size % 2 else factor - 0.5
+    line = 1 - np.abs(np.arange(size) - center) / factor
+    return np.outer(line, line).astype(np.float32)
+
+
+def bilinear_deconv_weight(size: int, channels: int) -> np.ndarray:
+    """`[size, size, C, C]` kernel with `bilinear_kernel(size)` on the class diagonal, 0 elsewhere.
+
+    FCN initialises its learnable `Deconvolution` (C -> C, kernel 2f, stride f) with this
+    (surgery.py `interp`); it is symmetric in space and in (in, out), so it is the same
+    for `flax.linen.ConvTranspose` (HWIO) with or without `transpose_kernel`.
+    """
+    return np.einsum("hw,io->hwio", bilinear_kernel(size), np.eye(channels, dtype=np.float32))
+
+
+def bilinear_upsample(x: jnp.ndarray, factor: int) -> jnp.ndarray:
+    """Fixed per-channel bilinear upsampling by an integer factor f: `[N, H, W, C] -> [N, fH, fW, C]`.
+
+    Caffe/MatConvNet `Deconvolution` with `bilinear_kernel(2f - f % 2)`, stride f and
+    padding (crop) `f // 2`, one kernel per channel (LRR's x2 is kernel 4, stride 2,
+    pad 1). Output pixel o sits at input coordinate `(o + 0.5) / f - 0.5` (half-pixel
+    centres), so the interior equals `jax.image.resize(..., 'linear')`; the outer
+    `f // 2` rows and columns see the deconvolution's zero padding (they fade towards
+    the border as in the references, not edge-clamped).
+
+    FCN's upsampling layers (kernel 2f, no padding, a crop chosen per net, fixed or
+    learned) are a `ConvTranspose` initialised from `bilinear_deconv_weight` instead.
+
+    Args:
+      x: `[N, H, W, C]`.
+      factor: f >= 1.
+
+    Returns:
+      `[N, f*H, f*W, C]`.
+    """
+    chex.assert_rank(x, 4)
+    if not isinstance(factor, (int, np.integer)) or factor < 1:
+        raise ValueError(f"bilinear_upsample: factor must be a positive integer, got {factor!r}")
+    size = 2 * factor - factor % 2
+    # An odd-sized kernel (2f - 1) gets a zero last row and column: the same
+    # transposed convolution with a 2f kernel, which `_overlapping_tiles` needs.
+    kernel = np.pad(bilinear_kernel(size), ((0, 2 * factor - size), (0, 2 * factor - size)))
+    kernel = jnp.broadcast_to(jnp.asarray(kernel, x.dtype)[:, :, None, None], (*kernel.shape, 1, x.shape[-1]))
+    return _overlapping_tiles(x[..., None, :], kernel, offset=factor // 2)

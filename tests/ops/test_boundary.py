@@ -1,0 +1,55 @@
+"""Tests for lapseg.ops.boundary: LRR's maxpool(p) + maxpool(-p) boundary mask."""
+
+import jax
+import numpy as np
+import pytest
+
+from lapseg.ops import boundary
+
+
+def _window_range(p, size):
+    """Max minus min of p over the in-image part of each size x size window (numpy loop).
+
+    MatConvNet's max-pool clips windows to the image (pooling_cpu.cpp), which is what
+    the padded -inf in boundary_mask must reproduce at the borders.
+    """
+    n, h, w, c = p.shape
+    half = size // 2
+    out = np.zeros_like(p)
+    for y in range(h):
+        for x in range(w):
+            win = p[:, max(y - half, 0) : y + half + 1, max(x - half, 0) : x + half + 1]
+            out[:, y, x] = win.max(axis=(1, 2)) - win.min(axis=(1, 2))
+    return out
+
+
+@pytest.mark.parametrize("size,h,w", [(1, 4, 5), (3, 5, 4), (5, 6, 7), (9, 7, 11)])
+def test_boundary_mask_matches_sliding_window(size, h, w):
+    # Reference: direct numpy sliding-window max - min, borders clipped to the image.
+    logits = np.random.default_rng(size).standard_normal((2, h, w, 3)).astype(np.float32)
+    prob = np.asarray(jax.nn.softmax(logits, axis=-1))
+    got = boundary.boundary_mask(prob, size)
+    np.testing.assert_allclose(got, _window_range(prob, size), atol=1e-6, rtol=0)
+
+
+def test_boundary_mask_is_zero_inside_regions_and_one_on_edges():
+    # A hard two-region map: the mask is 1 within size // 2 of the edge, 0 elsewhere,
+    # including at the image border (zero padding would wrongly give 1 there).
+    prob = np.zeros((1, 8, 10, 2), np.float32)
+    prob[0, :, :5, 0] = 1.0
+    prob[0, :, 5:, 1] = 1.0
+    mask = np.asarray(boundary.boundary_mask(prob, 3))
+    want_cols = np.array([0, 0, 0, 0, 1, 1, 0, 0, 0, 0], np.float32)
+    for c in range(2):
+        np.testing.assert_array_equal(mask[0, :, :, c], np.broadcast_to(want_cols, (8, 10)))
+
+
+@pytest.mark.parametrize("size", [0, 2, 4])
+def test_boundary_mask_rejects_even_size(size):
+    with pytest.raises(ValueError, match="odd"):
+        boundary.boundary_mask(np.zeros((1, 4, 4, 2), np.float32), size)
+
+
+def test_boundary_mask_rejects_integer_input():
+    with pytest.raises(ValueError, match="floating"):
+        boundary.boundary_mask(np.zeros((1, 4, 4, 2), np.int32), 3)
