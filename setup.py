@@ -13,6 +13,7 @@ RUNTIME = [
     "chex",
     "ml_collections",
     "pillow",
+    "tensorboardX",  # TensorBoard event files without TensorFlow
 ]
 
 setuptools.setup(

@@ -1,0 +1,125 @@
+"""Train-step throughput per model, and how much of a step waits for input.
+
+    python -m benchmarks.train_step [--models lrr fcn8s ...] [--size 96] [--batch 8] [--steps 10]
+
+For each model: images/s of the jitted, sharded train step on a fixed in-memory batch
+(the compute ceiling), then the same step fed by the real grain pipeline on the
+embedded `shapes` data, with the fraction of wall time spent in `next(loader)`.
+The ratio column is each model's images/s against the first model's, measured in the
+same run (timings on a shared CPU are noisy; compare ratios, not absolutes).
+"""
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from lapseg import basis_cli
+from lapseg import data as data_lib
+from lapseg import losses, models
+from lapseg.train import config as config_lib
+from lapseg.train import loop, optim
+from lapseg.train import state as state_lib
+from lapseg.train import step as step_lib
+
+# Small backbones so that a CPU run finishes in minutes; decoder fields at paper defaults.
+MODELS = {
+    "fcn8s": {"backbone": "resnet18"},
+    "lrr": {"backbone": "resnet18"},
+    "pspnet": {"backbone": "resnet18", "backbone_kwargs": {"output_stride": 8}},
+    "refinenet": {"backbone": "resnet18"},
+    "gcn": {"backbone": "resnet18"},
+    "dupsampling": {"backbone": "resnet18", "ratio": 32, "dim": 64},
+    "icnet": {"backbone": "resnet18"},
+}
+NEEDS_BASES = ("lrr", "dupsampling")
+
+
+def _config(name, args, workdir):
+    config = config_lib.base_config()
+    config.model = name
+    config.model_kwargs = ml_collections.ConfigDict(MODELS[name])
+    config.data.crop_size = (args.size, args.size)
+    config.data.batch_size = args.batch
+    config.data.data_dir = workdir
+    if name in NEEDS_BASES:
+        config.basis.num_batches = 4
+        config.model_kwargs.basis_path = basis_cli.ensure_bases(config, workdir)
+    return config
+
+
+def _time_steps(run_step, batches, steps):
+    """Median seconds per step and the fraction of wall time spent fetching batches."""
+    times, waits = [], 0.0
+    for _ in range(steps):
+        start = time.perf_counter()
+        batch = next(batches)
+        fetched = time.perf_counter()
+        jax.block_until_ready(run_step(batch))
+        end = time.perf_counter()
+        times.append(end - start)
+        waits += fetched - start
+    return statistics.median(times), waits / sum(times)
+
+
+def benchmark(name, args, workdir):
+    config = _config(name, args, workdir)
+    info = data_lib.dataset_info(config.data.dataset)
+    model = loop.build_model(config, info.num_classes)
+    tx = optim.make_optimizer(config.optimizer, 1000)
+    loss_fn = losses.for_model(name, config.loss, ignore_label=info.ignore_label)
+    mesh = step_lib.make_mesh()
+    shape = (args.batch, args.size, args.size, 3)
+    state = jax.jit(lambda rng: state_lib.create_train_state(
+        state_lib.init_variables(model, rng, shape), tx),
+        out_shardings=step_lib.replicated(mesh))(jax.random.key(0))
+    train_step = step_lib.jit_train_step(mesh, model=model, tx=tx, loss_fn=loss_fn,
+                                         ignore_label=info.ignore_label)
+    holder = {"state": state}
+    rng = jax.random.key(1)
+
+    def run_step(batch):
+        holder["state"], metrics = train_step(holder["state"], step_lib.shard_batch(batch, mesh), rng)
+        return metrics
+
+    loader = iter(data_lib.create_loader(config.data, "train", data_dir=workdir, seed=0,
+                                         train=True))
+    fixed = next(loader)
+    for _ in range(2):  # compile and warm up
+        run_step(fixed)
+    compute, _ = _time_steps(run_step, iter(lambda: fixed, None), args.steps)
+    fed, wait_fraction = _time_steps(run_step, loader, args.steps)
+    return args.batch / compute, args.batch / fed, wait_fraction
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", default=list(MODELS))
+    parser.add_argument("--size", type=int, default=96)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args()
+    available = set(models.names())
+    print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}; batch {args.batch} "
+          f"at {args.size}x{args.size}; median of {args.steps} steps")
+    print(f"{'model':<12} {'img/s (fixed batch)':>20} {'img/s (pipeline)':>17} "
+          f"{'input wait':>11} {'ratio':>6}")
+    baseline = None
+    with tempfile.TemporaryDirectory() as workdir:
+        for name in args.models:
+            if name not in available:
+                print(f"{name:<12} (not available)")
+                continue
+            compute, fed, wait = benchmark(name, args, workdir)
+            baseline = baseline or compute
+            print(f"{name:<12} {compute:>20.1f} {fed:>17.1f} {100 * wait:>10.1f}% "
+                  f"{compute / baseline:>6.2f}")
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()
