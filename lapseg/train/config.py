@@ -1,15 +1,24 @@
-"""Base config: every field the training system reads, with the values of the embedded
-default job (LRR on ResNet-18, procedurally generated `shapes`, CPU-sized).
+"""The config schema: every field the training system reads, with defaults.
 
-Other configs start from `get_config()` and change a few fields; override any field on
-the command line, e.g. `lapseg train --config configs/default.py --config.batch_size=16`.
+Experiment configs (`configs/*.py`) start from `base_config()` and change a few fields:
+
+    from lapseg.train.config import base_config
+
+    def base_config():
+        config = base_config()
+        config.model = 'pspnet'
+        ...
+        return config
+
+Override any field on the command line, e.g. `--config.data.batch_size=16`; a
+misspelt field is an error naming it (the config is locked).
 """
 
 import ml_collections
 from ml_collections.config_dict import placeholder
 
 
-def get_config():
+def base_config():
     config = ml_collections.ConfigDict()
     config.seed = 0
 

@@ -4,8 +4,6 @@ Covers resume-after-kill (bitwise equal to an uninterrupted run, data iterator
 included) and the loop's outputs (metrics JSON lines, best/last checkpoints)."""
 
 import json
-import sys
-
 import jax
 import ml_collections
 import numpy as np
@@ -16,8 +14,7 @@ from lapseg.train import loop
 from lapseg.train import step as step_lib
 from lapseg.train import checkpoint as checkpoint_lib
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2] / "configs"))
-import default as default_config  # noqa: E402  pylint: disable=wrong-import-position
+from lapseg.train.config import base_config
 
 
 @pytest.fixture(autouse=True)
@@ -31,7 +28,7 @@ def data_dir(tmp_path_factory):
 
 
 def _config(data_dir, steps=6):
-    config = default_config.get_config()
+    config = base_config()
     config.model = "toy"
     config.model_kwargs = ml_collections.ConfigDict({"width": 4})
     config.data.data_dir = data_dir
