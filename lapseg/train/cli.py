@@ -32,9 +32,18 @@ def parse_config_flags(argv, default_workdir):
     return flag_values.config, flag_values.workdir
 
 
+def quiet_logging():
+    """lapseg's own progress at INFO; orbax/absl/tfds chatter only from WARNING up."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("lapseg").setLevel(logging.INFO)
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+    tfds.disable_progress_bar()
+
+
 def main(argv):
     config, workdir = parse_config_flags(argv, default_workdir="workdir/default")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    quiet_logging()
     from lapseg.train import loop  # pylint: disable=import-outside-toplevel
 
     result = loop.train_and_evaluate(config, workdir)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lapseg import basis_cli
 from lapseg import data as data_lib
 from lapseg import losses
 from lapseg import metrics as metrics_lib
@@ -27,10 +28,21 @@ from lapseg.train import step as step_lib
 log = logging.getLogger(__name__)
 
 
-def build_model(config, num_classes):
-    """The model of `config` with its compute dtype."""
+def build_model(config, num_classes, workdir=None):
+    """The model of `config` with its compute dtype.
+
+    Models built on label-fitted constants (LRR bases, the DUpsampling matrix) get, unless
+    `config.model_kwargs.basis_path` names a file, the bases file of the run
+    (`config.basis.path`, else `<workdir>/basis.npz`), fitted from the training labels
+    first if it does not exist yet.
+    """
     kwargs = dict(config.model_kwargs)
     kwargs["dtype"] = jnp.dtype(config.dtype)
+    if basis_cli.needs_bases(config) and not kwargs.get("basis_path"):
+        if workdir is None and not config.basis.path:
+            raise ValueError(f"model {config.model!r} needs fitted bases: set config.basis.path "
+                             f"or pass a workdir to fit them into")
+        kwargs["basis_path"] = basis_cli.ensure_bases(config, workdir)
     return models.create_model(config.model, num_classes=num_classes, **kwargs)
 
 
@@ -62,7 +74,7 @@ def restore_model(config, workdir: str, *, best: bool = False, step=None):
       and the dataset's `DatasetInfo` (classes, palette, ignore label).
     """
     info = data_lib.dataset_info(config.data.dataset)
-    model = build_model(config, info.num_classes)
+    model = build_model(config, info.num_classes, workdir)
     tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
     mesh = step_lib.make_mesh(1)
     abstract = state_lib.abstract_train_state(model, tx, (1, *config.data.crop_size, 3))
@@ -95,7 +107,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             config.data, split, data_dir=data_dir, seed=config.seed, train=train,
             process_index=jax.process_index(), process_count=jax.process_count())
 
-    model = build_model(config, num_classes)
+    model = build_model(config, num_classes, workdir)
     total_steps = config.num_train_steps
     tx = optim.make_optimizer(config.optimizer, total_steps)
     loss_fn = losses.for_model(config.model, config.loss, ignore_label=ignore_label)

@@ -25,9 +25,14 @@ class TrainState:
 
 
 def init_variables(model, rng, image_shape):
-    """`model.init` on zeros of `image_shape` `[N, H, W, 3]` (eval mode, no dropout)."""
+    """`model.init` on zeros of `image_shape` `[N, H, W, 3]` (eval mode, no dropout).
+
+    Jitted: one compiled program instead of one small kernel per parameter shape, which
+    on CPU is several times faster for a ResNet.
+    """
     images = jnp.zeros(image_shape, jnp.float32)
-    return model.init({"params": rng, "dropout": rng}, images, train=False)
+    init = jax.jit(lambda key, x: model.init({"params": key, "dropout": key}, x, train=False))
+    return init(rng, images)
 
 
 def create_train_state(variables, tx: optax.GradientTransformation) -> TrainState:

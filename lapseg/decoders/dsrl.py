@@ -1,0 +1,182 @@
+"""DSRL: Dual Super-Resolution Learning (Wang et al., CVPR 2020), wrapping any lapseg decoder.
+
+Paper Sec. 3 (Fig. 2): the network sees the image downsampled x2 and is trained to
+produce outputs at the ORIGINAL resolution, through two branches sharing one encoder:
+
+- SSSR (semantic segmentation super-resolution, Sec. 3.2): the base segmentation network
+  (any lapseg decoder: `base`), whose logits are upsampled x2 to the original resolution;
+- SISR (single image super-resolution, Sec. 3.2): reconstructs the original image from
+  the shared encoder's features (an ESPCN-style head: 5x5 conv + tanh, 3x3 conv + tanh,
+  3x3 conv to 3 s^2 channels, depth-to-space s; Shi et al., CVPR 2016), supervised by MSE
+  to the normalised original image;
+- FTM (feature transform module, Sec. 3.3): 1x1 conv classes -> 3 + BN + ReLU on the SSSR
+  output, so that the feature-affinity loss (`lapseg.losses.dsrl`) can compare the
+  pairwise structure of the SSSR and SISR maps.
+
+At inference only SSSR runs (`train=False` traces neither SISR nor FTM): the cost is the
+base's at half resolution plus the input downsampling and the final upsampling.
+
+Reference: the authors' code (wanglixilinx/DSRL, moved to Xilinx/DSRL; only the ESPNetv2
+test script survives) and its widely used DeepLabv3+ re-implementation
+(`modeling/deeplab.py`: `pointwise` = FTM, `sr_decoder` + deconvs = SISR, returning
+`(x_seg_up, x_sr_up, pointwise(x_seg_up), x_sr_up)`). Deviations, each for genericity:
+
+- The shared encoder is the base decoder's backbone (the reference also shares ASPP, a
+  DeepLabv3+ part). SISR reads backbone features named by `sisr_features` (default the
+  stride-4 'res2' and the deepest 'res5', like DeepLabv3+'s low-level + ASPP inputs of the
+  reference's `sr_decoder`), each projected by 1x1 conv + BN + ReLU and upsampled to the
+  network's input resolution, concatenated, then ESPCN (the paper's SISR upsampling
+  module) instead of the reference's three stride-2 deconvolutions.
+- DSRL owns the backbone: the same Module instance is the `backbone` field of DSRL and of
+  the base decoder, so its params sit under `params['backbone']` (LR groups and PyTorch
+  weight import work as for any decoder) and the base's head under `params['base']`.
+  The backbone runs once, inside the base; DSRL reads its feature dict by intercepting
+  that call (`nn.intercept_methods`), so no decoder needs to know about DSRL.
+"""
+
+import functools
+import math
+from collections.abc import Sequence
+
+import chex
+import flax.linen as nn
+import jax.numpy as jnp
+
+from lapseg import models
+from lapseg.layers import ConvBN
+from lapseg.ops import dupsample, resize
+
+
+class SISR(nn.Module):
+    """SISR branch: backbone features -> image `[N, s*h, s*w, 3]` (h x w the network input).
+
+    Attributes:
+      feature_names: backbone features it reads.
+      channels: width of each feature's 1x1 projection (conv + BN + ReLU).
+      espcn_features: widths of ESPCN's 5x5 and 3x3 tanh convs (ESPCN: 64, 32).
+      upscale: depth-to-space factor s (DSRL: 2, the input downsampling factor).
+    """
+
+    feature_names: Sequence[str] = ("res2", "res5")
+    channels: int = 64
+    espcn_features: tuple[int, int] = (64, 32)
+    upscale: int = 2
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, features: dict, size: tuple[int, int], train: bool) -> jnp.ndarray:
+        """`features`: the backbone's dict; `size`: `(h, w)` of the network input."""
+        missing = [name for name in self.feature_names if name not in features]
+        if missing:
+            raise ValueError(f"DSRL sisr_features {missing} are not among the backbone's "
+                             f"features {sorted(features)}")
+        conv = functools.partial(ConvBN, dtype=self.dtype, param_dtype=self.param_dtype)
+        projected = [
+            resize.resize_bilinear(conv(self.channels, 1, name=f"project_{name}")(features[name], train),
+                                   size, align_corners=True)
+            for name in self.feature_names
+        ]
+        x = jnp.concatenate(projected, axis=-1)
+        # ESPCN: plain convs with bias, tanh, then the sub-pixel (depth-to-space) layer.
+        plain = functools.partial(conv, use_bias=True, use_bn=False, activation=False)
+        x = jnp.tanh(plain(self.espcn_features[0], 5, name="espcn_conv1")(x, train))
+        x = jnp.tanh(plain(self.espcn_features[1], 3, name="espcn_conv2")(x, train))
+        x = plain(3 * self.upscale**2, 3, name="espcn_conv3")(x, train)
+        return dupsample.depth_to_space(x, self.upscale)
+
+
+class DSRL(nn.Module):
+    """DSRL around a base decoder: `[N, H, W, 3] -> {'logits': [N, H, W, C], ...}`.
+
+    Outputs (train mode adds all but 'logits'; eval mode returns only the base's eval
+    outputs with 'logits' upsampled):
+      'logits': SSSR, the base's logits on the x`scale`-downsampled image, upsampled
+        bilinearly (align corners, as the reference) to `[N, H, W, C]`.
+      the base's auxiliary outputs, unchanged (at the base's resolution, e.g. PSPNet's
+        'aux'); the deep-supervision loss resizes the labels to each.
+      'sisr': `[N, H, W, 3]` the reconstructed (normalised) input image.
+      'ftm': `[N, H, W, 3]` FTM(logits), the SSSR side of the feature-affinity loss.
+
+    Attributes:
+      backbone: the shared encoder; must be the very instance the base decoder holds.
+      base: the SSSR network, any lapseg decoder built on `backbone`.
+      scale: input downsampling / output super-resolution factor (the paper's 2).
+      sisr_features, sisr_channels, espcn_features: the SISR branch, see `SISR`.
+      dtype: compute dtype; param_dtype: parameter dtype.
+    """
+
+    backbone: nn.Module
+    base: nn.Module
+    scale: int = 2
+    sisr_features: Sequence[str] = ("res2", "res5")
+    sisr_channels: int = 64
+    espcn_features: tuple[int, int] = (64, 32)
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def __post_init__(self):
+        if getattr(self.base, "backbone", None) is not self.backbone:
+            raise ValueError("DSRL: `base` must be a decoder whose `backbone` field is DSRL's "
+                             "`backbone` instance (the shared encoder)")
+        if self.scale < 1:
+            raise ValueError(f"DSRL scale must be a positive int, got {self.scale}")
+        super().__post_init__()
+
+    def _run_base(self, images: jnp.ndarray, train: bool):
+        """The base's outputs and the feature dict of its (single) backbone call."""
+        calls = []
+
+        def capture_features(next_fun, args, kwargs, context):
+            out = next_fun(*args, **kwargs)
+            if context.module is self.backbone and context.method_name == "__call__":
+                calls.append(out)
+            return out
+
+        with nn.intercept_methods(capture_features):
+            outputs = self.base(images, train=train)
+        if len(calls) != 1:
+            raise ValueError(f"DSRL needs a base that runs its backbone once; it ran {len(calls)} times")
+        return dict(outputs), calls[0]
+
+    @nn.compact
+    def __call__(self, images: jnp.ndarray, train: bool = False) -> dict:
+        """`images`: normalised `[N, H, W, 3]`; `train`: batch-stat BN, SISR and FTM."""
+        chex.assert_rank(images, 4)
+        if images.shape[-1] != 3:
+            raise ValueError(f"DSRL expects RGB images [N, H, W, 3], got shape {images.shape}")
+        height, width = images.shape[1:3]
+        low = (math.ceil(height / self.scale), math.ceil(width / self.scale))
+        # x2 bilinear without align corners: a 2x2 mean for even sizes (PyTorch
+        # F.interpolate(scale_factor=0.5)); the reference resizes with PIL beforehand.
+        low_images = resize.resize_bilinear(images, low, align_corners=False)
+        outputs, features = self._run_base(low_images, train)
+        logits = resize.resize_bilinear(outputs["logits"], (height, width), align_corners=True)
+        outputs["logits"] = logits
+        if train or self.is_initializing():  # params exist after an eval-mode init too
+            sisr = SISR(feature_names=self.sisr_features, channels=self.sisr_channels,
+                        espcn_features=self.espcn_features, upscale=self.scale,
+                        dtype=self.dtype, param_dtype=self.param_dtype, name="sisr")
+            outputs["sisr"] = sisr(features, low, train)[:, :height, :width]
+            outputs["ftm"] = ConvBN(3, 1, use_bias=True, dtype=self.dtype,
+                                    param_dtype=self.param_dtype, name="ftm")(logits, train)
+        return outputs
+
+
+def dsrl(*, num_classes: int, base: str = "pspnet", backbone="resnet50",
+         backbone_kwargs: dict | None = None, base_kwargs: dict | None = None,
+         dtype=jnp.float32, param_dtype=jnp.float32, **dsrl_fields) -> DSRL:
+    """DSRL around registered decoder `base` (e.g. 'pspnet', 'fcn8s') on `backbone` (a name
+    for `lapseg.backbones.create` or a Module).
+
+    The base's own factory builds it and its backbone (so the base's backbone defaults,
+    e.g. PSPNet's deep stem at output stride 8, apply); `base_kwargs` are its decoder
+    fields, `dsrl_fields` DSRL's (scale, sisr_features, sisr_channels, espcn_features).
+    """
+    if base == "dsrl":
+        raise ValueError("DSRL cannot wrap itself; pick a segmentation decoder as base")
+    base_model = models.create_model(base, num_classes=num_classes, backbone=backbone,
+                                     backbone_kwargs=backbone_kwargs, dtype=dtype,
+                                     param_dtype=param_dtype, **(base_kwargs or {}))
+    return DSRL(backbone=base_model.backbone, base=base_model, dtype=dtype,
+                param_dtype=param_dtype, **dsrl_fields)

@@ -1,0 +1,188 @@
+"""DSRL: feature-affinity loss against numpy, outputs, inference cost, training, configs."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import traverse_util
+
+import lapseg
+from lapseg.decoders.dsrl import DSRL
+from lapseg.losses import dsrl as dsrl_loss
+from lapseg.losses import segmentation
+from lapseg.ops import resize
+from tests.decoders.decoder_utils import TinyBackbone, blocky_batch, load_config
+from tests.training import loss_curve
+
+NUM_CLASSES = 4
+# PSPNet on a five-conv stand-in for ResNet (same feature names; compiles in seconds).
+SMALL = dict(num_classes=NUM_CLASSES, base="pspnet", backbone=TinyBackbone(output_stride=8),
+             sisr_channels=16, espcn_features=(32, 16))
+
+
+def numpy_affinity_loss(seg, sr, subsample, p, q):
+    """Eq. 5 written out: pool, normalise each pixel, all pairwise dot products, mean |.|^q."""
+    def affinity(f):
+        n, height, width, c = f.shape
+        h, w = height // subsample, width // subsample
+        pooled = np.zeros((n, h, w, c))
+        for i in range(h):
+            for j in range(w):
+                window = f[:, i * subsample:(i + 1) * subsample, j * subsample:(j + 1) * subsample]
+                pooled[:, i, j] = window.mean(axis=(1, 2))
+        pixels = pooled.reshape(n, h * w, c)
+        norms = (np.abs(pixels) ** p).sum(-1, keepdims=True) ** (1 / p)
+        unit = pixels / norms
+        return np.stack([[[unit[b, a] @ unit[b, z] for z in range(h * w)] for a in range(h * w)]
+                         for b in range(n)])
+
+    return np.mean(np.abs(affinity(seg) - affinity(sr)) ** q)
+
+
+@pytest.mark.parametrize("subsample, p, q", [(8, 2.0, 1.0), (4, 1.0, 2.0)])
+def test_feature_affinity_loss_matches_numpy(subsample, p, q):
+    rng = np.random.default_rng(0)
+    seg = rng.standard_normal((2, 36, 44, 3))  # not multiples of 8: the pool floors
+    sr = rng.standard_normal((2, 36, 44, 3)) + 0.5
+    expected = numpy_affinity_loss(seg, sr, subsample, p, q)
+    got = dsrl_loss.feature_affinity_loss(jnp.asarray(seg, jnp.float32), jnp.asarray(sr, jnp.float32),
+                                          subsample=subsample, p=p, q=q)
+    print(f"FA loss subsample={subsample} p={p} q={q}: {float(got):.6f} numpy {expected:.6f}")
+    np.testing.assert_allclose(float(got), expected, rtol=1e-5)
+
+
+def test_feature_affinity_has_finite_gradient_at_zero_pixels():
+    seg = jnp.zeros((1, 16, 16, 3)).at[:, 8:].set(1.0)  # FTM ends in ReLU: zero pixels happen
+    sr = jax.random.normal(jax.random.key(0), (1, 16, 16, 3))
+    grad = jax.jit(jax.grad(lambda a, b: dsrl_loss.feature_affinity_loss(a, b), argnums=(0, 1)))(seg, sr)
+    assert all(bool(jnp.isfinite(g).all()) for g in grad)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return lapseg.create_model("dsrl", **SMALL)
+
+
+@pytest.fixture(scope="module")
+def variables(model):
+    """Random variables of `model.init`'s structure, filled by numpy (jitting `init` compiles
+    a random kernel per parameter shape: tens of seconds on a loaded 2-core CPU)."""
+    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((2, 64, 96, 3)), train=False))
+    rng = np.random.default_rng(0)
+
+    def fill(path, leaf):
+        if path[-1].key == "kernel":
+            return jnp.asarray(rng.standard_normal(leaf.shape) / math.sqrt(math.prod(leaf.shape[:-1])), leaf.dtype)
+        if path[-1].key in ("scale", "var"):
+            return jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape), leaf.dtype)
+        return jnp.asarray(0.1 * rng.standard_normal(leaf.shape), leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+def test_outputs_and_the_shared_encoder(model, variables):
+    """Train mode adds 'sisr' and 'ftm' (and the base's 'aux'); eval mode only upsamples the
+    base's logits. SISR reads the base's backbone: its gradient reaches the backbone stages
+    it reads, not the base's head."""
+    images = jax.random.normal(jax.random.key(1), (2, 64, 96, 3))
+
+    def sisr_energy(params):
+        out, _ = model.apply({**variables, "params": params}, images, train=True,
+                             mutable=["batch_stats"], rngs={"dropout": jax.random.key(2)})
+        return jnp.sum(out["sisr"] ** 2), out
+
+    (_, train_out), grads = jax.jit(jax.value_and_grad(sisr_energy, has_aux=True))(variables["params"])
+    assert {key: value.shape for key, value in train_out.items()} == {
+        "logits": (2, 64, 96, NUM_CLASSES), "aux": (2, 32, 48, NUM_CLASSES),
+        "sisr": (2, 64, 96, 3), "ftm": (2, 64, 96, 3)}
+    eval_out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, images)
+    assert {key: value.shape for key, value in eval_out.items()} == {
+        "logits": (2, 64, 96, NUM_CLASSES), "aux": (2, 32, 48, NUM_CLASSES)}
+    # The shared encoder's params sit under 'backbone', once; the base's head under 'base'.
+    assert sorted(variables["params"]) == ["backbone", "base", "ftm", "sisr"]
+    assert "backbone" not in variables["params"]["base"]
+    flat = traverse_util.flatten_dict(grads["backbone"])
+    for stage in ("res2", "res5"):  # the features SISR reads
+        assert any(float(jnp.abs(g).max()) > 0 for path, g in flat.items() if path[0] == stage)
+    assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads["base"]))
+
+
+def test_inference_cost_is_the_base_at_half_resolution(model, variables):
+    """Eval mode traces neither SISR nor FTM: their params can be absent and the FLOPs
+    equal the base's on the half-size image plus the two resizes."""
+    images = jnp.zeros((2, 64, 96, 3))
+    params = {k: v for k, v in variables["params"].items() if k not in ("sisr", "ftm")}
+    pruned = {**variables, "params": params, "batch_stats": {
+        k: v for k, v in variables["batch_stats"].items() if k != "ftm"}}
+
+    def flops(fn, *args):
+        cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+        return (cost[0] if isinstance(cost, list) else cost)["flops"]
+
+    dsrl_flops = flops(lambda v, x: model.apply(v, x)["logits"], pruned, images)
+    base_variables = {"params": {"backbone": params["backbone"], **params["base"]},
+                      "batch_stats": {"backbone": pruned["batch_stats"]["backbone"],
+                                      **pruned["batch_stats"]["base"]}}
+    base_flops = flops(lambda v, x: model.base.apply(v, x)["logits"], base_variables,
+                       jnp.zeros((2, 32, 48, 3)))
+    down = flops(lambda x: resize.resize_bilinear(x, (32, 48), align_corners=False), images)
+    up = flops(lambda y: resize.resize_bilinear(y, (64, 96), align_corners=True),
+               jnp.zeros((2, 32, 48, NUM_CLASSES)))
+    print(f"DSRL eval FLOPs {dsrl_flops:.0f} = base(half) {base_flops:.0f} + down {down:.0f} + up {up:.0f}")
+    assert dsrl_flops == pytest.approx(base_flops + down + up, rel=1e-6)
+
+
+def test_rejects_bad_wiring(model):
+    other = TinyBackbone()
+    with pytest.raises(ValueError, match="backbone"):
+        DSRL(backbone=other, base=model.base)
+    wrong = DSRL(backbone=model.backbone, base=model.base, sisr_features=("res9",))
+    with pytest.raises(ValueError, match="res9"):
+        jax.eval_shape(lambda: wrong.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+
+
+def test_loss_is_ce_plus_weighted_mse_and_fa():
+    rng = np.random.default_rng(0)
+    outputs = {"logits": jnp.asarray(rng.standard_normal((2, 16, 16, NUM_CLASSES)), jnp.float32),
+               "aux": jnp.asarray(rng.standard_normal((2, 8, 8, NUM_CLASSES)), jnp.float32),
+               "sisr": jnp.asarray(rng.standard_normal((2, 16, 16, 3)), jnp.float32),
+               "ftm": jnp.asarray(rng.random((2, 16, 16, 3)), jnp.float32)}
+    labels = jnp.asarray(rng.integers(0, NUM_CLASSES, (2, 16, 16)), jnp.int32)
+    image = rng.standard_normal((2, 16, 16, 3)).astype(np.float32)
+    config = ml_collections.ConfigDict({"weights": {"logits": 1.0, "aux": 0.4}, "mse_weight": 0.3,
+                                        "fa_weight": 2.0, "fa_subsample": 4})
+    loss_fn = lapseg.losses.for_model("dsrl", config, ignore_label=255)
+    total, metrics = loss_fn(outputs, labels, {"image": jnp.asarray(image), "label": labels})
+    ce, _ = segmentation.deep_supervision(outputs, labels, weights={"logits": 1.0, "aux": 0.4},
+                                          ignore_label=255)
+    mse = np.mean((np.asarray(outputs["sisr"]) - image) ** 2)
+    fa = numpy_affinity_loss(np.asarray(outputs["ftm"], np.float64), np.asarray(outputs["sisr"], np.float64),
+                             4, 2.0, 1.0)
+    np.testing.assert_allclose(float(total), float(ce) + 0.3 * mse + 2.0 * fa, rtol=1e-5)
+    assert {"loss/logits", "loss/aux", "loss/ce", "loss/mse", "loss/fa"} <= set(metrics)
+
+
+def test_loss_decreases_on_8_device_mesh(model):
+    curve = loss_curve(model, blocky_batch(), model_name="dsrl",
+                       loss_weights={"logits": 1.0, "aux": 0.4}, learning_rate=0.02,
+                       loss_config={"mse_weight": 0.1, "fa_weight": 1.0})
+    print("DSRL loss curve:", np.round(curve, 3))
+    assert np.all(np.isfinite(curve))
+    assert curve[-5:].mean() < 0.8 * curve[0]
+
+
+@pytest.mark.parametrize("name", ["cityscapes_dsrl_pspnet", "camvid_dsrl_pspnet"])
+def test_config_builds(name):
+    config = load_config(name)
+    assert config.model == "dsrl"
+    model = lapseg.create_model(config.model, num_classes=11, **config.model_kwargs)
+    images = jnp.zeros((1, 64, 64, 3))
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), images, train=False))
+    out = jax.eval_shape(lambda v: model.apply(v, images), variables)
+    assert out["logits"].shape == (1, 64, 64, 11)
+    assert set(config.loss.weights) <= {"logits", "aux"}
+    params = sum(math.prod(x.shape) for x in jax.tree.leaves(variables["params"]))
+    print(f"{name}: {params:,} params")
