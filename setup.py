@@ -28,7 +28,7 @@ setuptools.setup(
     install_requires=RUNTIME,
     extras_require={
         # Never torch here: parity tests skip without it, CI installs it separately.
-        "test": ["pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel"],
+        "test": ["pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel", "matplotlib"],
         "torch": ["torch"],
         "tf": ["tensorflow"],
     },

@@ -10,6 +10,11 @@ import pytest  # noqa: E402  (after XLA_FLAGS, before anything imports jax)
 CAMVID_DIR = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "camvid"
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "notebook: executes a notebook (deselect with -m 'not notebook')")
+
+
 @pytest.fixture(scope="session")
 def camvid_dir():
     """The shared CamVid copy (../shared/data/camvid); tests that need it skip without it."""

@@ -11,7 +11,9 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "default.py"
+# The embedded default job is the schema's own defaults, so it ships inside the package
+# (configs/ is not installed by a non-editable pip install); configs/default.py is the same.
+DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent / "config.py"
 
 
 def parse_config_flags(argv, default_workdir):

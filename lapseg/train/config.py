@@ -70,3 +70,7 @@ def base_config():
     config.keep_checkpoints = 2
     config.distributed = False  # call jax.distributed.initialize() (multi-host)
     return config
+
+
+# `--config lapseg/train/config.py` (the CLI's default) loads the embedded default job.
+get_config = base_config

@@ -1,0 +1,199 @@
+"""Inference: whole image, sliding window, multi-scale + flip test-time augmentation.
+
+    predict_fn = make_predict_fn(model, tile_size=(512, 512), scales=(0.75, 1.0, 1.25), flip=True)
+    probs = jax.jit(predict_fn)(variables, images)   # f32 [N, H, W, 3] -> f32 [N, H, W, C]
+
+`predict_fn(variables, images)` is a pure function of arrays: jit it, vmap it or call
+it inside another JAX program. Every shape in it (scaled sizes, tile positions) follows
+from the input's static shape, so one compilation serves every image of that shape;
+`Predictor` pads host images of any size up to a few bucket sizes so that a folder of
+mixed sizes compiles a handful of times, not once per image.
+
+Views are combined as in semseg's `test.py` (hszhao) and mmsegmentation's `aug_test`:
+tiles of one view average their *logits* where they overlap; the views (scales, flips)
+average their softmax *probabilities*. Images are rescaled bilinearly with half-pixel
+centres and no antialiasing (OpenCV's INTER_LINEAR, as in semseg), and each view's
+logits are resized back the same way.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from lapseg.data import augment
+from lapseg.ops import resize
+
+
+def model_logits(model, variables, images, *, size_multiple: int = 32) -> jnp.ndarray:
+    """`model`'s eval-mode logits, the input zero-padded (bottom/right) to a size multiple.
+
+    Args:
+      model: a lapseg model (returns a dict with `'logits'` at input resolution).
+      variables: its variables.
+      images: f32 `[N, H, W, 3]`, normalised (0 is the normalisation mean, the padding value
+        of the eval pipeline).
+      size_multiple: the model sees `[N, H', W', 3]` with H', W' the next multiples (the
+        backbone's output stride); the logits are cropped back.
+
+    Returns:
+      f32 `[N, H, W, C]`.
+    """
+    height, width = images.shape[1:3]
+    padded_height = size_multiple * math.ceil(height / size_multiple)
+    padded_width = size_multiple * math.ceil(width / size_multiple)
+    images = jnp.pad(
+        images, ((0, 0), (0, padded_height - height), (0, padded_width - width), (0, 0)))
+    logits = model.apply(variables, images, train=False)["logits"]
+    return logits[:, :height, :width].astype(jnp.float32)
+
+
+def tile_starts(size: int, tile: int, stride: int) -> list[int]:
+    """Offsets of tiles of length `tile` every `stride` covering `[0, size)`, the last one
+    flush with the end (`size >= tile`)."""
+    count = math.ceil((size - tile) / stride) + 1
+    return sorted({min(i * stride, size - tile) for i in range(count)})
+
+
+def sliding_window_logits(logits_fn, images, tile_size, stride) -> jnp.ndarray:
+    """Logits of overlapping tiles, averaged where they overlap.
+
+    The image is zero-padded (bottom/right) to at least one tile; tiles of the static
+    shape `tile_size` start every `stride` pixels, the last row and column flush with
+    the (padded) image's edge. A `lax.scan` over the tile offsets runs `logits_fn` once
+    per tile on the whole batch, adding into a running sum, so memory holds one tile's
+    activations whatever the image size.
+
+    Args:
+      logits_fn: `[N, th, tw, 3] -> [N, th, tw, C]`.
+      images: f32 `[N, H, W, 3]`.
+      tile_size: `(th, tw)`.
+      stride: `(sh, sw)`, at most the tile size (no gaps).
+
+    Returns:
+      f32 `[N, H, W, C]`.
+    """
+    (tile_height, tile_width), (stride_height, stride_width) = tile_size, stride
+    if not (0 < stride_height <= tile_height and 0 < stride_width <= tile_width):
+        raise ValueError(f"stride {stride} must be positive and at most the tile size {tile_size}")
+    batch, height, width, _ = images.shape
+    padded_height, padded_width = max(height, tile_height), max(width, tile_width)
+    images = jnp.pad(
+        images, ((0, 0), (0, padded_height - height), (0, padded_width - width), (0, 0)))
+    starts = np.array([(y, x) for y in tile_starts(padded_height, tile_height, stride_height)
+                       for x in tile_starts(padded_width, tile_width, stride_width)], np.int32)
+    coverage = np.zeros((padded_height, padded_width), np.float32)
+    for y, x in starts:
+        coverage[y:y + tile_height, x:x + tile_width] += 1
+    tile_shape = (batch, tile_height, tile_width)
+    tile_spec = jax.ShapeDtypeStruct((*tile_shape, 3), images.dtype)
+    num_classes = jax.eval_shape(logits_fn, tile_spec).shape[-1]
+
+    def add_tile(total, start):
+        y, x = start[0], start[1]
+        tile = lax.dynamic_slice(images, (0, y, x, 0), (*tile_shape, 3))
+        current = lax.dynamic_slice(total, (0, y, x, 0), (*tile_shape, num_classes))
+        total = lax.dynamic_update_slice(total, current + logits_fn(tile), (0, y, x, 0))
+        return total, None
+
+    total = jnp.zeros((batch, padded_height, padded_width, num_classes), jnp.float32)
+    total, _ = lax.scan(add_tile, total, jnp.asarray(starts))
+    return (total / coverage[None, :, :, None])[:, :height, :width]
+
+
+def make_predict_fn(model, *, tile_size=None, tile_overlap: float = 1 / 3, scales=(1.0,),
+                    flip: bool = False, size_multiple: int = 32):
+    """A pure, jittable `predict_fn(variables, images) -> probabilities`.
+
+    Args:
+      model: a lapseg model.
+      tile_size: `(th, tw)` for sliding-window inference at every scale, or None for
+        whole-image inference.
+      tile_overlap: fraction of a tile shared with its neighbour (stride =
+        `ceil(tile * (1 - overlap))`); semseg's default stride rate 2/3 is overlap 1/3.
+      scales: image scale factors; each view is the image resized by round(s * size).
+      flip: also predict on the horizontally flipped image (of every scale) and flip back.
+      size_multiple: pad each model input to a multiple of this (the output stride).
+
+    Returns:
+      `predict_fn(variables, images)`: f32 `[N, H, W, 3]` normalised images -> f32
+      `[N, H, W, C]` class probabilities, the mean over views of each view's softmax.
+      `jnp.argmax(..., -1)` gives the labels.
+    """
+    if not scales or min(scales) <= 0:
+        raise ValueError(f"scales must be positive, got {scales}")
+    if not 0 <= tile_overlap < 1:
+        raise ValueError(f"tile_overlap must be in [0, 1), got {tile_overlap}")
+    if tile_size is not None:
+        tile_size = tuple(int(t) for t in tile_size)
+        stride = tuple(max(1, math.ceil(t * (1 - tile_overlap))) for t in tile_size)
+
+    def predict_fn(variables, images):
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images must be [N, H, W, 3], got {images.shape}")
+        height, width = images.shape[1:3]
+        batch = images.shape[0]
+
+        def logits_fn(x):
+            return model_logits(model, variables, x, size_multiple=size_multiple)
+
+        probs = 0.0
+        for scale in scales:
+            size = (max(1, round(height * scale)), max(1, round(width * scale)))
+            view = images if size == (height, width) else resize.resize_bilinear(
+                images, size, align_corners=False)
+            if flip:  # One model batch of [image, mirror]: the flipped half is flipped back.
+                view = jnp.concatenate([view, view[:, :, ::-1]])
+            if tile_size is None:
+                logits = logits_fn(view)
+            else:
+                logits = sliding_window_logits(logits_fn, view, tile_size, stride)
+            if size != (height, width):
+                logits = resize.resize_bilinear(logits, (height, width), align_corners=False)
+            view_probs = jax.nn.softmax(logits, axis=-1)
+            if flip:
+                view_probs = view_probs[:batch] + view_probs[batch:, :, ::-1]
+            probs = probs + view_probs
+        return probs / (len(scales) * (2 if flip else 1))
+
+    return predict_fn
+
+
+def bucket_size(height: int, width: int, bucket: int) -> tuple[int, int]:
+    """`(H, W)` rounded up to multiples of `bucket`: the padded shape `Predictor` compiles for."""
+    return bucket * math.ceil(height / bucket), bucket * math.ceil(width / bucket)
+
+
+class Predictor:
+    """Labels for host images of any size: normalise, pad to a bucket, jitted predict, crop.
+
+    Args:
+      model, variables: a lapseg model and its variables (e.g. from
+        `lapseg.train.loop.restore_model`).
+      normalization: the training config's `data.normalize` ('torch', 'caffe', 'none').
+      bucket: images are zero-padded (bottom/right, after normalisation, as in the eval
+        pipeline) to multiples of this, so sizes within one bucket share one compilation.
+      **predict_kwargs: `make_predict_fn`'s tiling / scales / flip options.
+    """
+
+    def __init__(self, model, variables, *, normalization: str, bucket: int = 128,
+                 **predict_kwargs):
+        if bucket < 1:
+            raise ValueError(f"bucket must be >= 1, got {bucket}")
+        self.variables = variables
+        self.normalization = normalization
+        self.bucket = bucket
+        self.predict_fn = jax.jit(make_predict_fn(model, **predict_kwargs))
+
+    def __call__(self, image) -> np.ndarray:
+        """uint8 RGB `[H, W, 3]` -> int32 `[H, W]` class ids."""
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"image must be uint8 RGB [H, W, 3], got {image.dtype} {image.shape}")
+        height, width = image.shape[:2]
+        padded = np.zeros((1, *bucket_size(height, width, self.bucket), 3), np.float32)
+        padded[0, :height, :width] = augment.normalize(image, self.normalization)
+        probs = self.predict_fn(self.variables, padded)
+        return np.asarray(jnp.argmax(probs[0, :height, :width], -1), np.int32)
