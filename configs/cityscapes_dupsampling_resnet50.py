@@ -1,0 +1,37 @@
+"""DUpsampling (Decoders Matter) with ResNet-50 at output stride 16 on Cityscapes (19 classes).
+
+The paper trains on PASCAL VOC / Pascal Context, which this library's catalog lacks;
+Cityscapes is the closest catalogued benchmark. Decoder as the paper: res2/res3 bilinearly
+downsampled to res5 (OS 16), 1x1 convs to 48, two 3x3 convs 256, a 1x1 projection to
+L = 256 and DUpsample with the PCA matrix W (ratio 16, frozen) plus the patch mean,
+adaptive temperature. W is fitted from the training labels by `lapseg basis` before
+training (it sets `model_kwargs.basis_path`). SGD momentum 0.9, lr 0.007 (head x10),
+weight decay 1e-4, poly 0.9, 768 x 768 crops, scales 0.5-2, batch 8, 90,000 steps.
+Prepare the data with `tfds build cityscapes/semantic_segmentation` (needs TF).
+"""
+
+from lapseg.train.config import base_config
+
+
+def get_config():
+    config = base_config()
+    config.model = "dupsampling"
+    config.model_kwargs = {"backbone": "resnet50", "backbone_kwargs": {"output_stride": 16},
+                           "ratio": 16, "dim": 256, "low_level_features": ("res2", "res3"),
+                           "trainable_w": False, "add_mean": True}
+    config.basis.num_batches = 100
+    config.data.dataset = "cityscapes"
+    config.data.crop_size = (768, 768)
+    config.data.scale_range = (0.5, 2.0)
+    config.data.batch_size = 8
+    config.data.eval_size = (1024, 2048)
+    config.optimizer.learning_rate = 0.007
+    config.optimizer.momentum = 0.9
+    config.optimizer.weight_decay = 1e-4
+    config.optimizer.warmup_steps = 0
+    config.optimizer.head_lr_multiplier = 10.0
+    config.loss.weights = {"logits": 1.0}
+    config.num_train_steps = 90_000
+    config.eval_every_steps = 5000
+    config.checkpoint_every_steps = 2000
+    return config

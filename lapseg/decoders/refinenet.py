@@ -1,0 +1,134 @@
+"""RefineNet (Lin et al., "RefineNet: Multi-Path Refinement Networks", CVPR 2017, Sec. 3).
+
+4-cascaded RefineNet on res5..res2, following DrSleep/refinenet-pytorch `models/resnet.py`
+(a port of the released MatConvNet models, guosheng/refinenet `main/gen_network_*.m`):
+
+    for each level (res5, res4, res3, res2), deepest first, adapt widths 512/256/256/256:
+      path  = RCU x 2 (conv3x3 adapt (backbone channels -> width, no bias) (feature))
+      x     = MRF([path, x])          # 3x3 convs to the smaller width, upsample, sum
+      x     = RCU x 3 (CRP(x))        # CRP starts with a ReLU
+    scores  = conv3x3 classes (dropout(x))                  at 1/4 -> 'coarse_logits'
+    logits  = align-corners bilinear upsampling to the input size  -> 'logits'
+
+The first block has a single input, so no MRF. Dropout (p=0.5, element-wise, as the port's
+`nn.Dropout`) is applied to the two deepest backbone features (res5, res4) and before the
+classifier. The blocks (RCU, MRF, CRP) are `lapseg.layers.refine`.
+
+Loss: the original code scores the 1/4-resolution map against labels resized by nearest
+(`cnn_layer_dense_softmaxloss_forward.m`), i.e. `loss.weights = {'coarse_logits': 1.0}`
+with this library's deep supervision; weighting `'logits'` instead trains at full
+resolution (the common PyTorch practice).
+
+Outputs: `'logits'` `[N, H, W, C]`; `'coarse_logits'` `[N, h, w, C]` at the finest used
+feature's resolution (`ceil(H/4)` for res2).
+"""
+
+from collections.abc import Sequence
+
+import chex
+import flax.linen as nn
+import jax.numpy as jnp
+
+from lapseg import backbones
+from lapseg.layers.refine import (ChainedResidualPooling, MultiResolutionFusion,
+                                  ResidualConvUnit, conv3x3)
+from lapseg.ops import resize
+
+
+class RefineBlock(nn.Module):
+    """One RefineNet block: `[path (adapted), previous output or None] -> refined map`.
+
+    `[N, h, w, C_path]` (+ `[N, h', w', C_prev]`, `h' <= h`) -> `[N, h, w, min(C_path, C_prev)]`.
+    """
+
+    adapt_rcus: int = 2
+    output_rcus: int = 3
+    crp_stages: int = 4
+    crp_order: str = "pool_conv"
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, path: jnp.ndarray, previous: jnp.ndarray | None) -> jnp.ndarray:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        for i in range(self.adapt_rcus):
+            path = ResidualConvUnit(name=f"adapt_rcu{i}", **kw)(path)
+        inputs = [path] if previous is None else [path, previous]
+        x = MultiResolutionFusion(name="mrf", **kw)(inputs)
+        x = ChainedResidualPooling(self.crp_stages, self.crp_order, name="crp", **kw)(x)
+        for i in range(self.output_rcus):
+            x = ResidualConvUnit(name=f"output_rcu{i}", **kw)(x)
+        return x
+
+
+class RefineNet(nn.Module):
+    """RefineNet: images `[N, H, W, 3]` -> `{'logits' [N, H, W, C], 'coarse_logits' [N, h, w, C]}`.
+
+    Attributes:
+      backbone: feature extractor returning a dict with every name in `features`.
+      num_classes: C.
+      features: backbone features, deepest first (one RefineNet block each).
+      widths: adapt conv width per feature (512, 256, 256, 256).
+      adapt_rcus: RCUs on each backbone path (2).
+      output_rcus: RCUs after each CRP (3 in the released models; the paper's figure draws 1).
+      crp_stages: chained pooling stages (4 in the released models; the figure draws 2).
+      crp_order: 'pool_conv' (paper, port) or 'conv_pool' (original code's improved version).
+      dropout_rate: dropout on the two deepest features and before the classifier (0.5).
+      dtype: compute dtype; param_dtype: parameter dtype.
+    """
+
+    backbone: nn.Module
+    num_classes: int
+    features: Sequence[str] = ("res5", "res4", "res3", "res2")
+    widths: Sequence[int] = (512, 256, 256, 256)
+    adapt_rcus: int = 2
+    output_rcus: int = 3
+    crp_stages: int = 4
+    crp_order: str = "pool_conv"
+    dropout_rate: float = 0.5
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def __post_init__(self):
+        if len(self.features) != len(self.widths) or not self.features:
+            raise ValueError(f"RefineNet needs one width per feature, got features {self.features} "
+                             f"and widths {self.widths}")
+        super().__post_init__()
+
+    def __call__(self, images: jnp.ndarray, train: bool = False) -> dict:
+        """`images`: `[N, H, W, 3]` normalised; `train`: batch-stat BN, dropout (rng 'dropout')."""
+        chex.assert_rank(images, 4)
+        return self.decode(self.backbone(images, train), images.shape[1:3], train)
+
+    @nn.compact
+    def decode(self, features: dict, size: tuple[int, int], train: bool = False) -> dict:
+        """The 4-cascade on backbone `features` (a dict by name); 'logits' resized to `size`."""
+        missing = [name for name in self.features if name not in features]
+        if missing:
+            raise ValueError(f"RefineNet needs backbone features {missing}; "
+                             f"the backbone gives {sorted(features)}")
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
+        x = None
+        for level, (name, width) in enumerate(zip(self.features, self.widths)):
+            feature = dropout(features[name]) if level < 2 else features[name]
+            path = conv3x3(width, use_bias=False, name=f"adapt{level}", **kw)(feature)
+            x = RefineBlock(self.adapt_rcus, self.output_rcus, self.crp_stages, self.crp_order,
+                            name=f"refine{level}", **kw)(path, x)
+        scores = conv3x3(self.num_classes, use_bias=True, name="classifier", **kw)(dropout(x))
+        logits = resize.resize_bilinear(scores, size, align_corners=True)
+        return {"logits": logits, "coarse_logits": scores}
+
+
+def refinenet(*, num_classes: int, backbone="resnet101", backbone_kwargs: dict | None = None,
+              dtype=jnp.float32, param_dtype=jnp.float32, **decoder_fields) -> RefineNet:
+    """RefineNet on `backbone` (a name for `lapseg.backbones.create` or a Module).
+
+    The backbone keeps its defaults (a standard ResNet at output stride 32, as in the
+    paper); `decoder_fields` are `RefineNet` fields.
+    """
+    if isinstance(backbone, str):
+        backbone = backbones.create(backbone, dtype=dtype, param_dtype=param_dtype,
+                                    **(backbone_kwargs or {}))
+    return RefineNet(backbone=backbone, num_classes=num_classes, dtype=dtype,
+                     param_dtype=param_dtype, **decoder_fields)

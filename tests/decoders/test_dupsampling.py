@@ -1,0 +1,222 @@
+"""DUpsampling: parity of the fusion head + DUpsample with the PyTorch port's conv + reshape
+(Tramac/awesome-semantic-segmentation-pytorch `core/models/dunet.py`), the fixed/trainable W and
+the bases file, decoder FLOPs against PSPNet, parameter counts, configs, and a loss that
+decreases on the 8-device mesh."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lapseg import backbones, bases_file, data, models
+from lapseg.decoders.dupsampling import DUpsampling
+from lapseg.ops import pca
+from lapseg.train import loop
+from tests.decoders.decoder_utils import (TINY, TinyBackbone, blocky_batch, load_config,
+                                          output_dtypes, output_shapes, param_count, rbg_prng)
+from tests.training import loss_curve
+
+
+def write_bases(path, num_classes, ratio, dim, seed=0):
+    """A random `dupsampling_w [dim, r*r*C]` and `dupsampling_mean [r*r*C]` in a bases file."""
+    rng = np.random.default_rng(seed)
+    depth = ratio * ratio * num_classes
+    w, mean = rng.standard_normal((dim, depth)) / np.sqrt(dim), rng.random(depth)
+    bases_file.save(path, num_classes=num_classes, dupsampling_w=w.astype(np.float32),
+                    dupsampling_mean=mean.astype(np.float32))
+    return str(path)
+
+
+def _torch_head(deep, lows, reduce, width, dim):
+    """Tramac's `FeatureFused` + `_DUHead` (generalised to any low-level features), haochange's
+    1x1 projection to L channels, and Tramac's `DUpsampling` (1x1 conv_w + reshape)."""
+    from torch import nn
+
+    fuse = nn.ModuleList(
+        nn.Sequential(nn.Conv2d(c, reduce, 1, bias=False), nn.BatchNorm2d(reduce), nn.ReLU())
+        for c in lows)
+    block = nn.Sequential(
+        nn.Conv2d(deep + reduce * len(lows), width, 3, padding=1, bias=False),
+        nn.BatchNorm2d(width), nn.ReLU(),
+        nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+    project = nn.Conv2d(width, dim, 1)
+    return fuse, block, project
+
+
+def _torch_dupsample(x, conv_w, scale):
+    """Tramac `DUpsampling.forward` after its conv: N,C,H,W -> N,W,H,C -> ... -> N,C/s^2,Hs,Ws."""
+    x = conv_w(x)
+    n, c, h, w = x.size()
+    x = x.permute(0, 3, 2, 1).contiguous().view(n, w, h * scale, c // scale)
+    x = x.permute(0, 2, 1, 3).contiguous().view(n, h * scale, w * scale, c // (scale * scale))
+    return x.permute(0, 3, 1, 2)
+
+
+def test_head_matches_pytorch_port(tmp_path):
+    """res5 4x4 (OS 16) + res2/res3 bilinearly downsampled, 1x1 -> 48, 3x3 convs, L = 8, r = 16,
+    + mean, / T (T = exp(0.3)), cropped to a 61 x 59 input; eval mode, random BN statistics."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+    from torch.nn import functional as F
+
+    from tests.layers import torch_reference as ref
+
+    classes, ratio, dim = 3, 16, 8
+    channels = {"res5": 40, "res2": 8, "res3": 16}
+    sizes = {"res5": (4, 4), "res2": (16, 15), "res3": (8, 8)}
+    path = write_bases(tmp_path / "basis.npz", classes, ratio, dim)
+    w = bases_file.load(path, "dupsampling_w", num_classes=classes)
+    mean = bases_file.load(path, "dupsampling_mean", num_classes=classes)
+    torch.manual_seed(0)
+    fuse, block, project = _torch_head(40, (8, 16), 12, 20, dim)
+    for i, module in enumerate((fuse, block)):
+        ref.randomize(module, seed=i)
+    project.eval()
+    conv_w = nn.Conv2d(dim, ratio * ratio * classes, 1, bias=False)
+    with torch.no_grad():
+        conv_w.weight.copy_(torch.from_numpy(w.T.copy())[:, :, None, None])
+    rng = np.random.default_rng(0)
+    features = {n: rng.standard_normal((2, *sizes[n], c)).astype(np.float32)
+                for n, c in channels.items()}
+    log_temperature = 0.3
+    with torch.no_grad():
+        deep = ref.to_torch(features["res5"])
+        lows = [f(F.interpolate(ref.to_torch(features[n]), (4, 4), mode="bilinear", align_corners=True))
+                for f, n in zip(fuse, ("res2", "res3"))]
+        scores = _torch_dupsample(project(block(torch.cat([deep, *lows], 1))), conv_w, ratio)
+        tile = torch.from_numpy(mean.reshape(ratio, ratio, classes)).permute(2, 0, 1).repeat(1, 4, 4)
+        want = ((scores + tile) / np.exp(log_temperature))[:, :, :61, :59]
+
+    params, stats = {"project": ref.conv(project), "log_temperature": np.float32(log_temperature)}, {}
+    for j, f in enumerate(fuse):
+        params[f"reduce{j}"], stats[f"reduce{j}"] = ref.conv_bn(f[0], f[1])
+    for name, (conv, bn) in (("fuse1", (block[0], block[1])), ("fuse2", (block[3], block[4]))):
+        params[name], stats[name] = ref.conv_bn(conv, bn)
+    model = DUpsampling(backbones.create("resnet18", width=0.25, output_stride=16), classes, ratio=ratio,
+                        dim=dim, basis_path=path, reduce_features=12, head_features=20)
+    constants = {"w": w, "mean": mean}
+    decode = jax.jit(lambda v, f: model.apply(v, f, (61, 59), method=DUpsampling.decode))
+    got = decode({"params": params, "batch_stats": stats, "constants": constants}, features)
+    error = ref.max_abs_error(got["logits"], ref.to_numpy(want))
+    print(f"DUpsampling parity vs pytorch port (conv + reshape): max abs err {error:.2e}")
+    assert error <= 1e-4
+
+
+@pytest.mark.parametrize("ratio", [8, 16, 32])
+def test_ratios(ratio, tmp_path):
+    path = write_bases(tmp_path / "basis.npz", 3, ratio, 8)
+    model = models.create_model("dupsampling", num_classes=3, ratio=ratio, dim=8, basis_path=path,
+                                **TINY)
+    assert model.backbone.output_stride == ratio  # the factory's default
+    assert output_shapes(model, (1, 45, 61, 3)) == {"logits": (1, 45, 61, 3)}
+
+
+def test_bfloat16_compute(tmp_path):
+    path = write_bases(tmp_path / "basis.npz", 3, 32, 8)
+    model = models.create_model("dupsampling", num_classes=3, ratio=32, dim=8, basis_path=path,
+                                dtype=jnp.bfloat16, **TINY)
+    assert output_dtypes(model, (1, 64, 64, 3)) == {"logits": jnp.bfloat16}
+
+
+def test_frozen_and_trainable_w(tmp_path):
+    path = write_bases(tmp_path / "basis.npz", 3, 32, 8)
+    x = jnp.zeros((1, 64, 64, 3))
+    for trainable in (False, True):
+        model = models.create_model("dupsampling", num_classes=3, ratio=32, dim=8, basis_path=path,
+                                    trainable_w=trainable, **TINY)
+        variables = jax.eval_shape(lambda m=model: m.init(jax.random.key(0), x))
+        assert ("w" in variables["params"]) == trainable
+        assert set(variables["constants"]) == ({"mean"} if trainable else {"w", "mean"})
+        assert variables["params"]["log_temperature"].shape == ()
+    model = models.create_model("dupsampling", num_classes=3, ratio=32, dim=8, basis_path=path,
+                                add_mean=False, **TINY)
+    assert set(jax.eval_shape(lambda: model.init(jax.random.key(0), x))["constants"]) == {"w"}
+
+
+def test_clear_errors(tmp_path):
+    def build(**kwargs):
+        kwargs = {"num_classes": 3, "dim": 8, **TINY, **kwargs}
+        return output_shapes(models.create_model("dupsampling", **kwargs), (1, 64, 64, 3))
+
+    with pytest.raises(FileNotFoundError, match="lapseg basis"):
+        build(ratio=32, basis_path=str(tmp_path / "missing.npz"))
+    path = write_bases(tmp_path / "basis.npz", 3, 16, 8)
+    with pytest.raises(ValueError, match=r"needs \(8, 3072\)"):  # fitted for r = 16, model r = 32
+        build(ratio=32, basis_path=path)
+    with pytest.raises(ValueError, match="output stride"):
+        build(ratio=16, basis_path=path, backbone_kwargs={"width": 0.25, "output_stride": 8})
+
+
+def _flops(fn, *args):
+    return jax.jit(fn).lower(*args).cost_analysis()["flops"]
+
+
+def test_decoder_flops_far_below_pspnet(tmp_path):
+    """At 512 x 512, ResNet-50, 21 classes: DUpsampling at OS 32 fuses res2/res3 at 16 x 16;
+    PSPNet's head runs at 64 x 64 (OS 8). FLOPs of the lowered (not run) programs."""
+    size, classes = (512, 512), 21
+    path = write_bases(tmp_path / "basis.npz", classes, 32, 256)
+    counts = {}
+    for name, kwargs in (("pspnet", {}), ("dupsampling", {"ratio": 32, "dim": 256, "basis_path": path})):
+        model = models.create_model(name, num_classes=classes, backbone="resnet50", **kwargs)
+        images = jax.ShapeDtypeStruct((1, *size, 3), jnp.float32)
+        zeros = jnp.zeros(images.shape)
+        variables = jax.eval_shape(lambda m=model: m.init(jax.random.key(0), zeros))
+        backbone_variables = {k: variables[k]["backbone"] for k in ("params", "batch_stats")}
+        features = jax.eval_shape(lambda v, m=model: m.backbone.apply(v, zeros, False),
+                                  backbone_variables)
+        total = _flops(lambda v, x, m=model: m.apply(v, x)["logits"], variables, images)
+        decoder = _flops(lambda v, f, m=model: m.apply(v, f, size, method=type(m).decode)["logits"],
+                         variables, features)
+        counts[name] = (total, decoder)
+        print(f"{name} ResNet-50 {size}: total {total / 1e9:.1f} GFLOP, "
+              f"decoder {decoder / 1e9:.2f} GFLOP")
+    print(f"decoder ratio PSPNet / DUpsampling: {counts['pspnet'][1] / counts['dupsampling'][1]:.1f}x, "
+          f"total ratio {counts['pspnet'][0] / counts['dupsampling'][0]:.1f}x")
+    assert counts["dupsampling"][1] < counts["pspnet"][1] / 10
+    assert counts["dupsampling"][0] < counts["pspnet"][0] / 3
+
+
+@pytest.mark.parametrize("backbone", ["resnet50", "resnet101"])
+def test_parameter_count(backbone, tmp_path):
+    path = write_bases(tmp_path / "basis.npz", 21, 16, 256)
+    model = models.create_model("dupsampling", num_classes=21, backbone=backbone, ratio=16, dim=256,
+                                basis_path=path)
+    count = param_count(model)
+    print(f"DUpsampling {backbone} (OS 16, L = 256, W frozen), 21 classes: {count:,} parameters")
+    # 1x1 reductions 256/512 -> 48 (+BN), 3x3 (2048+96) -> 256 and 256 -> 256 (+BN),
+    # 1x1 256 -> 256 with bias, the temperature; backbone 23,508,032 / 42,500,160.
+    decoder = ((256 + 512) * 48 + 2 * 2 * 48 + 9 * 2144 * 256 + 9 * 256 * 256 + 2 * 2 * 256
+               + 257 * 256 + 1)
+    assert count == decoder + (23_508_032 if backbone == "resnet50" else 42_500_160)
+
+
+@pytest.mark.parametrize("name", ["cityscapes_dupsampling_resnet50", "camvid_dupsampling_resnet50"])
+def test_config_builds(name, tmp_path):
+    config = load_config(name)
+    assert config.model == "dupsampling" and "basis_path" not in config.model_kwargs
+    info = data.dataset_info(config.data.dataset)
+    kwargs = config.model_kwargs
+    config.model_kwargs.basis_path = write_bases(tmp_path / "basis.npz", info.num_classes,
+                                                 kwargs.ratio, kwargs.dim)
+    model = loop.build_model(config, info.num_classes)
+    assert output_shapes(model, (1, 64, 64, 3))["logits"][:3] == (1, 64, 64)
+
+
+def test_loss_decreases(tmp_path):
+    """W and mean fitted by PCA on the batch's own labels (r = 16, L = 16).
+
+    lr 0.2: reconstructions through the orthonormal W are unit-scale one-hot patches, so at
+    T = 1 the softmax starts nearly flat (the paper's reason for the learned temperature);
+    at the helper's default 0.01, 20 steps barely move T (1.386 -> 1.343)."""
+    batch = blocky_batch(4)
+    w, mean = pca.dupsampling_matrix([batch["label"]], 4, ratio=16, dim=16)
+    path = tmp_path / "basis.npz"
+    bases_file.save(path, num_classes=4, dupsampling_w=w, dupsampling_mean=mean)
+    model = models.create_model("dupsampling", num_classes=4, backbone=TinyBackbone(output_stride=16),
+                                ratio=16, dim=16, basis_path=str(path))
+    with rbg_prng():
+        curve = loss_curve(model, batch, model_name="dupsampling", loss_weights={"logits": 1.0},
+                           learning_rate=0.2)
+    print("DUpsampling loss curve:", np.round(curve, 3))
+    assert curve[-5:].mean() < 0.8 * curve[0]

@@ -1,0 +1,207 @@
+"""RefineNet: parity of the 4-cascade with DrSleep/refinenet-pytorch (`models/resnet.py`,
+`utils/layer_factory.py`: RCU, CRP, fusion), shapes at OS 8/16/32, parameter counts,
+configs, and a loss that decreases on the 8-device mesh."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lapseg import backbones, data, models
+from lapseg.decoders.refinenet import RefineNet
+from lapseg.train import loop
+from tests.decoders.decoder_utils import (TINY, blocky_batch, load_config, output_shapes,
+                                          output_dtypes, param_count, rbg_prng)
+from tests.training import loss_curve
+
+
+def _torch_refinenet(widths, in_channels, classes, crp_order):
+    """DrSleep's RefineNet decoder (l1..l4 = res2..res5 given) with widths scaled down.
+
+    Module and attribute names are the port's, so the weight mapping below mirrors its
+    state dict; `crp_order='conv_pool'` swaps pool and conv as guosheng/refinenet's
+    `do_gen_block_convbeforepool` does.
+    """
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    def conv3x3(i, o, bias=False):
+        return nn.Conv2d(i, o, 3, padding=1, bias=bias)
+
+    class CRPBlock(nn.Module):
+        def __init__(self, planes, n_stages):
+            super().__init__()
+            for i in range(n_stages):
+                setattr(self, f"{i + 1}_outvar_dimred", conv3x3(planes, planes))
+            self.n_stages = n_stages
+            self.maxpool = nn.MaxPool2d(5, 1, 2)
+
+        def forward(self, x):
+            top = x
+            for i in range(self.n_stages):
+                conv = getattr(self, f"{i + 1}_outvar_dimred")
+                top = conv(self.maxpool(top)) if crp_order == "pool_conv" else self.maxpool(conv(top))
+                x = top + x
+            return x
+
+    class RCUBlock(nn.Module):
+        suffixes = ("_conv", "_conv_relu_varout_dimred")
+
+        def __init__(self, planes, n_blocks):
+            super().__init__()
+            for i in range(n_blocks):
+                for j, suffix in enumerate(self.suffixes):
+                    setattr(self, f"{i + 1}{suffix}", conv3x3(planes, planes, bias=j == 0))
+            self.n_blocks = n_blocks
+
+        def forward(self, x):
+            for i in range(self.n_blocks):
+                residual = x
+                for suffix in self.suffixes:
+                    x = getattr(self, f"{i + 1}{suffix}")(F.relu(x))
+                x = x + residual
+            return x
+
+    class Decoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            w1, w2, w3, w4 = widths
+            c4, c3, c2, c1 = in_channels
+            self.p_ims1d2_outl1_dimred = conv3x3(c4, w1)
+            self.adapt_stage1_b = RCUBlock(w1, 2)
+            self.mflow_conv_g1_pool = CRPBlock(w1, 4)
+            self.mflow_conv_g1_b = RCUBlock(w1, 3)
+            self.mflow_conv_g1_b3_joint_varout_dimred = conv3x3(w1, w2)
+            for g, (c, w, w_next) in enumerate(((c3, w2, w3), (c2, w3, w4), (c1, w4, None)), start=2):
+                setattr(self, f"p_ims1d2_outl{g}_dimred", conv3x3(c, w))
+                setattr(self, f"adapt_stage{g}_b", RCUBlock(w, 2))
+                setattr(self, f"adapt_stage{g}_b2_joint_varout_dimred", conv3x3(w, w))
+                setattr(self, f"mflow_conv_g{g}_pool", CRPBlock(w, 4))
+                setattr(self, f"mflow_conv_g{g}_b", RCUBlock(w, 3))
+                if w_next:
+                    setattr(self, f"mflow_conv_g{g}_b3_joint_varout_dimred", conv3x3(w, w_next))
+            self.clf_conv = nn.Conv2d(w4, classes, 3, padding=1, bias=True)
+
+        def forward(self, l1, l2, l3, l4):
+            x = self.p_ims1d2_outl1_dimred(l4)
+            x = self.mflow_conv_g1_pool(F.relu(self.adapt_stage1_b(x)))
+            x = self.mflow_conv_g1_b3_joint_varout_dimred(self.mflow_conv_g1_b(x))
+            for g, low in ((2, l3), (3, l2), (4, l1)):
+                x = F.interpolate(x, size=low.shape[2:], mode="bilinear", align_corners=True)
+                y = getattr(self, f"adapt_stage{g}_b")(getattr(self, f"p_ims1d2_outl{g}_dimred")(low))
+                x = F.relu(getattr(self, f"adapt_stage{g}_b2_joint_varout_dimred")(y) + x)
+                x = getattr(self, f"mflow_conv_g{g}_b")(getattr(self, f"mflow_conv_g{g}_pool")(x))
+                if g < 4:
+                    x = getattr(self, f"mflow_conv_g{g}_b3_joint_varout_dimred")(x)
+            return self.clf_conv(x)
+
+    torch.manual_seed(0)
+    decoder = Decoder().eval()
+    with torch.no_grad():  # non-zero biases, so that a dropped bias fails the test
+        for module in decoder.modules():
+            if isinstance(module, nn.Conv2d) and module.bias is not None:
+                module.bias.normal_()
+    return decoder
+
+
+def _flax_params(decoder):
+    """The port's state dict -> lapseg RefineNet params."""
+    from tests.layers import torch_reference as ref
+
+    def rcus(block, prefix, n):
+        return {f"{prefix}{i}": {"conv1": ref.conv(getattr(block, f"{i + 1}_conv")),
+                                 "conv2": ref.conv(getattr(block, f"{i + 1}_conv_relu_varout_dimred"))}
+                for i in range(n)}
+
+    def conv(name):
+        return ref.conv(getattr(decoder, name))
+
+    params = {"classifier": ref.conv(decoder.clf_conv)}
+    for level in range(4):
+        g = level + 1
+        block = rcus(getattr(decoder, f"adapt_stage{g}_b"), "adapt_rcu", 2)
+        block |= rcus(getattr(decoder, f"mflow_conv_g{g}_b"), "output_rcu", 3)
+        crp = getattr(decoder, f"mflow_conv_g{g}_pool")
+        block["crp"] = {f"conv{i}": ref.conv(getattr(crp, f"{i + 1}_outvar_dimred")) for i in range(4)}
+        if level:
+            block["mrf"] = {"conv0": conv(f"adapt_stage{g}_b2_joint_varout_dimred"),
+                            "conv1": conv(f"mflow_conv_g{g - 1}_b3_joint_varout_dimred")}
+        params[f"refine{level}"] = block
+        params[f"adapt{level}"] = conv(f"p_ims1d2_outl{g}_dimred")
+    return params
+
+
+@pytest.mark.parametrize("crp_order", ["pool_conv", "conv_pool"])
+def test_cascade_matches_refinenet_pytorch(crp_order):
+    """res5..res2 of a 61 x 67 input (2x3, 4x5, 8x9, 16x17) through the cascade, eval mode."""
+    torch = pytest.importorskip("torch")
+    from tests.layers import torch_reference as ref
+
+    widths, channels, classes = (24, 16, 16, 16), (40, 32, 24, 8), 5
+    decoder = _torch_refinenet(widths, channels, classes, crp_order)
+    rng = np.random.default_rng(0)
+    sizes = {"res5": (2, 3), "res4": (4, 5), "res3": (8, 9), "res2": (16, 17)}
+    features = {name: rng.standard_normal((2, *hw, c)).astype(np.float32)
+                for (name, hw), c in zip(sizes.items(), channels)}
+    with torch.no_grad():
+        coarse = decoder(*(ref.to_torch(features[n]) for n in ("res2", "res3", "res4", "res5")))
+        full = torch.nn.functional.interpolate(coarse, (61, 67), mode="bilinear", align_corners=True)
+    model = RefineNet(backbones.create("resnet18", width=0.25), classes, widths=widths,
+                      crp_order=crp_order)
+    decode = jax.jit(lambda v, f: model.apply(v, f, (61, 67), method=RefineNet.decode))
+    got = decode({"params": _flax_params(decoder)}, features)
+    for key, want in (("coarse_logits", coarse), ("logits", full)):
+        error = ref.max_abs_error(got[key], ref.to_numpy(want))
+        print(f"RefineNet ({crp_order}) {key} parity vs refinenet-pytorch: max abs err {error:.2e}")
+        assert error <= 1e-4
+
+
+@pytest.mark.parametrize("output_stride", [8, 16, 32])
+def test_output_strides(output_stride):
+    model = models.create_model("refinenet", num_classes=3, backbone="resnet18",
+                                backbone_kwargs={"width": 0.25, "output_stride": output_stride})
+    shapes = output_shapes(model, (1, 45, 61, 3))
+    assert shapes == {"logits": (1, 45, 61, 3), "coarse_logits": (1, 12, 16, 3)}
+
+
+def test_bfloat16_compute():
+    model = models.create_model("refinenet", num_classes=3, dtype=jnp.bfloat16, **TINY)
+    dtypes = output_dtypes(model, (1, 32, 32, 3))
+    assert dtypes == {"logits": jnp.bfloat16, "coarse_logits": jnp.bfloat16}
+
+
+def test_bad_fields():
+    with pytest.raises(ValueError, match="one width per feature"):
+        RefineNet(None, 3, widths=(256,))
+    with pytest.raises(ValueError, match="order"):
+        model = models.create_model("refinenet", num_classes=3, crp_order="max", **TINY)
+        output_shapes(model, (1, 32, 32, 3))
+
+
+@pytest.mark.parametrize("backbone", ["resnet50", "resnet101"])
+def test_parameter_count(backbone):
+    count = param_count(models.create_model("refinenet", num_classes=21, backbone=backbone))
+    print(f"RefineNet {backbone}, 21 classes: {count:,} parameters")
+    # refinenet-pytorch rf101 (VOC, 21 classes): 118.0M.
+    assert 99e6 < count < 100e6 if backbone == "resnet50" else 118e6 < count < 119e6
+
+
+@pytest.mark.parametrize("name", ["cityscapes_refinenet_resnet101", "camvid_refinenet_resnet101"])
+def test_config_builds(name):
+    config = load_config(name)
+    assert config.model == "refinenet" and dict(config.loss.weights) == {"coarse_logits": 1.0}
+    model = loop.build_model(config, data.dataset_info(config.data.dataset).num_classes)
+    assert output_shapes(model, (1, 64, 64, 3))["logits"][:3] == (1, 64, 64)
+
+
+def test_loss_decreases():
+    """Dropout off: without BN in the decoder, 0.5 dropout on 16-channel toy features makes
+    20 steps too noisy to compare; the test is about the gradient path."""
+    model = models.create_model("refinenet", num_classes=4, widths=(32, 16, 16, 16),
+                                dropout_rate=0.0, **TINY)
+    with rbg_prng():
+        curve = loss_curve(model, blocky_batch(4), model_name="refinenet",
+                           loss_weights={"coarse_logits": 1.0})
+    print("RefineNet loss curve:", np.round(curve, 3))
+    assert curve[-5:].mean() < 0.8 * curve[0]

@@ -1,0 +1,55 @@
+"""Every experiment config in configs/ loads, and its model builds at the config's crop size
+(shapes only, `jax.eval_shape`: nothing is computed)."""
+
+import importlib.util
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lapseg import bases_file, basis_cli, data
+from lapseg.train import config as config_lib
+from lapseg.train import loop
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(CONFIG_DIR.glob("*.py"))
+
+
+def load_config(path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def _stand_in_bases(config, num_classes, path):
+    """A bases file of the right shapes (random values) so no labels need fitting."""
+    rng = np.random.default_rng(0)
+    kwargs = config.model_kwargs
+    if config.model == "lrr":
+        arrays = {"lrr_bases": rng.normal(size=(32, 32, kwargs.get("num_bases", 10), num_classes))}
+    else:
+        depth = kwargs["ratio"] ** 2 * num_classes
+        arrays = {"dupsampling_w": rng.normal(size=(kwargs["dim"], depth)),
+                  "dupsampling_mean": np.zeros(depth)}
+    bases_file.save(path, num_classes=num_classes, **arrays)
+
+
+def test_default_config_is_the_schema_default():
+    assert load_config(CONFIG_DIR / "default.py") == config_lib.base_config()
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_config_builds_its_model(path, tmp_path):
+    config = load_config(path)
+    info = data.dataset_info(config.data.dataset)
+    if basis_cli.needs_bases(config):
+        config.basis.path = str(tmp_path / "basis.npz")
+        _stand_in_bases(config, info.num_classes, config.basis.path)
+    model = loop.build_model(config, info.num_classes)
+    size = tuple(config.data.crop_size)
+    out = jax.eval_shape(lambda: model.init_with_output(
+        jax.random.key(0), jnp.zeros((1, *size, 3)), train=False)[0])
+    assert out["logits"].shape == (1, *size, info.num_classes)
