@@ -46,6 +46,8 @@ def _config(name, args, workdir):
     config.data.crop_size = (args.size, args.size)
     config.data.batch_size = args.batch
     config.data.data_dir = workdir
+    if name != "lrr":  # the default config's weights are LRR's pyramid levels
+        config.loss.weights = {"logits": 1.0}
     if name in NEEDS_BASES:
         config.basis.num_batches = 4
         config.model_kwargs.basis_path = basis_cli.ensure_bases(config, workdir)

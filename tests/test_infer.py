@@ -179,6 +179,7 @@ def get_config():
     config = base_config()
     config.model = "toy"
     config.model_kwargs = ml_collections.ConfigDict({{"width": 4}})
+    config.loss.weights = {{"logits": 1.0}}
     config.data.data_dir = {data_dir!r}
     config.data.crop_size = (32, 32)
     config.data.batch_size = 8

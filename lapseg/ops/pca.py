@@ -114,7 +114,9 @@ def _check_ignore_label(num_classes: int, ignore_label: int, name: str) -> None:
 @functools.partial(jax.jit, static_argnames=("patch", "crops_per_image"))
 def _crops(labels, first_image, seed, *, patch, crops_per_image):
     n, height, width = labels.shape
-    root = jax.random.key(seed)
+    # Threefry explicitly: its fold_in/randint are the same under vmap as unbatched, which
+    # the batching-independence below needs ('rbg', a global option, is not).
+    root = jax.random.key(seed, impl="threefry2x32")
     # One key per image index (not per batch), so the crops do not depend on batching.
     keys = jax.vmap(lambda i: jax.random.fold_in(root, i))(first_image + jnp.arange(n))
     limits = jnp.array([height - patch + 1, width - patch + 1])

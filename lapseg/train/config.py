@@ -24,12 +24,13 @@ def base_config():
 
     # Model: `lapseg.models.create_model(config.model, num_classes=..., **config.model_kwargs)`.
     config.model = "lrr"
+    # Half-width ResNet-18 trained from scratch: the default job must fit a 2-core CPU.
     config.model_kwargs = ml_collections.ConfigDict(
-        {"backbone": "resnet18", "backbone_kwargs": {"output_stride": 32}})
+        {"backbone": "resnet18", "backbone_kwargs": {"output_stride": 32, "width": 0.5}})
     config.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (params stay f32)
     # LRR bases / DUpsampling matrix: fitted from the training labels before training
     # (`lapseg basis`), written to `<workdir>/basis.npz` unless a path is given.
-    config.basis = ml_collections.ConfigDict({"path": "", "num_batches": 50})
+    config.basis = ml_collections.ConfigDict({"path": "", "num_batches": 20})
 
     # Data (`lapseg.data.create_loader(config.data, ...)`).
     config.data = ml_collections.ConfigDict()
@@ -60,7 +61,8 @@ def base_config():
 
     # Loss (`lapseg.losses.for_model`): output key -> weight.
     config.loss = ml_collections.ConfigDict()
-    config.loss.weights = {"logits": 1.0}
+    # LRR supervises every pyramid level (its `'logits'` are the finest level's).
+    config.loss.weights = {"level_32": 1.0, "level_16": 1.0, "level_8": 1.0, "level_4": 1.0}
     config.loss.class_weights = placeholder(tuple)
 
     config.num_train_steps = 1000

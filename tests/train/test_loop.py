@@ -31,6 +31,7 @@ def _config(data_dir, steps=6):
     config = base_config()
     config.model = "toy"
     config.model_kwargs = ml_collections.ConfigDict({"width": 4})
+    config.loss.weights = {"logits": 1.0}
     config.data.data_dir = data_dir
     config.data.dataset = "shapes"
     config.data.crop_size = (32, 32)

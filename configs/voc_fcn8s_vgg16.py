@@ -1,0 +1,40 @@
+"""FCN-8s on VGG-16 (Long et al., CVPR 2015), the all-at-once recipe of fcn.berkeleyvision.org
+`voc-fcn8s-atonce/solver.prototxt` (pytorch-fcn `train_fcn8s_atonce.py`), on CamVid.
+
+PASCAL VOC / SBD are not readable here (tfds's `voc` has boxes only and tfds has no SBD
+builder, see lapseg/data/catalog.py), so this config keeps the paper's recipe and trains
+on CamVid; set `--config.data.source_dir=/path/to/CamVid`.
+
+Recipe: SGD momentum 0.99, weight decay 5e-4, fixed learning rate 1e-10 on the loss
+*summed* over the pixels of one image (Caffe's `normalize: false`, batch 1). lapseg's loss
+is the mean over pixels, so the same step is lr = 1e-10 x pixels per image; the batch of 8
+(one image per device) averages 8 such gradients. No augmentation (the paper found none
+helped); Caffe VGG-16 weights, hence 'caffe' input normalisation (BGR, 0-255 minus mean).
+Skips scaled by 0.01 / 0.0001 ('fcn8s_atonce'), upsampling fixed to bilinear.
+"""
+
+from lapseg.train.config import base_config
+
+
+def get_config():
+    config = base_config()
+    config.model = "fcn8s_atonce"
+    config.model_kwargs = {"backbone": "vgg16", "backbone_kwargs": {"pad100": True}}
+
+    config.data.dataset = "camvid"
+    config.data.crop_size = (360, 480)  # whole CamVid images
+    config.data.scale_range = (1.0, 1.0)
+    config.data.flip = False
+    config.data.normalize = "caffe"
+    config.data.batch_size = 8
+
+    config.optimizer.learning_rate = 1e-10 * 360 * 480
+    config.optimizer.momentum = 0.99
+    config.optimizer.weight_decay = 5e-4
+    config.optimizer.warmup_steps = 0
+    config.optimizer.lr_power = 0.0  # fixed learning rate
+    config.optimizer.head_lr_multiplier = 1.0
+
+    config.loss.weights = {"logits": 1.0}
+    config.num_train_steps = 10000
+    return config

@@ -1,0 +1,222 @@
+"""LRR: Laplacian pyramid reconstruction and refinement (Ghiasi & Fowlkes, "Laplacian
+Pyramid Reconstruction and Refinement for Semantic Segmentation", ECCV 2016, Sec. 3-4, Fig. 2).
+
+Each pyramid level predicts class scores from one backbone feature through a learned-basis
+*reconstruction* (Sec. 3): a 5x5 conv maps the feature to K coefficients per class, and
+`ops.basis.reconstruct` places a K-dimensional per-class basis (8x8 kernels, stride 4) to
+give scores at 4x the feature's resolution. Levels are combined coarse to fine by
+*boundary-masked refinement* (Sec. 4):
+
+    coarse = up2(prediction of the coarser level)            fixed bilinear x2
+    mask   = maxpool9(softmax(coarse)) + maxpool9(-softmax(coarse))     boundary mask
+    prediction = coarse + mask * reconstruction(this level)
+
+Follows golnazghiasi/LRR (MatConvNet): `LRR4xTrainVGG16Pascal.m` (levels, factors),
+`AddSubModel` (coefficient conv: 5x5, bias, zero init, on the backbone feature alone, not on
+the coarser prediction; reconstruction `ConvTranspose` with the frozen bases resized to
+2 x rec_upsample = 8, upsample 4, crop 2, grouped per class, channel c*K + k in group c;
+`sum` of the x2 bilinear upsampled coarser prediction and the masked reconstruction),
+`modelInitialization/LRRAddMasking.m` (softmax of the *upsampled* coarser prediction, 9x9
+stride-1 max-pools of p and -p, product with the reconstruction) and
+`AddDilationErosionObjectives` (optional heads, below).
+
+Levels: on VGG-16 'fc7' (1/32), 'relu5_3' (1/16), 'relu4_3' (1/8), 'relu3_3' (1/4), the
+reference's x37, x30, x23, x16; on ResNet 'res5' .. 'res2' (output stride 32). Level `s`
+(its feature's stride) predicts at stride s/4, so the finest (stride 4) is at input
+resolution, as in the reference, whose labels for the 32x..4x objectives are at 1/8..1/1.
+
+Bases: one basis set of 32x32 label patches (`lapseg basis` -> `ops.pca.lrr_bases`, scaled as
+the reference scales them, `(n lambda)^(1/4)` times the unit eigenvector, so a unit
+coefficient gives a score of order 1 per pixel) resized to 8x8 (`ops.pca.resize_bases`)
+and shared by every level, as in the reference. Frozen by default (the reference's
+`learningRate = 0`), trainable by a flag. `basis='bilinear'` is the ablation baseline: one
+coefficient per class (K = 1) and the fixed bilinear 8x8 kernel (`bilinear_kernel(8)`), i.e.
+class scores predicted at the feature's resolution and upsampled x4 bilinearly, refined by
+the same masks.
+
+Learning rate: at the reference's scale the first basis of every class is ~1 over its whole
+8x8 tile and each output pixel sums 4 overlapping tiles, so a coefficient moves the scores
+~4x as much as under bilinear upsampling (which interpolates), i.e. ~16x the effective
+learning rate of a bilinear/FCN head. The reference trains the coefficient convs at 0.1x
+the base rate (`learning_rate_for_new_vars`); LRR configs here set `head_lr_multiplier`
+0.1. At 1x the training diverges (ResNet-18 on shapes, lr 0.02: loss 48 -> 1.3e5 by step
+150; 0.1x: 11 -> 1.2 by step 200).
+
+Dilation/erosion objectives (Sec. 4.2, `dilation_erosion=True`): at the coarsest level two more
+coefficient convs, reconstructed with the same bases plus a per-class bias (-1, and +1 for
+class 0: the reference's background prior), give logits of the dilated and eroded class
+masks, trained with a logistic loss (`lapseg.losses.lrr`).
+
+Sizes: a feature of stride s has `ceil(H / s)` rows, so a coarser upsampled prediction can
+be larger than the finer reconstruction when H is not a multiple of 32; it is cut at the
+bottom/right (both are anchored at the top-left pixel), and 'logits' likewise (the reference
+resizes inputs to multiples of 32 instead).
+
+Deviations: training is end to end with every level's loss at once (the reference trains the
+32x sub-model first, then adds the finer levels), and one head learning-rate multiplier
+replaces the reference's per-level ones (0.1, 0.05, 0.0125 of the base rate for 32x..8x).
+
+Outputs: `'logits'` `[N, H, W, C]` (the finest level, cut / upsampled to the input),
+`'level_{s}'` `[N, 4 ceil(H/s), 4 ceil(W/s), C]` for every level stride s (e.g. 'level_32',
+'level_16', 'level_8', 'level_4'), and with `dilation_erosion` `'dilation_{s}'`,
+`'erosion_{s}'` at the coarsest level's size.
+"""
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lapseg import bases_file
+from lapseg.decoders.fcn import build_backbone
+from lapseg.layers import ConvBN
+from lapseg.layers.frozen import frozen_or_trainable
+from lapseg.ops import basis as basis_ops
+from lapseg.ops import boundary, pca
+
+# Pyramid levels, coarse to fine, per backbone family (the first that the backbone has).
+LEVELS = (("fc7", "relu5_3", "relu4_3", "relu3_3"), ("res5", "res4", "res3", "res2"))
+BASIS_KINDS = ("pca", "bilinear")
+BASES_KEY = "lrr_bases"
+
+
+class LRR(nn.Module):
+    """LRR: `[N, H, W, 3] -> {'logits', 'level_{s}' per level, ...}` (see the module docstring).
+
+    Attributes:
+      backbone: feature extractor returning a dict with the `levels` features.
+      num_classes: C.
+      levels: feature names, coarse to fine; each stride half the previous one, the finest a
+        multiple of `upsample`.
+      basis: 'pca' (bases from `basis_path`) or 'bilinear' (the fixed bilinear baseline).
+      basis_path: `.npz` written by `lapseg basis` (key 'lrr_bases', `[32, 32, K, C]`).
+      num_bases: K, bases per class (must match the file).
+      upsample: reconstruction factor of every level (4; basis kernels `2 upsample` wide).
+      coefficient_kernel: size of the coefficient convs (5).
+      boundary_masking: gate each refinement by the boundary mask (off: plain sum).
+      mask_size: max-pool window of the boundary mask; None: `2 upsample + 1` (9).
+      dilation_erosion: add the dilation/erosion heads at the coarsest level.
+      trainable_basis: learn the basis ('params') instead of freezing it ('constants').
+      dtype: compute dtype; param_dtype: parameter dtype.
+    """
+
+    backbone: nn.Module
+    num_classes: int
+    levels: tuple[str, ...] = LEVELS[1]
+    basis: str = "pca"
+    basis_path: str = ""
+    num_bases: int = 10
+    upsample: int = 4
+    coefficient_kernel: int = 5
+    boundary_masking: bool = True
+    mask_size: int | None = None
+    dilation_erosion: bool = False
+    trainable_basis: bool = False
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def _initial_basis(self) -> jnp.ndarray:
+        """`[2u, 2u, K, C]`: the fitted bases resized, or the bilinear kernel (K = 1)."""
+        size = 2 * self.upsample
+        if self.basis == "bilinear":
+            kernel = basis_ops.bilinear_kernel(size)[:, :, None, None]
+            return np.broadcast_to(kernel, (size, size, 1, self.num_classes))
+        bases = bases_file.load(self.basis_path, BASES_KEY, num_classes=self.num_classes)
+        if bases.ndim != 4 or bases.shape[2] != self.num_bases:
+            raise ValueError(
+                f"LRR: {self.basis_path} holds bases of shape {bases.shape} [P, P, K, C]; the model "
+                f"has num_bases={self.num_bases}: re-run `lapseg basis` or set num_bases")
+        return pca.resize_bases(jnp.asarray(bases, jnp.float32), size)
+
+    def _strides(self) -> list[int]:
+        if self.basis not in BASIS_KINDS:
+            raise ValueError(f"LRR: basis must be one of {BASIS_KINDS}, got {self.basis!r}")
+        if self.upsample < 2 or self.upsample % 2:
+            raise ValueError(f"LRR: upsample must be even and >= 2, got {self.upsample}")
+        info = self.backbone.feature_info()
+        missing = [name for name in self.levels if name not in info]
+        if missing:
+            raise ValueError(f"LRR: backbone has no features {missing}; it has {list(info)}")
+        strides = [info[name].stride for name in self.levels]
+        halving = all(coarse == 2 * fine for coarse, fine in zip(strides, strides[1:]))
+        if not halving or strides[-1] % self.upsample:
+            raise ValueError(
+                f"LRR: level strides {strides} of {self.levels} must halve from level to level and end "
+                f"at a multiple of upsample={self.upsample} (use output_stride 32 for ResNet)")
+        return strides
+
+    def _reconstruct(self, feature, basis, name, train):
+        """Coefficient conv (K*C channels, channel c*K + k) then `ops.basis.reconstruct`."""
+        num_bases = basis.shape[2]
+        coefficients = ConvBN(
+            num_bases * self.num_classes, self.coefficient_kernel, use_bias=True, use_bn=False,
+            activation=False, kernel_init=nn.initializers.zeros, dtype=self.dtype,
+            param_dtype=self.param_dtype, name=name)(feature, train)
+        n, h, w, _ = coefficients.shape
+        coefficients = coefficients.reshape(n, h, w, self.num_classes, num_bases).swapaxes(3, 4)
+        return basis_ops.reconstruct(coefficients, basis)
+
+    @nn.compact
+    def __call__(self, images: jnp.ndarray, train: bool = False) -> dict[str, jnp.ndarray]:
+        """`images`: `[N, H, W, 3]`; `train`: BN batch statistics and dropout (rng 'dropout')."""
+        chex.assert_rank(images, 4)
+        chex.assert_axis_dimension(images, 3, 3)
+        strides = self._strides()
+        features = self.backbone(images, train)
+        basis = frozen_or_trainable(self, "basis", self._initial_basis, trainable=self.trainable_basis,
+                                    dtype=self.param_dtype).astype(self.dtype)
+        mask_size = self.mask_size or 2 * self.upsample + 1
+
+        outputs, prediction = {}, None
+        for name, stride in zip(self.levels, strides):
+            reconstruction = self._reconstruct(features[name], basis, f"coefficients_{name}", train)
+            if prediction is None:
+                prediction = reconstruction
+            else:
+                coarse = basis_ops.bilinear_upsample(prediction, 2)
+                coarse = coarse[:, : reconstruction.shape[1], : reconstruction.shape[2]]
+                mask = 1.0
+                if self.boundary_masking:
+                    probs = jax.nn.softmax(coarse.astype(jnp.float32), axis=-1)
+                    mask = boundary.boundary_mask(probs, mask_size).astype(self.dtype)
+                prediction = coarse + mask * reconstruction
+            outputs[f"level_{stride}"] = prediction
+
+        if self.dilation_erosion:  # Sec. 4.2, at the coarsest level only (as the reference).
+            def initial_bias(_):
+                return jnp.full((self.num_classes,), -1.0, self.param_dtype).at[0].set(1.0)
+
+            coarsest = self.levels[0]
+            for kind in ("dilation", "erosion"):
+                bias = self.param(f"{kind}_bias", initial_bias).astype(self.dtype)
+                logits = self._reconstruct(features[coarsest], basis, f"{kind}_coefficients_{coarsest}",
+                                           train)
+                outputs[f"{kind}_{strides[0]}"] = logits + bias
+
+        factor = strides[-1] // self.upsample
+        if factor > 1:
+            prediction = basis_ops.bilinear_upsample(prediction, factor)
+        outputs["logits"] = prediction[:, : images.shape[1], : images.shape[2]]
+        return outputs
+
+
+# LRR's VGG-16 keeps the input geometry ("same" padding, no pad100).
+_BACKBONE_DEFAULTS = {
+    "vgg16": {"pad100": False},
+    **{f"resnet{depth}": {"output_stride": 32} for depth in (18, 34, 50, 101, 152)},
+}
+
+
+def lrr(*, num_classes: int, backbone="resnet50", backbone_kwargs: dict | None = None, dtype=jnp.float32,
+        param_dtype=jnp.float32, **decoder_fields) -> LRR:
+    """LRR-4x on `backbone` (name or Module); `decoder_fields` are `LRR` fields, e.g.
+    `basis_path`, `basis='bilinear'`, `num_bases`, `dilation_erosion`."""
+    net = build_backbone(backbone, backbone_kwargs, _BACKBONE_DEFAULTS, dtype, param_dtype)
+    info = net.feature_info()
+    if "levels" not in decoder_fields:
+        family = next((names for names in LEVELS if all(n in info for n in names)), None)
+        if family is None:
+            raise ValueError(f"LRR: backbone features {list(info)} include none of {LEVELS}; pass levels=")
+        decoder_fields["levels"] = family
+    return LRR(backbone=net, num_classes=num_classes, dtype=dtype, param_dtype=param_dtype, **decoder_fields)

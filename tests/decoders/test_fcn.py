@@ -1,0 +1,290 @@
+"""Tests for lapseg.decoders.fcn: parity with pytorch-fcn on VGG-16, bilinear init, crop-free
+geometry on ResNet, parameter count, a sharded train step, the config.
+
+The PyTorch reference (`PytorchFCN`) is wkentaro/pytorch-fcn's `FCN32s`/`FCN16s`/`FCN8s`/
+`FCN8sAtOnce` (torchfcn/models/fcn*.py) written out with its layer names, forward code and
+crop offsets, and a channel multiplier so that the test runs at a quarter width; pytorch-fcn
+is the reference port of the Caffe nets, whose crops and score layers it reproduces.
+"""
+
+import importlib.util
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+from jax import lax
+
+from lapseg import models
+from lapseg.decoders import fcn
+from lapseg.ops import basis as basis_ops
+from lapseg.train import loop
+from tests.training import loss_curve
+
+torch = pytest.importorskip("torch")
+tnn = torch.nn
+
+WIDTH = 0.25
+NUM_CLASSES = 5
+VARIANTS = ("fcn32s", "fcn16s", "fcn8s", "fcn8s_atonce")
+CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
+
+
+def get_upsampling_weight(in_channels, out_channels, kernel_size):
+    """pytorch-fcn fcn32s.py (= fcn.berkeleyvision.org surgery.py `upsample_filt` on the diagonal)."""
+    factor = (kernel_size + 1) // 2
+    if kernel_size % 2 == 1:
+        center = factor - 1
+    else:
+        center = factor - 0.5
+    og = np.ogrid[:kernel_size, :kernel_size]
+    filt = (1 - abs(og[0] - center) / factor) * (1 - abs(og[1] - center) / factor)
+    weight = np.zeros((in_channels, out_channels, kernel_size, kernel_size), dtype=np.float64)
+    weight[range(in_channels), range(out_channels), :, :] = filt
+    return weight
+
+
+class PytorchFCN(tnn.Module):
+    """pytorch-fcn's FCN32s / FCN16s / FCN8s / FCN8sAtOnce, channels times `width`."""
+
+    def __init__(self, variant, n_class, width):
+        super().__init__()
+        self.variant = variant
+        c = lambda n: max(1, round(n * width))  # noqa: E731
+        blocks = ((3, c(64), 2), (c(64), c(128), 2), (c(128), c(256), 3), (c(256), c(512), 3), (c(512), c(512), 3))
+        for b, (cin, cout, convs) in enumerate(blocks, start=1):
+            for i in range(1, convs + 1):
+                pad = 100 if (b, i) == (1, 1) else 1
+                setattr(self, f"conv{b}_{i}", tnn.Conv2d(cin if i == 1 else cout, cout, 3, padding=pad))
+            setattr(self, f"pool{b}", tnn.MaxPool2d(2, stride=2, ceil_mode=True))
+        self.fc6 = tnn.Conv2d(c(512), c(4096), 7)
+        self.drop6 = tnn.Dropout2d()
+        self.fc7 = tnn.Conv2d(c(4096), c(4096), 1)
+        self.drop7 = tnn.Dropout2d()
+        self.score_fr = tnn.Conv2d(c(4096), n_class, 1)
+        if variant == "fcn32s":
+            self.upscore = tnn.ConvTranspose2d(n_class, n_class, 64, stride=32, bias=False)
+        else:
+            self.score_pool4 = tnn.Conv2d(c(512), n_class, 1)
+            self.upscore2 = tnn.ConvTranspose2d(n_class, n_class, 4, stride=2, bias=False)
+        if variant == "fcn16s":
+            self.upscore16 = tnn.ConvTranspose2d(n_class, n_class, 32, stride=16, bias=False)
+        if variant in ("fcn8s", "fcn8s_atonce"):
+            self.score_pool3 = tnn.Conv2d(c(256), n_class, 1)
+            self.upscore_pool4 = tnn.ConvTranspose2d(n_class, n_class, 4, stride=2, bias=False)
+            self.upscore8 = tnn.ConvTranspose2d(n_class, n_class, 16, stride=8, bias=False)
+
+    def forward(self, x):
+        h = x
+        pools = {}
+        for b, convs in enumerate((2, 2, 3, 3, 3), start=1):
+            for i in range(1, convs + 1):
+                h = torch.relu(getattr(self, f"conv{b}_{i}")(h))
+            h = getattr(self, f"pool{b}")(h)
+            pools[b] = h
+        pool3, pool4 = pools[3], pools[4]
+        h = self.drop6(torch.relu(self.fc6(h)))
+        h = self.drop7(torch.relu(self.fc7(h)))
+        h = self.score_fr(h)
+        if self.variant == "fcn32s":
+            h = self.upscore(h)
+            return h[:, :, 19 : 19 + x.size()[2], 19 : 19 + x.size()[3]].contiguous()
+        h = self.upscore2(h)
+        upscore2 = h  # 1/16
+        if self.variant == "fcn8s_atonce":
+            h = self.score_pool4(pool4 * 0.01)  # XXX: scaling to train at once
+        else:
+            h = self.score_pool4(pool4)
+        h = h[:, :, 5 : 5 + upscore2.size()[2], 5 : 5 + upscore2.size()[3]]
+        h = upscore2 + h  # 1/16
+        if self.variant == "fcn16s":
+            h = self.upscore16(h)
+            return h[:, :, 27 : 27 + x.size()[2], 27 : 27 + x.size()[3]].contiguous()
+        h = self.upscore_pool4(h)
+        upscore_pool4 = h  # 1/8
+        if self.variant == "fcn8s_atonce":
+            h = self.score_pool3(pool3 * 0.0001)  # XXX: scaling to train at once
+        else:
+            h = self.score_pool3(pool3)
+        h = h[:, :, 9 : 9 + upscore_pool4.size()[2], 9 : 9 + upscore_pool4.size()[3]]
+        h = upscore_pool4 + h  # 1/8
+        h = self.upscore8(h)
+        return h[:, :, 31 : 31 + x.size()[2], 31 : 31 + x.size()[3]].contiguous()
+
+
+# lapseg name -> pytorch-fcn name, per variant.
+_SCORE_NAMES = {"score_fc7": "score_fr", "score_pool4": "score_pool4", "score_pool3": "score_pool3"}
+_UPSCORE_NAMES = {
+    "fcn32s": {"upscore_fc7": "upscore"},
+    "fcn16s": {"upscore_fc7": "upscore2", "upscore_pool4": "upscore16"},
+    "fcn8s": {"upscore_fc7": "upscore2", "upscore_pool4": "upscore_pool4", "upscore_pool3": "upscore8"},
+}
+_UPSCORE_NAMES["fcn8s_atonce"] = _UPSCORE_NAMES["fcn8s"]
+
+
+def _randomize(tree, seed):
+    """Random values for every leaf: He-scaled kernels, small random biases (so that zero
+    init and bias handling cannot pass by accident)."""
+    rng = np.random.default_rng(seed)
+    flat = traverse_util.flatten_dict(tree)
+    out = {}
+    for path, leaf in flat.items():
+        if path[-1] == "kernel":
+            fan_in = np.prod(leaf.shape[:-1])
+            out[path] = rng.normal(0, np.sqrt(2.0 / fan_in), leaf.shape).astype(np.float32)
+        else:
+            out[path] = rng.normal(0, 0.3, leaf.shape).astype(np.float32)
+    return traverse_util.unflatten_dict(out)
+
+
+def _to_torch(reference, variables, variant):
+    """Copies lapseg FCN variables into the PyTorch reference (HWIO -> OIHW, HWIO -> IOHW)."""
+    state = {}
+    params = variables["params"]
+    for name, layer in params["backbone"].items():
+        state[f"{name}.weight"] = np.transpose(layer["conv"]["kernel"], (3, 2, 0, 1))
+        state[f"{name}.bias"] = layer["conv"]["bias"]
+    for name, layer in params.items():
+        if name.startswith("score_"):
+            state[f"{_SCORE_NAMES[name]}.weight"] = np.transpose(layer["conv"]["kernel"], (3, 2, 0, 1))
+            state[f"{_SCORE_NAMES[name]}.bias"] = layer["conv"]["bias"]
+    kernels = {**variables.get("constants", {}), **{k: v for k, v in params.items() if k.startswith("upscore")}}
+    for name, kernel in kernels.items():
+        state[f"{_UPSCORE_NAMES[variant][name]}.weight"] = np.transpose(kernel, (2, 3, 0, 1))
+    reference.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, strict=True)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(0).normal(size=(1, 32, 32, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "variant, trainable_upsampling",
+    [*((v, False) for v in VARIANTS), ("fcn8s", True)],
+)
+def test_vgg16_pad100_matches_pytorch_fcn(variant, trainable_upsampling, images):
+    model = models.create_model(variant, num_classes=NUM_CLASSES, backbone_kwargs={"width": WIDTH},
+                                trainable_upsampling=trainable_upsampling)
+    variables = model.init(jax.random.key(0), jnp.asarray(images))
+    # Random weights everywhere, upsampling kernels included when trainable (not symmetric,
+    # so the kernel layout is checked too); frozen ones stay bilinear.
+    variables = {**variables, "params": _randomize(variables["params"], seed=1)}
+    ours = np.asarray(model.apply(variables, jnp.asarray(images))["logits"])
+
+    reference = PytorchFCN(variant, NUM_CLASSES, WIDTH).eval()
+    _to_torch(reference, jax.device_get(variables), variant)
+    with torch.no_grad():
+        theirs = reference(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy().transpose(0, 2, 3, 1)
+    assert ours.shape == theirs.shape == (1, 32, 32, NUM_CLASSES)
+    assert np.abs(theirs).max() > 1.0  # a non-trivial output
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_init_is_pytorch_fcn_init(variant, images):
+    """Score layers zero, upsampling kernels frozen and equal to `get_upsampling_weight`."""
+    model = models.create_model(variant, num_classes=NUM_CLASSES, backbone_kwargs={"width": WIDTH})
+    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.asarray(images))
+    assert set(variables["constants"]) == set(_UPSCORE_NAMES[variant])
+    variables = model.init(jax.random.key(0), jnp.asarray(images))
+    sizes = {"upscore": 64, "upscore2": 4, "upscore16": 32, "upscore_pool4": 4, "upscore8": 16}
+    for name, kernel in variables["constants"].items():
+        size = sizes[_UPSCORE_NAMES[variant][name]]
+        expected = get_upsampling_weight(NUM_CLASSES, NUM_CLASSES, size).transpose(2, 3, 0, 1)
+        np.testing.assert_array_equal(np.asarray(kernel), expected.astype(np.float32))
+    for name, layer in variables["params"].items():
+        if name.startswith("score_"):
+            assert not np.any(layer["conv"]["kernel"]) and not np.any(layer["conv"]["bias"])
+
+
+def test_transposed_conv_is_lax_conv_transpose():
+    """The 2 x 2-neighbour einsum equals the dilated-input transposed convolution."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 5, 7, 3)), jnp.float32)
+    for stride in (2, 3, 8):
+        kernel = jnp.asarray(rng.normal(size=(2 * stride, 2 * stride, 3, 4)), jnp.float32)
+        expected = lax.conv_transpose(x, kernel, (stride, stride), "VALID",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        # lax without transpose_kernel correlates; PyTorch's scatter uses the kernel flipped.
+        ours = fcn.transposed_conv(x, kernel[::-1, ::-1])
+        np.testing.assert_allclose(ours, expected, atol=1e-5)
+
+
+def test_centred_geometry_is_bilinear_upsample():
+    """Crop-free FCN: the frozen x2 step cut at f // 2 is `ops.basis.bilinear_upsample`."""
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 4, 6, 3)), jnp.float32)
+    for factor in (2, 8):
+        kernel = jnp.asarray(basis_ops.bilinear_deconv_weight(2 * factor, 3))
+        crop = factor // 2
+        ours = fcn.transposed_conv(x, kernel)[:, crop : crop + 4 * factor, crop : crop + 6 * factor]
+        np.testing.assert_allclose(ours, basis_ops.bilinear_upsample(x, factor), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def resnet_fcn8s():
+    return models.create_model("fcn8s", num_classes=NUM_CLASSES, backbone="resnet18",
+                               backbone_kwargs={"width": WIDTH})
+
+
+def test_resnet_crop_free_odd_sizes(resnet_fcn8s):
+    model = resnet_fcn8s
+    assert model.features == ("res5", "res4", "res3") and model.crop_offsets is None
+    images = jnp.zeros((2, 37, 45, 3))
+    out = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), images)[0])
+    assert out["logits"].shape == (2, 37, 45, NUM_CLASSES)
+
+
+def test_rejects_bad_features():
+    with pytest.raises(ValueError, match="has no features"):
+        model = models.create_model("fcn16s", num_classes=3, backbone="resnet18",
+                                    backbone_kwargs={"width": WIDTH}, features=("res5", "pool4"))
+        jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+
+
+def _vgg16_fcn_parameter_count(num_classes, skips):
+    """FCN on VGG-16 counted from the paper's layer table (conv 3x3 + bias, fc6 7x7, fc7 1x1,
+    1x1 score layers with bias; upsampling kernels C x C x 2f x 2f)."""
+    convs = [(3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256),
+             (256, 512)] + [(512, 512)] * 5
+    total = sum(9 * i * o + o for i, o in convs) + 49 * 512 * 4096 + 4096 + 4096 * 4096 + 4096
+    total += sum(c * num_classes + num_classes for c in (4096, 512, 256)[: skips + 1])
+    upsampling = {0: (64,), 1: (4, 32), 2: (4, 4, 16)}[skips]
+    return total, sum(k * k * num_classes * num_classes for k in upsampling)
+
+
+@pytest.mark.parametrize("variant, skips", [("fcn32s", 0), ("fcn16s", 1), ("fcn8s", 2)])
+def test_vgg16_parameter_count(variant, skips):
+    model = models.create_model(variant, num_classes=21)
+    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))  # noqa: E731
+    assert (count(variables["params"]), count(variables["constants"])) == _vgg16_fcn_parameter_count(21, skips)
+
+
+def test_resnet_fcn8s_trains_on_8_devices(resnet_fcn8s):
+    rng = np.random.default_rng(0)
+    labels = np.kron(rng.integers(0, NUM_CLASSES, (8, 4, 4)), np.ones((16, 16), np.int64)).astype(np.int32)
+    batch = {"image": rng.normal(size=(8, 64, 64, 3)).astype(np.float32) + labels[..., None], "label": labels}
+    curve = loss_curve(resnet_fcn8s, batch, model_name="fcn8s", loss_weights={"logits": 1.0}, steps=2)
+    assert np.all(np.isfinite(curve))
+    np.testing.assert_allclose(curve[0], np.log(NUM_CLASSES), rtol=1e-5)  # zero-initialised scores
+    assert curve[-1] < curve[0]
+
+
+def _load_config(name):
+    spec = importlib.util.spec_from_file_location(name, CONFIGS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def test_config_builds():
+    config = _load_config("voc_fcn8s_vgg16")
+    from lapseg import data  # pylint: disable=import-outside-toplevel
+
+    num_classes = data.dataset_info(config.data.dataset).num_classes
+    model = loop.build_model(config, num_classes)
+    out = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))[0])
+    assert out["logits"].shape == (1, 64, 64, num_classes)

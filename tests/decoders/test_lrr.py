@@ -1,0 +1,340 @@
+"""Tests for lapseg.decoders.lrr and lapseg.losses.lrr.
+
+The pyramid test recomputes every level from the model's own coefficients with a direct
+numpy implementation of the reference's layers (golnazghiasi/LRR `AddSubModel`,
+`LRRAddMasking.m`): the grouped transposed convolution as an explicit scatter of basis
+tiles, the fixed x2 bilinear deconvolution with FCN's `upsample_filt`, softmax, the 9x9
+max/min filters (scipy, edge-clipped windows) and the gated sum. The loss tests compare
+with per-level numpy cross-entropies and scipy's binary dilation/erosion.
+"""
+
+import importlib.util
+import pathlib
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from lapseg import bases_file, metrics, models
+from lapseg.backbones import FeatureInfo
+from lapseg.losses import lrr as lrr_loss
+from lapseg.ops import basis as basis_ops
+from lapseg.ops import pca
+from lapseg.train import loop
+from tests.training import loss_curve
+
+NUM_CLASSES = 3
+NUM_BASES = 2
+BACKBONE = {"backbone": "resnet18", "backbone_kwargs": {"width": 0.125}}
+CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
+
+
+class TinyBackbone(nn.Module):
+    """Strided convs giving 'res2'..'res5' at strides 4..32: the pyramid's maths does not
+    depend on the backbone, and this one runs eagerly in a fraction of ResNet's time."""
+
+    def feature_info(self):
+        return {f"res{i}": FeatureInfo(2**i, 8) for i in (2, 3, 4, 5)}
+
+    @nn.compact
+    def __call__(self, x, train):
+        features = {"res2": nn.relu(nn.Conv(8, (4, 4), strides=4, padding="VALID")(x))}
+        for i in (3, 4, 5):
+            features[f"res{i}"] = nn.relu(nn.Conv(8, (3, 3), strides=2, padding=1)(features[f"res{i - 1}"]))
+        return features
+
+
+def upsample_filt(size):
+    """fcn.berkeleyvision.org surgery.py (= LRR's bilinear_u.m)."""
+    factor = (size + 1) // 2
+    center = factor - 1 if size % 2 == 1 else factor - 0.5
+    og = np.ogrid[:size, :size]
+    return (1 - abs(og[0] - center) / factor) * (1 - abs(og[1] - center) / factor)
+
+
+def scatter_deconv(x, kernel, stride, crop):
+    """Grouped transposed conv by scattering tiles: `x [h, w, K, C]`, `kernel [k, k, K, C]`
+    -> `[stride h, stride w, C]`, cropped by `crop` at the top-left (MatConvNet `crop`)."""
+    h, w = x.shape[:2]
+    size = kernel.shape[0]
+    out = np.zeros(((h - 1) * stride + size, (w - 1) * stride + size, kernel.shape[-1]))
+    for q in range(h):
+        for r in range(w):
+            out[q * stride : q * stride + size, r * stride : r * stride + size] += np.einsum(
+                "kc,abkc->abc", x[q, r], kernel)
+    return out[crop : crop + stride * h, crop : crop + stride * w]
+
+
+def softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def basis_file(tmp_path_factory):
+    """A known random basis set `[32, 32, K, C]` in a bases file."""
+    path = tmp_path_factory.mktemp("lrr") / "basis.npz"
+    bases = np.random.default_rng(0).normal(size=(32, 32, NUM_BASES, NUM_CLASSES)).astype(np.float32)
+    bases_file.save(path, num_classes=NUM_CLASSES, lrr_bases=bases)
+    return str(path), bases
+
+
+def _random_coefficient_convs(params, seed, scale=0.3):
+    rng = np.random.default_rng(seed)
+    params = dict(params)
+    for name, layer in params.items():
+        if "coefficients" in name:
+            kernel = layer["conv"]["kernel"]
+            params[name] = {"conv": {
+                "kernel": rng.normal(0, scale / np.sqrt(np.prod(kernel.shape[:-1])), kernel.shape).astype(np.float32),
+                "bias": rng.normal(0, scale, layer["conv"]["bias"].shape).astype(np.float32)}}
+    return params
+
+
+def test_pyramid_matches_numpy_refinement(basis_file):
+    path, bases = basis_file
+    model = models.create_model("lrr", num_classes=NUM_CLASSES, num_bases=NUM_BASES, basis_path=path,
+                                backbone=TinyBackbone())
+    images = jnp.asarray(np.random.default_rng(1).normal(size=(1, 64, 64, 3)), jnp.float32)
+    variables = model.init(jax.random.key(0), images)
+    variables = {**variables, "params": _random_coefficient_convs(variables["params"], seed=2, scale=3.0)}
+    out, state = model.apply(
+        variables, images, capture_intermediates=lambda m, _: (m.name or "").startswith("coefficients_"),
+        mutable=["intermediates"])
+
+    basis8 = bases.reshape(8, 4, 8, 4, NUM_BASES, NUM_CLASSES).mean((1, 3))  # 32 -> 8 block average
+    bilinear = np.broadcast_to(upsample_filt(4)[:, :, None, None], (4, 4, 1, NUM_CLASSES))
+    prediction, mask_means = None, []
+    for name, stride in (("res5", 32), ("res4", 16), ("res3", 8), ("res2", 4)):
+        coefficients = np.asarray(state["intermediates"][f"coefficients_{name}"]["__call__"][0])[0]
+        h, w, _ = coefficients.shape
+        coefficients = coefficients.reshape(h, w, NUM_CLASSES, NUM_BASES).swapaxes(2, 3)  # channel c*K + k
+        reconstruction = scatter_deconv(coefficients, basis8, stride=4, crop=2)
+        if prediction is None:
+            prediction = reconstruction
+        else:
+            coarse = scatter_deconv(prediction[:, :, None, :], bilinear, stride=2, crop=1)
+            p = softmax(coarse)
+            mask = ndimage.maximum_filter(p, size=(9, 9, 1), mode="nearest") - ndimage.minimum_filter(
+                p, size=(9, 9, 1), mode="nearest")
+            mask_means.append(mask.mean())
+            prediction = coarse + mask * reconstruction
+        assert out[f"level_{stride}"].shape == (1, 256 // stride, 256 // stride, NUM_CLASSES)
+        np.testing.assert_allclose(out[f"level_{stride}"][0], prediction, atol=1e-4)
+    np.testing.assert_allclose(out["logits"][0], prediction, atol=1e-4)
+    assert np.abs(prediction).max() > 1.0
+    assert all(0.05 < m < 0.95 for m in mask_means)  # the gating is neither all-on nor all-off
+
+
+def test_bilinear_basis_is_bilinear_upsampling():
+    """basis='bilinear': one coefficient per class, upsampled x4 by the bilinear kernel."""
+    model = models.create_model("lrr", num_classes=NUM_CLASSES, basis="bilinear", backbone=TinyBackbone())
+    images = jnp.asarray(np.random.default_rng(1).normal(size=(1, 64, 64, 3)), jnp.float32)
+    variables = model.init(jax.random.key(0), images)
+    assert variables["constants"]["basis"].shape == (8, 8, 1, NUM_CLASSES)
+    variables = {**variables, "params": _random_coefficient_convs(variables["params"], seed=3)}
+    out, state = model.apply(variables, images, capture_intermediates=lambda m, _: m.name == "coefficients_res5",
+                             mutable=["intermediates"])
+    coefficients = state["intermediates"]["coefficients_res5"]["__call__"][0]
+    np.testing.assert_allclose(out["level_32"], basis_ops.bilinear_upsample(coefficients, 4), atol=1e-5)
+
+
+def test_outputs_at_odd_sizes_and_bfloat16(basis_file):
+    model = models.create_model("lrr", num_classes=NUM_CLASSES, num_bases=NUM_BASES, basis_path=basis_file[0],
+                                dilation_erosion=True, dtype=jnp.bfloat16, **BACKBONE)
+    variables, out = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), jnp.zeros((2, 50, 70, 3)))[::-1])
+    shapes = {k: v.shape for k, v in out.items()}
+    assert shapes == {"level_32": (2, 8, 12, 3), "level_16": (2, 16, 20, 3), "level_8": (2, 28, 36, 3),
+                      "level_4": (2, 52, 72, 3), "dilation_32": (2, 8, 12, 3), "erosion_32": (2, 8, 12, 3),
+                      "logits": (2, 50, 70, 3)}
+    assert out["logits"].dtype == jnp.bfloat16
+    assert variables["constants"]["basis"].dtype == jnp.float32
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables["params"]))
+
+
+def test_basis_errors_are_clear(basis_file, tmp_path):
+    images = jnp.zeros((1, 64, 64, 3))
+    model = models.create_model("lrr", num_classes=NUM_CLASSES, basis_path=str(tmp_path / "none.npz"), **BACKBONE)
+    with pytest.raises(FileNotFoundError, match="lapseg basis"):
+        jax.eval_shape(model.init, jax.random.key(0), images)
+    model = models.create_model("lrr", num_classes=NUM_CLASSES, num_bases=10, basis_path=basis_file[0], **BACKBONE)
+    with pytest.raises(ValueError, match="num_bases=10"):
+        jax.eval_shape(model.init, jax.random.key(0), images)
+    with pytest.raises(ValueError, match="halve"):
+        model = models.create_model("lrr", num_classes=NUM_CLASSES, basis="bilinear", backbone="resnet18",
+                                    backbone_kwargs={"width": 0.125, "output_stride": 16})
+        jax.eval_shape(model.init, jax.random.key(0), images)
+
+
+def _nearest(labels, size):
+    rows = np.floor(np.arange(size[0]) * labels.shape[1] / size[0]).astype(int)
+    cols = np.floor(np.arange(size[1]) * labels.shape[2] / size[1]).astype(int)
+    return labels[:, rows[:, None], cols[None, :]]
+
+
+def _numpy_cross_entropy(logits, labels, ignore):
+    logits = np.asarray(logits, np.float64)
+    log_p = logits - logits.max(-1, keepdims=True)
+    log_p = log_p - np.log(np.exp(log_p).sum(-1, keepdims=True))
+    valid = labels != ignore
+    nll = -np.take_along_axis(log_p, np.where(valid, labels, 0)[..., None], -1)[..., 0]
+    return nll[valid].mean()
+
+
+def test_loss_is_the_sum_of_level_cross_entropies_plus_dilation_erosion():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, NUM_CLASSES, (2, 64, 64)).astype(np.int32)
+    labels[:, :5] = 255
+    outputs = {f"level_{s}": jnp.asarray(rng.normal(size=(2, 256 // s, 256 // s, NUM_CLASSES)), jnp.float32)
+               for s in (32, 16, 8, 4)}
+    outputs["logits"] = outputs["level_4"]
+    outputs["dilation_32"] = jnp.asarray(rng.normal(size=(2, 8, 8, NUM_CLASSES)), jnp.float32)
+    outputs["erosion_32"] = jnp.asarray(rng.normal(size=(2, 8, 8, NUM_CLASSES)), jnp.float32)
+    expected = {k: _numpy_cross_entropy(outputs[k], _nearest(labels, outputs[k].shape[1:3]), 255)
+                for k in lrr_loss.DEFAULT_WEIGHTS}
+
+    config = ml_collections.ConfigDict({"weights": {"level_32": 0.5, "level_16": 1.0, "level_8": 1.0, "level_4": 2.0}})
+    loss, parts = lrr_loss.loss_for_config(config, ignore_label=255)(outputs, labels, None)
+    for key, value in expected.items():
+        np.testing.assert_allclose(parts[f"loss/{key}"], value, rtol=1e-5)
+    np.testing.assert_allclose(loss, sum(config.weights[k] * v for k, v in expected.items()), rtol=1e-5)
+
+    config.dilation_erosion, config.dilation_erosion_radius = True, 16  # 2 pixels at 1/8
+    loss2, parts2 = lrr_loss.loss_for_config(config, ignore_label=255)(outputs, labels, None)
+    dilated, eroded = lrr_loss.dilation_erosion_targets(labels, (8, 8), num_classes=NUM_CLASSES, radius=2)
+    for key, targets in (("dilation_32", dilated), ("erosion_32", eroded)):
+        x = np.asarray(outputs[key], np.float64)
+        np.testing.assert_allclose(parts2[f"loss/{key}"], np.log1p(np.exp(-targets * x)).sum(-1).mean(), rtol=1e-5)
+    np.testing.assert_allclose(loss2, loss + parts2["loss/dilation_32"] + parts2["loss/erosion_32"], rtol=1e-5)
+
+    del outputs["erosion_32"]
+    with pytest.raises(ValueError, match="dilation_erosion=True"):
+        lrr_loss.loss_for_config(config, ignore_label=255)(outputs, labels, None)
+
+
+def test_dilation_erosion_targets_match_scipy():
+    rng = np.random.default_rng(0)
+    labels = np.kron(rng.integers(0, NUM_CLASSES, (2, 6, 6)), np.ones((4, 4), np.int64)).astype(np.int32)
+    labels[0, 3:7, 3:9] = 255  # void belongs to no class
+    labels[1][labels[1] == 2] = 0  # class 2 absent: -1 everywhere
+    dilated, eroded = lrr_loss.dilation_erosion_targets(labels, (24, 24), num_classes=NUM_CLASSES, radius=3)
+    y, x = np.mgrid[-3:4, -3:4]
+    disk = y**2 + x**2 <= 9
+    for n in range(2):
+        for c in range(NUM_CLASSES):
+            inside = labels[n] == c
+            want_d = ndimage.binary_dilation(inside, disk, border_value=0)
+            want_e = ndimage.binary_erosion(inside, disk, border_value=1)
+            np.testing.assert_array_equal(dilated[n, ..., c], np.where(want_d, 1.0, -1.0))
+            np.testing.assert_array_equal(eroded[n, ..., c], np.where(want_e, 1.0, -1.0))
+    assert np.all(dilated[1, ..., 2] == -1) and np.all(eroded[1, ..., 2] == -1)
+
+
+def _blocky_batch(seed):
+    rng = np.random.default_rng(seed)
+    labels = np.kron(rng.integers(0, NUM_CLASSES, (8, 4, 4)), np.ones((16, 16), np.int64)).astype(np.int32)
+    images = rng.normal(size=(8, 64, 64, 3)).astype(np.float32) + labels[..., None]
+    return {"image": images, "label": labels}
+
+
+def test_lrr_loss_decreases_on_8_devices(tmp_path):
+    batch = _blocky_batch(0)
+    bases = pca.lrr_bases([batch["label"]], NUM_CLASSES, num_bases=NUM_BASES, crops_per_image=20)
+    path = str(tmp_path / "basis.npz")
+    bases_file.save(path, num_classes=NUM_CLASSES, lrr_bases=bases)
+    model = models.create_model("lrr", num_classes=NUM_CLASSES, num_bases=NUM_BASES, basis_path=path, **BACKBONE)
+    # The reference-scaled bases make the coefficient convs ~16x "hotter" than a bilinear
+    # head; the reference trains them at 0.1x (lapseg configs: head_lr_multiplier 0.1).
+    # loss_curve has one rate for all parameters, hence a low one.
+    curve = loss_curve(model, batch, model_name="lrr", loss_weights=lrr_loss.DEFAULT_WEIGHTS,
+                       learning_rate=0.003)
+    assert np.all(np.isfinite(curve))
+    np.testing.assert_allclose(curve[0], 4 * np.log(NUM_CLASSES), rtol=1e-5)  # zero coefficients
+    assert curve[-5:].mean() < 0.8 * curve[0]
+
+
+def _load_config(name):
+    spec = importlib.util.spec_from_file_location(name, CONFIGS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+@pytest.mark.parametrize("name", ["camvid_lrr_resnet50", "voc_lrr_vgg16"])
+def test_config_builds(name, tmp_path):
+    from lapseg import data  # pylint: disable=import-outside-toplevel
+
+    config = _load_config(name)
+    num_classes = data.dataset_info(config.data.dataset).num_classes
+    k = config.model_kwargs.num_bases
+    config.model_kwargs.basis_path = str(tmp_path / "basis.npz")
+    bases_file.save(config.model_kwargs.basis_path, num_classes=num_classes,
+                    lrr_bases=np.zeros((32, 32, k, num_classes), np.float32))
+    model = loop.build_model(config, num_classes)
+    out = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))[0])
+    assert out["logits"].shape == (1, 64, 64, num_classes)
+    lrr_loss.loss_for_config(config.loss, ignore_label=255)  # the loss fields are understood
+    assert set(config.loss.weights) == set(lrr_loss.DEFAULT_WEIGHTS)
+
+
+# --------------------------------------------------------------------------------------
+# Real labels: PCA bases against bilinear upsampling (the paper's Sec. 3.1 / Fig. 3).
+
+RATIO = 8
+TRAIN_MAPS = 24
+VAL_MAPS = 2
+
+
+def _camvid_labels(directory, count, seed):
+    files = sorted(directory.glob("*.png"))
+    chosen = np.random.default_rng(seed).choice(len(files), count, replace=False)
+    return np.stack([np.asarray(Image.open(files[i])) for i in sorted(chosen)]).astype(np.int32)
+
+
+@jax.jit
+def _least_squares_reconstruction(targets, basis):
+    """Coefficients X minimising `||reconstruct(X, basis) - targets||^2` (per class) by
+    conjugate gradients on the normal equations, then the reconstruction."""
+    n, height, width, c = targets.shape
+    shape = (n, height // RATIO, width // RATIO, basis.shape[2], c)
+    forward = lambda x: basis_ops.reconstruct(x, basis)  # noqa: E731
+    adjoint = jax.linear_transpose(forward, jax.ShapeDtypeStruct(shape, jnp.float32))
+    normal = lambda x: adjoint(forward(x))[0]  # noqa: E731
+    x, _ = jax.scipy.sparse.linalg.cg(normal, adjoint(targets)[0], maxiter=60)
+    return forward(x)
+
+
+def test_camvid_bases_beat_bilinear(camvid_dir):
+    ignore, num_classes = 11, 11
+    train = _camvid_labels(camvid_dir / "trainannot", TRAIN_MAPS, seed=0)
+    val = _camvid_labels(camvid_dir / "valannot", VAL_MAPS, seed=0)
+    bases = pca.lrr_bases([train[i : i + 8] for i in range(0, TRAIN_MAPS, 8)], num_classes, num_bases=20,
+                          ignore_label=ignore)
+    targets = jax.nn.one_hot(val, num_classes, dtype=jnp.float32)  # void: all zero
+
+    def miou(scores):
+        confusion = metrics.confusion_matrix(jnp.argmax(scores, -1), val, num_classes, ignore)
+        return metrics.summarize(np.asarray(confusion))["miou"]
+
+    kernel = basis_ops.bilinear_kernel(2 * RATIO)[:, :, None, None]
+    results = {
+        "bilinear (block average, upsampled)": float(pca.bilinear_reconstruction_miou(
+            val, RATIO, num_classes=num_classes, ignore_label=ignore)),
+        "bilinear kernel, least squares (K=1)": miou(_least_squares_reconstruction(
+            targets, jnp.asarray(np.broadcast_to(kernel, (2 * RATIO, 2 * RATIO, 1, num_classes))))),
+    }
+    resized = pca.resize_bases(bases, 2 * RATIO)
+    for k in (1, 3, 5, 10, 20):
+        results[f"PCA bases, least squares (K={k})"] = miou(_least_squares_reconstruction(targets, resized[:, :, :k]))
+    print(f"\nCamVid, {VAL_MAPS} val maps reconstructed from 1/{RATIO} resolution "
+          f"(bases from {TRAIN_MAPS} train maps):")
+    for name, value in results.items():
+        print(f"  {name:40s} mIoU {value:.4f}")
+    assert results["PCA bases, least squares (K=10)"] > results["bilinear kernel, least squares (K=1)"]
+    assert results["PCA bases, least squares (K=10)"] > results["bilinear (block average, upsampled)"]
+    assert results["PCA bases, least squares (K=20)"] >= results["PCA bases, least squares (K=1)"]
