@@ -44,6 +44,7 @@ def get_config(size: str = "360x480"):
     config.optimizer.weight_decay = 1e-4
     config.optimizer.warmup_steps = 0
     config.optimizer.lr_power = 0.9
+    config.optimizer.head_lr_multiplier = 1.0  # no pretrained half-width backbone: one rate
 
     config.loss.weights = {"aux_sub4": 0.16, "aux_sub24": 0.4, "logits": 1.0}
     config.num_train_steps = 200 * 367 // batch_size
