@@ -41,7 +41,9 @@ effective learning rate), and a 5x5 conv has 25x the fan-in of FCN's 1x1 score l
 reference trains them at 0.1x the base rate and less at finer levels
 (`learning_rate_for_new_vars`); lapseg has one `head_lr_multiplier`, which LRR configs set
 well below 1. Measured on shapes (ResNet-18 from scratch, lr 0.02, 300 steps): head 1x
-diverges (loss 48 -> 1.3e5 by step 150), 0.1x reaches mIoU 0.16, 0.03x 0.18, 0.01x 0.22.
+diverges (loss 48 -> 1.3e5 by step 150), 0.1x reaches mIoU 0.16, 0.03x 0.18, 0.01x 0.22,
+0.003x 0.19 (the bilinear basis at 0.01x: 0.16; FCN-8s at 1x: 0.26); after 1000 steps 0.01x
+reaches 0.40, 0.1x 0.18.
 
 Dilation/erosion objectives (Sec. 4.2, `dilation_erosion=True`): at the coarsest level two more
 coefficient convs, reconstructed with the same bases plus a per-class bias (-1, and +1 for

@@ -24,7 +24,7 @@ def parse_config_flags(argv, default_workdir):
     flag_values = flags.FlagValues()
     config_flags.DEFINE_config_file(
         "config", str(DEFAULT_CONFIG), "Config file (a .py with get_config()).",
-        flag_values=flag_values, lock_config=True)
+        flag_values=flag_values, lock_config=True, sys_argv=list(argv))
     flags.DEFINE_string("workdir", default_workdir, "Where checkpoints and logs go.",
                         flag_values=flag_values)
     try:
