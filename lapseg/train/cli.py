@@ -22,16 +22,25 @@ def parse_config_flags(argv, default_workdir):
     A typo in an override (`--config.batchsize=8`) fails here with the known keys named.
     """
     flag_values = flags.FlagValues()
-    config_flags.DEFINE_config_file(
-        "config", str(DEFAULT_CONFIG), "Config file (a .py with get_config()).",
-        flag_values=flag_values, lock_config=True, sys_argv=list(argv))
-    flags.DEFINE_string("workdir", default_workdir, "Where checkpoints and logs go.",
-                        flag_values=flag_values)
     try:
+        # With `sys_argv`, ml_collections applies the overrides while defining the flag, so an
+        # unknown key surfaces here (as AttributeError/KeyError), not only in `flag_values(argv)`.
+        config_flags.DEFINE_config_file(
+            "config", str(DEFAULT_CONFIG), "Config file (a .py with get_config()).",
+            flag_values=flag_values, lock_config=True, sys_argv=list(argv))
+        flags.DEFINE_string("workdir", default_workdir, "Where checkpoints and logs go.",
+                            flag_values=flag_values)
         flag_values(argv)
-    except flags.Error as err:
-        sys.exit(f"{argv[0]}: {err}")
+    except (flags.Error, AttributeError, KeyError) as err:
+        sys.exit(f"{argv[0]}: bad config flag: {_message(err)}")
     return flag_values.config, flag_values.workdir
+
+
+def _message(err):
+    """The text inside nested KeyError/AttributeError wrappers (whose str() is a repr)."""
+    while err.args and isinstance(err.args[0], BaseException):
+        err = err.args[0]
+    return err.args[0] if err.args and isinstance(err.args[0], str) else str(err)
 
 
 def quiet_logging():
