@@ -1,6 +1,7 @@
 """Forward + backward timings of the two einsum kernels against their convolution baselines.
 
     python -m benchmarks.kernels [--repeats 7] [--reconstruct 8,32,32,10,21,4] [--dupsample 8,32,32,64,16,21]
+                                 [--boundary 16,96,96,5,9]
 
 For each kernel: `jax.jit` of the output and the VJP of all inputs for a fixed random
 cotangent, timed after a warm-up call as the median of `--repeats` runs (with
@@ -12,6 +13,8 @@ cotangent, timed after a warm-up call as the median of `--repeats` runs (with
   `feature_group_count=C`: what `lax.conv_transpose` lowers to (it has no groups argument).
 - `lapseg.ops.dupsample.dupsample` (`[N, h, w, L] x [L, r*r*C]`) against a 1x1
   convolution followed by `depth_to_space`.
+- `lapseg.ops.boundary.boundary_mask` (LRR's `maxpool(p) + maxpool(-p)`, separable pools)
+  against the same mask from fused `size x size` `reduce_window` max-pools.
 
 Achieved bandwidth = bytes of inputs + cotangent + outputs + gradients / time, next to
 the machine's copy bandwidth measured in the same run (`x + 1` on a large array: one
@@ -47,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from lapseg.ops import basis, dupsample
+from lapseg.ops import basis, boundary, dupsample
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
@@ -98,6 +101,17 @@ def median_seconds(fn, args, repeats):
     return statistics.median(times)
 
 
+def fused_boundary_mask(prob, size):
+    """Baseline for `boundary_mask`: one 2-D `size x size` max-pool per sign."""
+    pad = size // 2
+
+    def pool(x):
+        return lax.reduce_window(x, -jnp.inf, lax.max, (1, size, size, 1), (1, 1, 1, 1),
+                                 ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+
+    return pool(prob) + pool(-prob)
+
+
 def copy_bandwidth(megabytes, repeats):
     """Bytes per second of `x + 1` on a `megabytes` f32 array (one read, one write)."""
     x = jnp.zeros((megabytes * 2**20 // 4,), jnp.float32)
@@ -115,7 +129,7 @@ def compare(name, kernel, baseline, inputs, cotangent, repeats, bandwidth):
     t_base = median_seconds(baseline_fb, args, repeats)
     shapes = " x ".join(str(tuple(a.shape)) for a in inputs)
     print(f"{name}: {shapes} -> {tuple(out.shape)}, max |kernel - baseline| = {max_err:.1e}")
-    for label, seconds in (("einsum kernel", t_kernel), ("baseline", t_base)):
+    for label, seconds in (("lapseg kernel", t_kernel), ("baseline", t_base)):
         gbs = nbytes / seconds / 1e9
         print(
             f"  {label:14s} fwd+bwd {seconds * 1e3:9.2f} ms   {gbs:6.2f} GB/s"
@@ -133,6 +147,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--reconstruct", type=_ints, default=(8, 32, 32, 10, 21, 4), help="N,H,W,K,C,s")
     parser.add_argument("--dupsample", type=_ints, default=(8, 32, 32, 64, 16, 21), help="N,h,w,L,r,C")
+    parser.add_argument("--boundary", type=_ints, default=(16, 96, 96, 5, 9), help="N,H,W,C,size")
     parser.add_argument("--bandwidth-mb", type=int, default=512, help="array size for the copy test")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
@@ -161,6 +176,16 @@ def main():
         lambda f, m: conv1x1_depth_to_space(f, m, r),
         (normal(n, h, w, num_dims), normal(num_dims, r * r * c)),
         normal(n, r * h, r * w, c),
+        args.repeats,
+        bandwidth,
+    )
+    n, h, w, c, size = args.boundary
+    compare(
+        "boundary_mask",
+        lambda p: boundary.boundary_mask(p, size),
+        lambda p: fused_boundary_mask(p, size),
+        (jax.nn.softmax(normal(n, h, w, c), axis=-1),),
+        normal(n, h, w, c),
         args.repeats,
         bandwidth,
     )

@@ -44,6 +44,22 @@ def test_boundary_mask_is_zero_inside_regions_and_one_on_edges():
         np.testing.assert_array_equal(mask[0, :, :, c], np.broadcast_to(want_cols, (8, 10)))
 
 
+def test_boundary_mask_gradient_matches_fused_pool():
+    # The separable pools route each window's gradient to the same argmax as one 2-D pool.
+    size = 5
+    prob = jax.nn.softmax(jax.random.normal(jax.random.key(0), (2, 9, 8, 3)), axis=-1)
+    cotangent = jax.random.normal(jax.random.key(1), prob.shape)
+
+    def fused(p):
+        pool = lambda x: jax.lax.reduce_window(x, -np.inf, jax.lax.max, (1, size, size, 1),
+                                               (1, 1, 1, 1), ((0, 0), (2, 2), (2, 2), (0, 0)))
+        return pool(p) + pool(-p)
+
+    got = jax.vjp(lambda p: boundary.boundary_mask(p, size), prob)[1](cotangent)[0]
+    want = jax.vjp(fused, prob)[1](cotangent)[0]
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("size", [0, 2, 4])
 def test_boundary_mask_rejects_even_size(size):
     with pytest.raises(ValueError, match="odd"):
