@@ -21,6 +21,7 @@ import numpy as np
 from lapseg import basis_cli
 from lapseg import data as data_lib
 from lapseg import losses, models
+from lapseg.losses.lrr import DEFAULT_WEIGHTS
 from lapseg.train import config as config_lib
 from lapseg.train import loop, optim
 from lapseg.train import state as state_lib
@@ -46,8 +47,8 @@ def _config(name, args, workdir):
     config.data.crop_size = (args.size, args.size)
     config.data.batch_size = args.batch
     config.data.data_dir = workdir
-    if name != "lrr":  # the default config's weights are LRR's pyramid levels
-        config.loss.weights = {"logits": 1.0}
+    if name == "lrr":  # a loss at every pyramid level, as the paper trains it
+        config.loss.weights = dict(DEFAULT_WEIGHTS)
     if name in NEEDS_BASES:
         config.basis.num_batches = 4
         config.model_kwargs.basis_path = basis_cli.ensure_bases(config, workdir)

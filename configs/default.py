@@ -1,5 +1,7 @@
-"""The embedded default job (`lapseg train` with no --config): LRR on ResNet-18, trained
-from scratch on the procedurally generated `shapes` dataset, sized for a 2-core CPU."""
+"""The embedded default job (`lapseg train` with no --config): FCN-8s on a quarter-width
+ResNet-18, trained from scratch on the procedurally generated `shapes` dataset, sized for a
+2-core CPU (>= 0.85 val mIoU in under 10 minutes). The schema and its defaults live in
+`lapseg/train/config.py`, inside the package, so that `lapseg train` works from any directory."""
 
 from lapseg.train.config import base_config
 

@@ -1,7 +1,7 @@
 """`lapseg train [--config configs/X.py] [--workdir DIR] [--config.field=value ...]`.
 
-Without `--config`, trains the embedded default (`configs/default.py`: LRR on
-ResNet-18, procedurally generated shapes) and prints the final evaluation table.
+Without `--config`, trains the embedded default (`configs/default.py`: FCN-8s on a
+quarter-width ResNet-18, procedurally generated shapes) and prints the final evaluation table.
 """
 
 import logging

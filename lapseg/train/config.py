@@ -23,10 +23,14 @@ def base_config():
     config.seed = 0
 
     # Model: `lapseg.models.create_model(config.model, num_classes=..., **config.model_kwargs)`.
-    config.model = "lrr"
-    # Half-width ResNet-18 trained from scratch: the default job must fit a 2-core CPU.
+    # The default job must reach >= 0.85 val mIoU on `shapes` in < 10 min on a 2-core CPU,
+    # from scratch: FCN-8s on a quarter-width ResNet-18 does (0.858 at 6000 steps, ~15
+    # steps/s). LRR on the same backbone learns more slowly per second (its coefficient convs
+    # need a ~300x smaller learning rate, see lapseg/decoders/lrr.py, and its step costs 2.5x
+    # FCN's): configs/shapes_lrr.py, 0.669 at 2000 steps in 6 min.
+    config.model = "fcn8s"
     config.model_kwargs = ml_collections.ConfigDict(
-        {"backbone": "resnet18", "backbone_kwargs": {"output_stride": 32, "width": 0.5}})
+        {"backbone": "resnet18", "backbone_kwargs": {"output_stride": 32, "width": 0.25}})
     config.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (params stay f32)
     # LRR bases / DUpsampling matrix: fitted from the training labels before training
     # (`lapseg basis`), written to `<workdir>/basis.npz` unless a path is given.
@@ -50,27 +54,26 @@ def base_config():
 
     # Optimiser (`lapseg.train.optim`): SGD momentum, poly 0.9 with warm-up.
     config.optimizer = ml_collections.ConfigDict()
-    config.optimizer.learning_rate = 0.02
+    config.optimizer.learning_rate = 0.1  # from scratch with BN (shapes: 0.1 > 0.05 > 0.02)
     config.optimizer.momentum = 0.9
     config.optimizer.nesterov = False
     config.optimizer.weight_decay = 1e-4
     config.optimizer.warmup_steps = 50
     config.optimizer.lr_power = 0.9
-    # LRR's coefficient convs are "hot" (see lapseg/decoders/lrr.py): the reference trains
-    # them at 0.1x the base rate; at 1x the default job diverges.
-    config.optimizer.head_lr_multiplier = 0.1
+    # Non-backbone parameters train at `head_lr_multiplier` x the rate (PSPNet/DUpsampling
+    # recipes: 10 for a new head on a pretrained backbone; LRR: well below 1).
+    config.optimizer.head_lr_multiplier = 1.0
     config.optimizer.backbone_prefixes = ("backbone",)
 
-    # Loss (`lapseg.losses.for_model`): output key -> weight.
+    # Loss (`lapseg.losses.for_model`): output key -> weight (LRR: 'level_32' ... 'level_4').
     config.loss = ml_collections.ConfigDict()
-    # LRR supervises every pyramid level (its `'logits'` are the finest level's).
-    config.loss.weights = {"level_32": 1.0, "level_16": 1.0, "level_8": 1.0, "level_4": 1.0}
+    config.loss.weights = {"logits": 1.0}
     config.loss.class_weights = placeholder(tuple)
 
-    config.num_train_steps = 1000
-    config.log_every_steps = 25
-    config.eval_every_steps = 500
-    config.checkpoint_every_steps = 250
+    config.num_train_steps = 6500
+    config.log_every_steps = 50
+    config.eval_every_steps = 1000
+    config.checkpoint_every_steps = 1000
     config.keep_checkpoints = 2
     config.distributed = False  # call jax.distributed.initialize() (multi-host)
     return config
