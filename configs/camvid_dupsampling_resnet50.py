@@ -7,25 +7,14 @@ directions of the 32 x 32 x 11 label patches (W frozen, patch mean added, fitted
 scales 0.5-2, batch 8, 100 epochs (~4,600 steps).
 """
 
-from lapseg.train.config import base_config
+from lapseg.train import recipes
 
 
 def get_config():
-    config = base_config()
-    config.model = "dupsampling"
-    config.model_kwargs = {"backbone": "resnet50", "backbone_kwargs": {"output_stride": 32},
-                           "ratio": 32, "dim": 64, "low_level_features": ("res2", "res3"),
-                           "trainable_w": False, "add_mean": True}
-    config.data.dataset = "camvid"
-    config.data.crop_size = (352, 480)
-    config.data.scale_range = (0.5, 2.0)
-    config.data.batch_size = 8
-    config.optimizer.learning_rate = 0.007
-    config.optimizer.momentum = 0.9
-    config.optimizer.weight_decay = 1e-4
-    config.optimizer.warmup_steps = 0
-    config.optimizer.head_lr_multiplier = 10.0
-    config.loss.weights = {"logits": 1.0}
-    config.num_train_steps = 4600
-    config.eval_every_steps = 460
-    return config
+    return recipes.finetune(
+        "dupsampling",
+        {"backbone": "resnet50", "backbone_kwargs": {"output_stride": 32}, "ratio": 32,
+         "dim": 64, "low_level_features": ("res2", "res3"), "trainable_w": False,
+         "add_mean": True},
+        dataset="camvid", crop_size=(352, 480), batch_size=8, learning_rate=0.007,
+        num_train_steps=4600)

@@ -6,26 +6,11 @@ on full-size 360 x 480 crops with scale 0.5-2, batch 8, 100 epochs (~4,600 steps
 Set `--config.data.source_dir` to a local CamVid copy (or leave it to download).
 """
 
-from lapseg.train.config import base_config
+from lapseg.train import recipes
+from lapseg.train.recipes import PSPNET50
 
 
 def get_config():
-    config = base_config()
-    config.model = "pspnet"
-    config.model_kwargs = {"backbone": "resnet50",
-                           "backbone_kwargs": {"deep_stem": True, "output_stride": 8},
-                           "bins": (1, 2, 3, 6), "pooling": "adaptive", "dropout_rate": 0.1}
-    config.data.dataset = "camvid"
-    config.data.crop_size = (360, 480)
-    config.data.scale_range = (0.5, 2.0)
-    config.data.batch_size = 8
-    config.optimizer.learning_rate = 0.01
-    config.optimizer.momentum = 0.9
-    config.optimizer.weight_decay = 1e-4
-    config.optimizer.warmup_steps = 0
-    config.optimizer.lr_power = 0.9
-    config.optimizer.head_lr_multiplier = 10.0
-    config.loss.weights = {"logits": 1.0, "aux": 0.4}
-    config.num_train_steps = 4600
-    config.eval_every_steps = 460
-    return config
+    return recipes.finetune(
+        "pspnet", PSPNET50, dataset="camvid", crop_size=(360, 480), batch_size=8,
+        learning_rate=0.01, num_train_steps=4600, loss_weights={"logits": 1.0, "aux": 0.4})

@@ -6,24 +6,12 @@ optimiser as the original (SGD momentum 0.9, weight decay 5e-4, head lr 5e-4, Re
 0.7-1.3, flips, batch 8, poly decay over 4,600 steps (100 epochs).
 """
 
-from lapseg.train.config import base_config
+from lapseg.train import recipes
+from lapseg.train.recipes import REFINENET101
 
 
 def get_config():
-    config = base_config()
-    config.model = "refinenet"
-    config.model_kwargs = {"backbone": "resnet101", "backbone_kwargs": {"output_stride": 32},
-                           "widths": (512, 256, 256, 256), "crp_stages": 4, "crp_order": "pool_conv"}
-    config.data.dataset = "camvid"
-    config.data.crop_size = (360, 480)
-    config.data.scale_range = (0.7, 1.3)
-    config.data.batch_size = 8
-    config.optimizer.learning_rate = 5e-5
-    config.optimizer.momentum = 0.9
-    config.optimizer.weight_decay = 5e-4
-    config.optimizer.warmup_steps = 0
-    config.optimizer.head_lr_multiplier = 10.0
-    config.loss.weights = {"coarse_logits": 1.0}
-    config.num_train_steps = 4600
-    config.eval_every_steps = 460
-    return config
+    return recipes.finetune(
+        "refinenet", REFINENET101, dataset="camvid", crop_size=(360, 480), batch_size=8,
+        scale_range=(0.7, 1.3), learning_rate=5e-5, weight_decay=5e-4, num_train_steps=4600,
+        loss_weights={"coarse_logits": 1.0})

@@ -12,38 +12,9 @@ The paper's own bases were DeepLabv3+ and ESPNet; lapseg's DSRL wraps any decode
 (`model_kwargs.base`).
 """
 
-from lapseg.train.config import base_config
+from lapseg.train import recipes
 
 
 def get_config():
-    config = base_config()
-    config.model = "dsrl"
-    config.model_kwargs = {
-        "base": "pspnet",
-        "backbone": "resnet50",
-        "backbone_kwargs": {"deep_stem": True, "output_stride": 8},
-        "base_kwargs": {},
-        "sisr_features": ("res2", "res5"),
-        "sisr_channels": 64,
-        "espcn_features": (64, 32),
-    }
-
-    config.data.dataset = "cityscapes"
-    config.data.crop_size = (512, 1024)
-    config.data.scale_range = (0.5, 2.0)
-    config.data.batch_size = 8
-    config.data.eval_size = (1024, 2048)
-
-    config.optimizer.learning_rate = 0.01
-    config.optimizer.weight_decay = 1e-4
-    config.optimizer.warmup_steps = 0
-    config.optimizer.head_lr_multiplier = 10.0
-
-    config.loss.weights = {"logits": 1.0, "aux": 0.4}
-    config.loss.mse_weight = 0.1
-    config.loss.fa_weight = 1.0
-    config.loss.fa_subsample = 8
-    config.loss.fa_p = 2.0
-    config.loss.fa_q = 1.0
-    config.num_train_steps = 90000
-    return config
+    return recipes.dsrl_pspnet50(dataset="cityscapes", crop_size=(512, 1024),
+                                 eval_size=(1024, 2048), num_train_steps=90_000)

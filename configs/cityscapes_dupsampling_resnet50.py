@@ -10,28 +10,16 @@ weight decay 1e-4, poly 0.9, 768 x 768 crops, scales 0.5-2, batch 8, 90,000 step
 Prepare the data with `tfds build cityscapes/semantic_segmentation` (needs TF).
 """
 
-from lapseg.train.config import base_config
+from lapseg.train import recipes
 
 
 def get_config():
-    config = base_config()
-    config.model = "dupsampling"
-    config.model_kwargs = {"backbone": "resnet50", "backbone_kwargs": {"output_stride": 16},
-                           "ratio": 16, "dim": 256, "low_level_features": ("res2", "res3"),
-                           "trainable_w": False, "add_mean": True}
+    config = recipes.finetune(
+        "dupsampling",
+        {"backbone": "resnet50", "backbone_kwargs": {"output_stride": 16}, "ratio": 16,
+         "dim": 256, "low_level_features": ("res2", "res3"), "trainable_w": False,
+         "add_mean": True},
+        dataset="cityscapes", crop_size=(768, 768), batch_size=8, eval_size=(1024, 2048),
+        learning_rate=0.007, num_train_steps=90_000)
     config.basis.num_batches = 100
-    config.data.dataset = "cityscapes"
-    config.data.crop_size = (768, 768)
-    config.data.scale_range = (0.5, 2.0)
-    config.data.batch_size = 8
-    config.data.eval_size = (1024, 2048)
-    config.optimizer.learning_rate = 0.007
-    config.optimizer.momentum = 0.9
-    config.optimizer.weight_decay = 1e-4
-    config.optimizer.warmup_steps = 0
-    config.optimizer.head_lr_multiplier = 10.0
-    config.loss.weights = {"logits": 1.0}
-    config.num_train_steps = 90_000
-    config.eval_every_steps = 5000
-    config.checkpoint_every_steps = 2000
     return config

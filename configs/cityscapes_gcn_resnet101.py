@@ -8,26 +8,12 @@ encoders and its training schedule are not reproduced.
 Prepare the data with `tfds build cityscapes/semantic_segmentation` (needs TF).
 """
 
-from lapseg.train.config import base_config
+from lapseg.train import recipes
 
 
 def get_config():
-    config = base_config()
-    config.model = "gcn"
-    config.model_kwargs = {"backbone": "resnet101", "backbone_kwargs": {"output_stride": 32},
-                           "kernel_size": 15, "upsampling": "deconv"}
-    config.data.dataset = "cityscapes"
-    config.data.crop_size = (800, 800)
-    config.data.scale_range = (0.5, 2.0)
-    config.data.batch_size = 8
-    config.data.eval_size = (1024, 2048)
-    config.optimizer.learning_rate = 0.01
-    config.optimizer.momentum = 0.9
-    config.optimizer.weight_decay = 5e-4
-    config.optimizer.warmup_steps = 0
-    config.optimizer.head_lr_multiplier = 10.0
-    config.loss.weights = {"logits": 1.0}
-    config.num_train_steps = 90_000
-    config.eval_every_steps = 5000
-    config.checkpoint_every_steps = 2000
-    return config
+    return recipes.finetune(
+        "gcn", {"backbone": "resnet101", "backbone_kwargs": {"output_stride": 32},
+                "kernel_size": 15, "upsampling": "deconv"},
+        dataset="cityscapes", crop_size=(800, 800), batch_size=8, eval_size=(1024, 2048),
+        learning_rate=0.01, weight_decay=5e-4, num_train_steps=90_000)

@@ -10,26 +10,12 @@ trains with batch 1 at a fixed rate, lowered by hand; here batch 8 and poly deca
 90,000 steps. Prepare the data with `tfds build cityscapes/semantic_segmentation` (needs TF).
 """
 
-from lapseg.train.config import base_config
+from lapseg.train import recipes
+from lapseg.train.recipes import REFINENET101
 
 
 def get_config():
-    config = base_config()
-    config.model = "refinenet"
-    config.model_kwargs = {"backbone": "resnet101", "backbone_kwargs": {"output_stride": 32},
-                           "widths": (512, 256, 256, 256), "crp_stages": 4, "crp_order": "pool_conv"}
-    config.data.dataset = "cityscapes"
-    config.data.crop_size = (600, 600)
-    config.data.scale_range = (0.7, 1.3)
-    config.data.batch_size = 8
-    config.data.eval_size = (1024, 2048)
-    config.optimizer.learning_rate = 5e-5
-    config.optimizer.momentum = 0.9
-    config.optimizer.weight_decay = 5e-4
-    config.optimizer.warmup_steps = 0
-    config.optimizer.head_lr_multiplier = 10.0
-    config.loss.weights = {"coarse_logits": 1.0}
-    config.num_train_steps = 90_000
-    config.eval_every_steps = 5000
-    config.checkpoint_every_steps = 2000
-    return config
+    return recipes.finetune(
+        "refinenet", REFINENET101, dataset="cityscapes", crop_size=(600, 600), batch_size=8,
+        eval_size=(1024, 2048), scale_range=(0.7, 1.3), learning_rate=5e-5,
+        weight_decay=5e-4, num_train_steps=90_000, loss_weights={"coarse_logits": 1.0})

@@ -11,6 +11,7 @@ import pytest
 
 from lapseg import bases_file, basis_cli, data
 from lapseg.train import config as config_lib
+from lapseg.train import recipes
 from lapseg.train import loop
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
@@ -53,3 +54,17 @@ def test_config_builds_its_model(path, tmp_path):
     out = jax.eval_shape(lambda: model.init_with_output(
         jax.random.key(0), jnp.zeros((1, *size, 3)), train=False)[0])
     assert out["logits"].shape == (1, *size, info.num_classes)
+
+
+def test_finetune_recipe_sets_the_shared_fields():
+    config = recipes.finetune("gcn", {"backbone": "resnet50"}, dataset="cityscapes",
+                              crop_size=(800, 800), batch_size=8, learning_rate=0.01,
+                              num_train_steps=100, eval_size=(1024, 2048))
+    assert config.model == "gcn" and config.model_kwargs.backbone == "resnet50"
+    assert config.data.crop_size == (800, 800) and config.data.eval_size == (1024, 2048)
+    assert config.optimizer.head_lr_multiplier == 10.0 and config.optimizer.warmup_steps == 0
+    assert config.loss.weights == {"logits": 1.0}
+    assert (config.eval_every_steps, config.checkpoint_every_steps) == (5000, 2000)
+    unknown = recipes.finetune("gcn", {}, dataset="shapes", crop_size=(96, 96), batch_size=2,
+                               learning_rate=0.1, num_train_steps=10)
+    assert unknown.eval_every_steps == config_lib.base_config().eval_every_steps
