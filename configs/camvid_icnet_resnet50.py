@@ -13,7 +13,8 @@ random mirror and resize 0.5-2; about 200 epochs of the 367 training images. Cas
 guidance `0.16 L_sub4 + 0.4 L_sub24 + 1.0 L_sub124`.
 """
 
-from lapseg.train.config import base_config
+from lapseg.train import recipes
+from lapseg.train.recipes import ICNET50
 
 SIZES = {"360x480": ((360, 480), 16), "720x960": ((720, 960), 8)}  # size, batch
 
@@ -22,30 +23,9 @@ def get_config(size: str = "360x480"):
     if size not in SIZES:
         raise ValueError(f"camvid_icnet_resnet50: size must be one of {sorted(SIZES)}, got {size!r}")
     (height, width), batch_size = SIZES[size]
-    config = base_config()
-    config.model = "icnet"
-    config.model_kwargs = {
-        "backbone": "resnet50",
-        "backbone_kwargs": {"deep_stem": True, "output_stride": 8, "width": 0.5},
-        "branch_features": 128,
-        "head_features": 256,
-        "bins": (1, 2, 3, 6),
-        "pooling": "adaptive",
-    }
-
-    config.data.dataset = "camvid"
-    config.data.crop_size = (height, width)
-    config.data.scale_range = (0.5, 2.0)
-    config.data.batch_size = batch_size
-    config.data.eval_size = (height, width)
-
-    config.optimizer.learning_rate = 0.01
-    config.optimizer.momentum = 0.9
-    config.optimizer.weight_decay = 1e-4
-    config.optimizer.warmup_steps = 0
-    config.optimizer.lr_power = 0.9
-    config.optimizer.head_lr_multiplier = 1.0  # no pretrained half-width backbone: one rate
-
-    config.loss.weights = {"aux_sub4": 0.16, "aux_sub24": 0.4, "logits": 1.0}
-    config.num_train_steps = 200 * 367 // batch_size
-    return config
+    # No pretrained half-width backbone: one learning rate for every parameter.
+    return recipes.finetune(
+        "icnet", {**ICNET50, "pooling": "adaptive"}, dataset="camvid", crop_size=(height, width),
+        batch_size=batch_size, eval_size=(height, width), learning_rate=0.01,
+        num_train_steps=200 * 367 // batch_size, loss_weights=recipes.ICNET_LOSS_WEIGHTS,
+        head_lr_multiplier=1.0)

@@ -12,35 +12,12 @@ the half-width ResNet-50, so this trains it from the initialisation lapseg gives
 """
 
 from lapseg.decoders.icnet import CITYSCAPES_POOLING
-from lapseg.train.config import base_config
+from lapseg.train import recipes
+from lapseg.train.recipes import ICNET50
 
 
 def get_config():
-    config = base_config()
-    config.model = "icnet"
-    config.model_kwargs = {
-        "backbone": "resnet50",
-        "backbone_kwargs": {"deep_stem": True, "output_stride": 8, "width": 0.5},
-        "branch_features": 128,
-        "head_features": 256,
-        "bins": (1, 2, 3, 6),
-        "pooling": "fixed",
-        **CITYSCAPES_POOLING,
-    }
-
-    config.data.dataset = "cityscapes"
-    config.data.crop_size = (1024, 2048)
-    config.data.scale_range = (0.5, 2.0)
-    config.data.batch_size = 16
-    config.data.eval_size = (1024, 2048)
-
-    config.optimizer.learning_rate = 0.01
-    config.optimizer.momentum = 0.9
-    config.optimizer.weight_decay = 1e-4
-    config.optimizer.warmup_steps = 0
-    config.optimizer.lr_power = 0.9
-    config.optimizer.head_lr_multiplier = 1.0
-
-    config.loss.weights = {"aux_sub4": 0.16, "aux_sub24": 0.4, "logits": 1.0}
-    config.num_train_steps = 30000
-    return config
+    return recipes.finetune(
+        "icnet", {**ICNET50, "pooling": "fixed", **CITYSCAPES_POOLING}, dataset="cityscapes",
+        crop_size=(1024, 2048), batch_size=16, eval_size=(1024, 2048), learning_rate=0.01,
+        num_train_steps=30000, loss_weights=recipes.ICNET_LOSS_WEIGHTS, head_lr_multiplier=1.0)

@@ -2,7 +2,7 @@
 
 PSPNet, RefineNet, GCN, DUpsampling and DSRL all fine-tune an ImageNet-pretrained backbone
 with SGD (momentum 0.9), poly learning rate (power 0.9) without warm-up, the new head at
-10x the base rate, and random scaling + cropping + flips. `configs/*.py` call `finetune`
+10x the base rate (`head_lr_multiplier`), and random scaling + cropping + flips. `configs/*.py` call `finetune`
 with what differs (model, dataset, crop, batch, rate, steps) and then set their extras:
 
     config = recipes.finetune("gcn", {...}, dataset="camvid", crop_size=(360, 480),
@@ -24,7 +24,8 @@ CADENCE = {
 def finetune(model: str, model_kwargs: dict, *, dataset: str, crop_size: tuple[int, int],
              batch_size: int, learning_rate: float, num_train_steps: int,
              weight_decay: float = 1e-4, scale_range: tuple[float, float] = (0.5, 2.0),
-             eval_size: tuple[int, int] | None = None, loss_weights: dict | None = None):
+             eval_size: tuple[int, int] | None = None, loss_weights: dict | None = None,
+             head_lr_multiplier: float = 10.0):
     """`base_config()` set to the shared fine-tuning recipe (see the module docstring).
 
     `loss_weights` defaults to `{'logits': 1.0}`; `eval_size` to the schema's default (the
@@ -41,7 +42,7 @@ def finetune(model: str, model_kwargs: dict, *, dataset: str, crop_size: tuple[i
         config.data.eval_size = tuple(eval_size)
     config.optimizer.update({"learning_rate": learning_rate, "momentum": 0.9,
                              "weight_decay": weight_decay, "warmup_steps": 0, "lr_power": 0.9,
-                             "head_lr_multiplier": 10.0})
+                             "head_lr_multiplier": head_lr_multiplier})
     config.loss.weights = dict(loss_weights or {"logits": 1.0})
     config.num_train_steps = num_train_steps
     config.update(CADENCE.get(dataset, {}))
@@ -53,6 +54,12 @@ PSPNET50 = {"backbone": "resnet50", "backbone_kwargs": {"deep_stem": True, "outp
             "bins": (1, 2, 3, 6), "pooling": "adaptive", "dropout_rate": 0.1}
 REFINENET101 = {"backbone": "resnet101", "backbone_kwargs": {"output_stride": 32},
                 "widths": (512, 256, 256, 256), "crp_stages": 4, "crp_order": "pool_conv"}
+# ICNet (Zhao et al., ECCV 2018) on a half-width deep-stem ResNet-50, and its cascade label
+# guidance weights (lambda = 0.16 / 0.4 / 1 for the 1/16, 1/8 and 1/4 branch outputs).
+ICNET50 = {"backbone": "resnet50",
+           "backbone_kwargs": {"deep_stem": True, "output_stride": 8, "width": 0.5},
+           "branch_features": 128, "head_features": 256, "bins": (1, 2, 3, 6)}
+ICNET_LOSS_WEIGHTS = {"aux_sub4": 0.16, "aux_sub24": 0.4, "logits": 1.0}
 
 
 def dsrl_pspnet50(*, dataset: str, crop_size: tuple[int, int], eval_size: tuple[int, int],
