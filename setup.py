@@ -2,18 +2,26 @@
 
 import setuptools
 
+# Every package lapseg imports. Minimum versions are those the test suite runs against where
+# lapseg uses their newer APIs (jax.set_mesh/AxisType, flax linen of 0.12, grain's top-level
+# `grain.MapDataset`/`grain.checkpoint`, orbax's `args` API, tfds ArrayRecord data sources).
 RUNTIME = [
     "jax>=0.10",
     "flax>=0.12",
-    "optax",
-    "orbax-checkpoint",
-    "tensorflow-datasets",
-    "grain",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12",
+    "tensorflow-datasets>=4.9.10",
+    "grain>=0.2.18",
     "numpy",
+    "scipy",  # partial eigensolver for the PCA fits (lapseg.bases)
+    "ml_dtypes",  # bfloat16 tensors in .safetensors files
     "chex",
     "ml_collections",
+    "absl-py",
+    "etils",
     "pillow",
-    "tensorboardX",  # TensorBoard event files without TensorFlow
+    "safetensors",
+    "tensorboardX",  # TensorBoard event files without TensorFlow (always written)
 ]
 
 setuptools.setup(

@@ -22,7 +22,7 @@ read and one write). Timings on a shared CPU are noisy: compare ratios within on
 
 Notes from writing `reconstruct` (2-core AMD EPYC VM, shared with other jobs; medians of
 interleaved runs, forward / forward+backward in ms at the default LRR size):
-- the DESIGN.md einsum `nijuvkc,uavbkc->niajbc` straight on the NHWKC layout: about
+- the direct einsum `nijuvkc,uavbkc->niajbc` straight on the NHWKC layout: about
   45-65 / 85-125. The class axis c is a batch axis of the dot and minor in every operand,
   so XLA transposes the stacked neighbours Z (4x the input, 27 MB here) to class-major
   with the minor k axis moving (`compile().as_text()` shows a copy of

@@ -18,12 +18,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from lapseg import basis_cli
+from lapseg import bases
 from lapseg import data as data_lib
 from lapseg import losses, models
 from lapseg.losses.lrr import DEFAULT_WEIGHTS
 from lapseg.train import config as config_lib
-from lapseg.train import loop, optim
+from lapseg.train import fitted as fitted_lib
+from lapseg.train import optim
 from lapseg.train import state as state_lib
 from lapseg.train import step as step_lib
 
@@ -37,9 +38,6 @@ MODELS = {
     "dupsampling": {"backbone": "resnet18", "ratio": 32, "dim": 64},
     "icnet": {"backbone": "resnet18"},
 }
-NEEDS_BASES = ("lrr", "dupsampling")
-
-
 def _config(name, args, workdir):
     config = config_lib.base_config()
     config.model = name
@@ -49,9 +47,8 @@ def _config(name, args, workdir):
     config.data.data_dir = workdir
     if name == "lrr":  # a loss at every pyramid level, as the paper trains it
         config.loss.weights = dict(DEFAULT_WEIGHTS)
-    if name in NEEDS_BASES:
-        config.basis.num_batches = 4
-        config.model_kwargs.basis_path = basis_cli.ensure_bases(config, workdir)
+    config.basis.num_batches = 4  # label-fitted constants (LRR, DUpsampling): a quick fit
+    config.basis.path = f"{workdir}/{name}_basis.npz"
     return config
 
 
@@ -72,13 +69,15 @@ def _time_steps(run_step, batches, steps):
 def benchmark(name, args, workdir):
     config = _config(name, args, workdir)
     info = data_lib.dataset_info(config.data.dataset)
-    model = loop.build_model(config, info.num_classes)
+    model = models.from_config(config, info.num_classes)
+    path = fitted_lib.ensure(config, workdir)  # None for a model without fitted constants
+    fitted = bases.load(path, num_classes=info.num_classes) if path else {}
     tx = optim.make_optimizer(config.optimizer, 1000)
     loss_fn = losses.for_model(name, config.loss, ignore_label=info.ignore_label)
     mesh = step_lib.make_mesh()
     shape = (args.batch, args.size, args.size, 3)
     state = jax.jit(lambda rng: state_lib.create_train_state(
-        state_lib.init_variables(model, rng, shape), tx),
+        bases.attach(state_lib.init_variables(model, rng, shape), fitted), tx),
         out_shardings=step_lib.replicated(mesh))(jax.random.key(0))
     train_step = step_lib.jit_train_step(mesh, model=model, tx=tx, loss_fn=loss_fn,
                                          ignore_label=info.ignore_label)

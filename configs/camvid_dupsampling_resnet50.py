@@ -2,7 +2,7 @@
 
 Fusion of res2/res3 at the OS-32 resolution (the paper's cheapest setting), L = 64 PCA
 directions of the 32 x 32 x 11 label patches (W frozen, patch mean added, fitted by
-`lapseg basis`, which sets `model_kwargs.basis_path`), adaptive temperature. SGD momentum
+`lapseg basis` or by `lapseg train` before step 0), adaptive temperature. SGD momentum
 0.9, lr 0.007 (head x10), weight decay 1e-4, poly 0.9, 352 x 480 crops (multiples of 32),
 scales 0.5-2, batch 8, 100 epochs (~4,600 steps).
 """
@@ -14,7 +14,7 @@ def get_config():
     return recipes.finetune(
         "dupsampling",
         {"backbone": "resnet50", "backbone_kwargs": {"output_stride": 32}, "ratio": 32,
-         "dim": 64, "low_level_features": ("res2", "res3"), "trainable_w": False,
+         "dim": 64, "features": ("res5", "res2", "res3"), "trainable_w": False,
          "add_mean": True},
         dataset="camvid", crop_size=(352, 480), batch_size=8, learning_rate=0.007,
         num_train_steps=4600)

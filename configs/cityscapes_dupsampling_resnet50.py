@@ -5,7 +5,7 @@ Cityscapes is the closest catalogued benchmark. Decoder as the paper: res2/res3 
 downsampled to res5 (OS 16), 1x1 convs to 48, two 3x3 convs 256, a 1x1 projection to
 L = 256 and DUpsample with the PCA matrix W (ratio 16, frozen) plus the patch mean,
 adaptive temperature. W is fitted from the training labels by `lapseg basis` before
-training (it sets `model_kwargs.basis_path`). SGD momentum 0.9, lr 0.007 (head x10),
+training (or by `lapseg train` before step 0). SGD momentum 0.9, lr 0.007 (head x10),
 weight decay 1e-4, poly 0.9, 768 x 768 crops, scales 0.5-2, batch 8, 90,000 steps.
 Prepare the data with `tfds build cityscapes/semantic_segmentation` (needs TF).
 """
@@ -17,7 +17,7 @@ def get_config():
     config = recipes.finetune(
         "dupsampling",
         {"backbone": "resnet50", "backbone_kwargs": {"output_stride": 16}, "ratio": 16,
-         "dim": 256, "low_level_features": ("res2", "res3"), "trainable_w": False,
+         "dim": 256, "features": ("res5", "res2", "res3"), "trainable_w": False,
          "add_mean": True},
         dataset="cityscapes", crop_size=(768, 768), batch_size=8, eval_size=(1024, 2048),
         learning_rate=0.007, num_train_steps=90_000)

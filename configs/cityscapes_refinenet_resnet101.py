@@ -1,6 +1,6 @@
 """RefineNet-101 on Cityscapes (19 classes), guosheng/refinenet's training recipe.
 
-4-cascaded RefineNet on a standard ResNet-101 (OS 32), adapt widths 512/256/256/256,
+4-cascaded RefineNet on a standard ResNet-101 (OS 32), adapt channels 512/256/256/256,
 2 adapt RCUs, 4-stage CRP (pool then conv), 3 output RCUs; loss on the 1/4-resolution
 scores against nearest-resized labels (`coarse_logits`, as `cnn_layer_dense_softmaxloss`).
 Optimiser as `gen_net_opts_model_type*.m`: SGD momentum 0.9, weight decay 5e-4, head lr

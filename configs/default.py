@@ -3,8 +3,8 @@ ResNet-18, trained from scratch on the procedurally generated `shapes` dataset, 
 2-core CPU (>= 0.85 val mIoU in under 10 minutes). The schema and its defaults live in
 `lapseg/train/config.py`, inside the package, so that `lapseg train` works from any directory."""
 
-from lapseg.train.config import base_config
+from lapseg.train.config import default_job
 
 
 def get_config():
-    return base_config()
+    return default_job()

@@ -12,11 +12,11 @@ after 6000 steps in 7 min 12 s.
 """
 
 from lapseg.losses.lrr import DEFAULT_WEIGHTS
-from lapseg.train.config import base_config
+from lapseg.train.config import default_job
 
 
 def get_config():
-    config = base_config()
+    config = default_job()
     config.model = "lrr"
     config.model_kwargs.num_bases = 10
     config.optimizer.learning_rate = 0.05

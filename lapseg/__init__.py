@@ -1,14 +1,32 @@
 """lapseg: semantic-segmentation decoders that recover full resolution, in JAX/Flax.
 
+    import jax, jax.numpy as jnp, numpy as np
     import lapseg
-    model = lapseg.create_model('lrr', backbone='resnet50', num_classes=21)
-    variables = model.init(rng, images, train=False)   # images f32 [N, H, W, 3]
-    out = model.apply(variables, images, train=False)  # {'logits': [N, H, W, C], ...}
+    images = jnp.zeros((2, 96, 128, 3))                       # f32 [N, H, W, 3], normalised
+    model = lapseg.create_model('lrr', backbone='resnet18', num_classes=5)
+    variables = model.init(jax.random.key(0), images, train=False)    # no files needed
+    labels = np.random.default_rng(0).integers(0, 5, (4, 96, 128))   # any training labels
+    fitted = lapseg.bases.fit(variables, [labels], num_classes=5)    # LRR's PCA bases
+    variables = lapseg.bases.attach(variables, fitted)                # pure: new variables
+    out = model.apply(variables, images, train=False)  # {'logits': [N, H, W, C], 'level_32', ...}
+
+Subpackages load on first use (`lapseg.bases`, `lapseg.losses`, `lapseg.metrics`, ...), so
+`import lapseg` (and `lapseg --help`) loads no JAX. docs/architecture.md maps the layers.
 """
 
-from lapseg import ops
+import importlib
 
 __version__ = "0.1.0"
+
+_SUBMODULES = ("backbones", "bases", "data", "decoders", "infer", "layers", "losses", "metrics",
+               "models", "ops", "train", "visualize")
+
+
+def __getattr__(name):
+    """`lapseg.<submodule>` imported on first use."""
+    if name in _SUBMODULES:
+        return importlib.import_module(f"lapseg.{name}")
+    raise AttributeError(f"module 'lapseg' has no attribute {name!r}")
 
 
 def create_model(name, **kwargs):

@@ -7,7 +7,12 @@
 it inside another JAX program. Every shape in it (scaled sizes, tile positions) follows
 from the input's static shape, so one compilation serves every image of that shape;
 `Predictor` pads host images of any size up to a few bucket sizes so that a folder of
-mixed sizes compiles a handful of times, not once per image.
+mixed sizes compiles a handful of times, not once per image. `restore_model` gives a
+training run's model and variables (no optimiser is built or read):
+
+    model, variables, info, step = restore_model(config, workdir, best=True)
+    predictor = Predictor(model, variables, normalization=config.data.normalize)
+    labels = predictor(image)                          # uint8 [H, W, 3] -> int32 [H, W]
 
 Views are combined as in semseg's `test.py` (hszhao) and mmsegmentation's `aug_test`:
 tiles of one view average their *logits* where they overlap; the views (scales, flips)
@@ -17,14 +22,21 @@ logits are resized back the same way.
 """
 
 import math
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from lapseg.data import augment
+from lapseg import data as data_lib
+from lapseg import models
 from lapseg.ops import resize
+from lapseg.ops.normalize import normalize
+from lapseg.train import checkpoint as checkpoint_lib
+from lapseg.train import state as state_lib
+
+DEFAULT_INIT_SIZE = (64, 64)  # init image size when the config has no crop size
 
 
 def model_logits(model, variables, images, *, size_multiple: int = 32) -> jnp.ndarray:
@@ -170,8 +182,7 @@ class Predictor:
     """Labels for host images of any size: normalise, pad to a bucket, jitted predict, crop.
 
     Args:
-      model, variables: a lapseg model and its variables (e.g. from
-        `lapseg.train.loop.restore_model`).
+      model, variables: a lapseg model and its variables (e.g. from `restore_model`).
       normalization: the training config's `data.normalize` ('torch', 'caffe', 'none').
       bucket: images are zero-padded (bottom/right, after normalisation, as in the eval
         pipeline) to multiples of this, so sizes within one bucket share one compilation.
@@ -194,6 +205,42 @@ class Predictor:
             raise ValueError(f"image must be uint8 RGB [H, W, 3], got {image.dtype} {image.shape}")
         height, width = image.shape[:2]
         padded = np.zeros((1, *bucket_size(height, width, self.bucket), 3), np.float32)
-        padded[0, :height, :width] = augment.normalize(image, self.normalization)
+        padded[0, :height, :width] = normalize(image, self.normalization)
         probs = self.predict_fn(self.variables, padded)
         return np.asarray(jnp.argmax(probs[0, :height, :width], -1), np.int32)
+
+
+def restore_model(config, workdir, *, best: bool = False, step=None):
+    """The model of a training run and its variables from the run's checkpoints.
+
+    Only the variables are read (`params`, `batch_stats`, frozen `constants` such as LRR
+    bases): no optimiser is built and its state is not read.
+
+    Args:
+      config: the run's config (`<workdir>/config.json` through
+        `lapseg.train.config.load`, or the config file it was trained with). It names
+        the model; a checkpoint of another model or class count raises
+        `lapseg.train.checkpoint.CheckpointError` naming both.
+      workdir: the training work dir.
+      best: the best-mIoU checkpoint (`<workdir>/best`) instead of the latest
+        (`<workdir>/checkpoints`).
+      step: a specific step (default: the latest of the chosen kind).
+
+    Returns:
+      `(model, variables, info, step)`: the linen model (`lapseg.models.from_config`),
+      its variables `{'params': ..., 'batch_stats': ..., ...}` on the default device, the
+      dataset's `DatasetInfo` (classes, palette, ignore label) and the restored step.
+    """
+    info = data_lib.dataset_info(config.data.dataset)
+    model = models.from_config(config, info.num_classes)
+    crop = config.data.get("crop_size", None)
+    image_shape = (1, *(tuple(crop) if crop else DEFAULT_INIT_SIZE), 3)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.eval_shape(
+        lambda rng: state_lib.init_variables(model, rng, image_shape), jax.random.key(0))
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
+    directory = os.path.join(os.path.abspath(os.fspath(workdir)), "best" if best else "checkpoints")
+    identity = {"model": config.model, "num_classes": int(info.num_classes)}
+    variables, step = checkpoint_lib.read_variables(directory, abstract, meta=identity, step=step)
+    return model, variables, info, step

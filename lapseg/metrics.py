@@ -146,3 +146,40 @@ def trimap_accuracy(pred, labels, *, ignore_label: int, widths=TRIMAP_WIDTHS) ->
     """
     return trimap_accuracy_from_counts(
         trimap_counts(pred, labels, ignore_label=ignore_label, widths=widths))
+
+
+def evaluate(count_fn, batches, *, num_classes: int, widths=()) -> dict:
+    """The evaluation loop: sums per-batch counts over `batches`, then summarises them.
+
+    The training loop (padded batches, one jitted step over the device mesh) and `lapseg
+    eval` (image by image at full resolution, with test-time options) both evaluate
+    through this function; they differ only in `count_fn`.
+
+    Args:
+      count_fn: `batch -> {'confusion': int [C, C]}` (see `confusion_matrix`), plus
+        `'trimap'` int `[len(widths), 2]` (see `trimap_counts`) when `widths` is given.
+        Its arrays may live on device; they are summed there and fetched once.
+      batches: an iterable of whatever `count_fn` takes.
+      num_classes: C.
+      widths: trimap band widths whose counts `count_fn` returns (empty: none).
+
+    Returns:
+      `summarize`'s dict (`miou`, `per_class_iou`, `pixel_accuracy`), plus
+      `trimap_widths`, `trimap_accuracy` (float `[len(widths)]`) and `trimap_pixels`
+      (non-ignored pixels per band) when `widths` is given.
+    """
+    totals = {"confusion": np.zeros((num_classes, num_classes), np.int64)}
+    if widths:
+        totals["trimap"] = np.zeros((len(widths), 2), np.int64)
+    pending = None
+    for batch in batches:
+        counts = count_fn(batch)
+        pending = counts if pending is None else {k: pending[k] + counts[k] for k in totals}
+    if pending is not None:
+        totals = {k: totals[k] + np.asarray(pending[k], np.int64) for k in totals}
+    result = summarize(totals["confusion"])
+    if widths:
+        result["trimap_widths"] = tuple(widths)
+        result["trimap_accuracy"] = trimap_accuracy_from_counts(totals["trimap"])
+        result["trimap_pixels"] = totals["trimap"][:, 1]
+    return result

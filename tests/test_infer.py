@@ -1,9 +1,11 @@
-"""Inference (`lapseg.infer`) and the `lapseg predict` / `lapseg eval` commands.
+"""Inference (`lapseg.infer`): prediction, `restore_model`, and the numbers of the
+`lapseg predict` / `lapseg eval` commands.
 
 Tiling, flips and scales are checked against direct computations: model.apply on the
 whole image, numpy averages of tile outputs at hand-listed tile positions, and views
-built with explicit flips and resizes. The commands run on a toy model trained for a
-few steps on the embedded shapes data.
+built with explicit flips and resizes. `restore_model` and the commands run on a toy
+model trained for a few steps on the embedded shapes data (the commands' flags and errors:
+tests/cli/).
 """
 
 import importlib.util
@@ -16,11 +18,12 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from lapseg import infer, infer_cli, metrics, models, visualize
+from lapseg import cli, infer, metrics, models, visualize
 from lapseg import data as data_lib
-from lapseg.data import augment
 from lapseg.ops import resize
-from lapseg.train import eval_cli, loop
+from lapseg.ops.normalize import normalize
+from lapseg.train import checkpoint as checkpoint_lib
+from lapseg.train import loop, optim
 from tests.train import toy
 
 
@@ -149,7 +152,7 @@ def test_predictor_pads_to_buckets_and_compiles_once_per_bucket():
         image = rng.integers(0, 256, (*size, 3), np.uint8)
         pred = predictor(image)
         # Zero padding after normalisation is the toy's own conv padding: exact crop.
-        logits = model.apply(variables, augment.normalize(image, "torch")[None], train=False)
+        logits = model.apply(variables, normalize(image, "torch")[None], train=False)
         np.testing.assert_array_equal(pred, np.argmax(logits["logits"][0], -1))
     assert traces == [(1, 64, 64, 3)]
     predictor(rng.integers(0, 256, (65, 20, 3), np.uint8))
@@ -215,17 +218,49 @@ def trained(tmp_path_factory):
     return str(config_path), config, str(root / "workdir"), result
 
 
+def test_restore_model_reads_the_variables_without_an_optimiser(trained, monkeypatch):
+    _, config, workdir, _ = trained
+
+    def no_optimiser(*args, **kwargs):
+        raise AssertionError("restore_model built an optimiser")
+
+    monkeypatch.setattr(optim, "make_optimizer", no_optimiser)
+    model, variables, info, step = infer.restore_model(config, workdir)
+    assert step == 3 and info.num_classes == 5
+    assert set(variables) == {"params", "batch_stats"}
+    saved = checkpoint_lib.Checkpointer(f"{workdir}/checkpoints").read(step)
+    want = {"params": saved["params"], **saved["model_state"]}
+    assert jax.tree.structure(variables) == jax.tree.structure(want)
+    for got, expected in zip(jax.tree.leaves(variables), jax.tree.leaves(want)):
+        assert isinstance(got, jax.Array)
+        np.testing.assert_array_equal(got, expected)
+    images = jnp.zeros((1, 32, 32, 3))
+    assert model.apply(variables, images, train=False)["logits"].shape == (1, 32, 32, 5)
+
+
+def test_restore_model_refuses_a_checkpoint_of_another_model(trained, tmp_path):
+    _, config, workdir, _ = trained
+    other = config.copy_and_resolve_references()
+    other.model = "toy2"  # the same network under another name
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(models._MODELS, "toy2", "tests.train.toy:toy")  # pylint: disable=protected-access
+        with pytest.raises(checkpoint_lib.CheckpointError, match="model='toy'.*model='toy2'"):
+            infer.restore_model(other, workdir)
+    with pytest.raises(checkpoint_lib.CheckpointError, match="no checkpoint in"):
+        infer.restore_model(config, tmp_path)
+
+
 def test_eval_reports_the_loops_miou_and_trimap_accuracy(trained, capsys):
     config_path, config, workdir, trained_result = trained
-    assert eval_cli.main(["lapseg eval", f"--config={config_path}", f"--workdir={workdir}"]) == 0
+    assert cli.main(["eval", f"--config={config_path}", f"--workdir={workdir}"]) == 0
     out = capsys.readouterr().out
     miou = float(re.search(r"^mIoU\s+([0-9.]+)$", out, re.M).group(1))
     assert abs(miou - trained_result["miou"]) < 2e-4
 
     # Trimap accuracy and mIoU of the whole split, from a direct batched forward pass.
-    model, variables, info = loop.restore_model(config, workdir)
+    model, variables, info, _ = infer.restore_model(config, workdir)
     source = data_lib.load_source("shapes", "validation", data_dir=config.data.data_dir)
-    images = np.stack([augment.normalize(source[i]["image"], "torch") for i in range(len(source))])
+    images = np.stack([normalize(source[i]["image"], "torch") for i in range(len(source))])
     labels = np.stack([source[i]["label"] for i in range(len(source))])
     pred = np.argmax(model.apply(variables, images, train=False)["logits"], -1)
     confusion = metrics.confusion_matrix(pred, labels, info.num_classes, info.ignore_label)
@@ -246,13 +281,12 @@ def test_predict_writes_palette_pngs_of_the_argmax_and_overlays(trained, tmp_pat
         paths.append(str(tmp_path / f"{stem}.png"))
         PIL.Image.fromarray(image).save(paths[-1])
     out_dir = tmp_path / "out"
-    assert infer_cli.main(["lapseg predict", f"--config={config_path}",
-                           f"--checkpoint={workdir}", "--best", f"--output_dir={out_dir}",
-                           *paths]) == 0
+    assert cli.main(["predict", f"--config={config_path}", f"--workdir={workdir}", "--best",
+                     f"--output_dir={out_dir}", *paths]) == 0
 
-    model, variables, info = loop.restore_model(config, workdir, best=True)
+    model, variables, info, _ = infer.restore_model(config, workdir, best=True)
     for stem, image in inputs.items():
-        logits = model.apply(variables, augment.normalize(image, "torch")[None], train=False)
+        logits = model.apply(variables, normalize(image, "torch")[None], train=False)
         want = np.argmax(logits["logits"][0], -1)
         with PIL.Image.open(out_dir / f"{stem}_label.png") as png:
             assert png.mode == "P"
@@ -264,17 +298,3 @@ def test_predict_writes_palette_pngs_of_the_argmax_and_overlays(trained, tmp_pat
             np.testing.assert_array_equal(
                 np.asarray(png), visualize.overlay(image, want, info.palette,
                                                    ignore_label=info.ignore_label))
-
-
-def test_predict_names_missing_images(trained, tmp_path):
-    config_path, _, workdir, _ = trained
-    with pytest.raises(SystemExit, match="no such image file: .*nope.png"):
-        infer_cli.main(["lapseg predict", f"--config={config_path}", f"--checkpoint={workdir}",
-                        str(tmp_path / "nope.png")])
-
-
-def test_eval_names_a_missing_work_dir(trained, tmp_path):
-    config_path = trained[0]
-    with pytest.raises(SystemExit, match="not a training work dir.*elsewhere/checkpoints"):
-        eval_cli.main(["lapseg eval", f"--config={config_path}",
-                       f"--workdir={tmp_path / 'elsewhere'}"])

@@ -4,14 +4,14 @@ import jax
 import ml_collections
 import numpy as np
 
-from lapseg import losses
+from lapseg import bases, losses
 from lapseg.train import optim
 from lapseg.train import state as state_lib
 from lapseg.train import step as step_lib
 
 
 def loss_curve(model, batch, *, model_name, loss_weights, ignore_label=255, steps=20,
-               learning_rate=0.01, num_devices=8, loss_config=None):
+               learning_rate=0.01, num_devices=8, loss_config=None, fitted=None):
     """Losses of `steps` SGD steps on one fixed batch, with the library's own sharded step.
 
     Args:
@@ -21,6 +21,7 @@ def loss_curve(model, batch, *, model_name, loss_weights, ignore_label=255, step
       model_name: selects the loss through `lapseg.losses.for_model`.
       loss_weights: output key -> weight (`config.loss.weights`).
       loss_config: extra loss config fields (merged with the weights).
+      fitted: label-fitted constants to attach (`lapseg.bases.attach`) before training.
 
     Returns:
       numpy `[steps]` of the training loss before each update.
@@ -34,6 +35,7 @@ def loss_curve(model, batch, *, model_name, loss_weights, ignore_label=255, step
     loss_fn = losses.for_model(model_name, loss_cfg, ignore_label=ignore_label)
     mesh = step_lib.make_mesh(num_devices)
     variables = state_lib.init_variables(model, jax.random.key(0), batch["image"].shape)
+    variables = bases.attach(variables, fitted or {})
     state = jax.device_put(state_lib.create_train_state(variables, tx),
                            step_lib.replicated(mesh))
     train_step = step_lib.jit_train_step(mesh, model=model, tx=tx, loss_fn=loss_fn,

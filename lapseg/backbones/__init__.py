@@ -10,11 +10,13 @@ what they need by name. PyTorch weights: `read_state_dict` + `load_torch_weights
 import dataclasses
 import functools
 
+import flax.linen as nn
+
 from lapseg.backbones.feature_info import FeatureInfo
-from lapseg.backbones.imagenet import normalize
 from lapseg.backbones.resnet import ResNet
 from lapseg.backbones.vgg import VGG16
 from lapseg.backbones.weights import load_torch_weights, read_state_dict
+from lapseg.ops.normalize import normalize
 
 _BACKBONES = {
     "resnet18": functools.partial(ResNet, depth=18),
@@ -52,10 +54,40 @@ def create(name: str, **kwargs):
     return factory(**kwargs)
 
 
+def build(backbone, backbone_kwargs: dict | None = None, defaults: dict | None = None, *,
+          dtype=None, param_dtype=None) -> nn.Module:
+    """The backbone of a decoder factory: a name or an already built Module.
+
+    Every decoder factory calls this, so `backbone=` / `backbone_kwargs=` mean the same for
+    every model.
+
+    Args:
+      backbone: a registered name ('resnet50', 'vgg16', ...) or a linen Module.
+      backbone_kwargs: fields for `create` (only with a name).
+      defaults: the decoder's per-name defaults, e.g. `{'vgg16': {'pad100': True}}` or
+        `{'resnet50': {'output_stride': 32}}`, updated by `backbone_kwargs`.
+      dtype, param_dtype: compute and parameter dtypes (None: the backbone's defaults).
+
+    Returns:
+      The backbone Module.
+    """
+    if isinstance(backbone, nn.Module):
+        if backbone_kwargs:
+            raise ValueError("backbone_kwargs apply to a backbone given by name, not to a Module")
+        return backbone
+    kwargs = {**(defaults or {}).get(backbone, {}), **(backbone_kwargs or {})}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if param_dtype is not None:
+        kwargs["param_dtype"] = param_dtype
+    return create(backbone, **kwargs)
+
+
 __all__ = [
     "FeatureInfo",
     "ResNet",
     "VGG16",
+    "build",
     "create",
     "load_torch_weights",
     "names",

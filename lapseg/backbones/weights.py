@@ -4,8 +4,7 @@ A state dict is a `dict[str, np.ndarray]` in torchvision's naming (`layer1.0.con
 `features.0.weight`, ...). `read_state_dict` reads one from
 
 - `.npz` (what `lapseg convert-weights` writes; no PyTorch needed),
-- `.safetensors` (parsed here with numpy: 8-byte little-endian header length,
-  JSON header `{name: {dtype, shape, data_offsets}}`, raw little-endian data),
+- `.safetensors` (read with the `safetensors` package; bfloat16 becomes float32),
 - `.pth` / `.pt` / `.bin` (needs PyTorch, imported only then).
 
 `load_torch_weights(variables, state_dict, arch)` fills a backbone's flax variables
@@ -17,11 +16,12 @@ mis-shaped keys are all listed in one ValueError.
 """
 
 import fnmatch
-import json
 import pathlib
 
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
+import safetensors.numpy
 from flax import traverse_util
 
 from lapseg.backbones import vgg
@@ -53,12 +53,6 @@ def _vgg_module_names() -> dict[str, str]:
 
 
 _VGG_MODULES = _vgg_module_names()
-
-_SAFETENSORS_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
-    "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
-}  # fmt: skip
-
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg16")
 
@@ -160,30 +154,13 @@ def load_torch_weights(variables, state_dict, arch: str, *, ignore=None) -> dict
 
 
 def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
-    data = path.read_bytes()
-    if len(data) < 8:
-        raise ValueError(f"{path}: too short for a safetensors file")
-    header_len = int.from_bytes(data[:8], "little")
-    if 8 + header_len > len(data):
-        raise ValueError(f"{path}: safetensors header length {header_len} exceeds the file")
-    header = json.loads(data[8 : 8 + header_len])
-    buffer = memoryview(data)[8 + header_len :]
-    arrays = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        begin, end = entry["data_offsets"]
-        raw = buffer[begin:end]
-        if entry["dtype"] == "BF16":  # bfloat16 is the top half of a float32
-            bits = np.frombuffer(raw, "<u2").astype(np.uint32) << 16
-            array = bits.view(np.float32)
-        elif entry["dtype"] in _SAFETENSORS_DTYPES:
-            dtype = np.dtype(_SAFETENSORS_DTYPES[entry["dtype"]]).newbyteorder("<")
-            array = np.frombuffer(raw, dtype)
-        else:
-            raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {entry['dtype']}")
-        arrays[name] = array.reshape(entry["shape"]).astype(array.dtype.newbyteorder("="))
-    return arrays
+    """The tensors of a `.safetensors` file (the `safetensors` package); bfloat16 -> float32."""
+    try:
+        arrays = safetensors.numpy.load_file(str(path))
+    except Exception as err:  # the package raises its own SafetensorError and others
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
+    return {name: array.astype(np.float32) if array.dtype == ml_dtypes.bfloat16 else array
+            for name, array in arrays.items()}
 
 
 def _read_torch(path: pathlib.Path) -> dict[str, np.ndarray]:
@@ -229,3 +206,29 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
     if arrays and all(name.startswith("module.") for name in arrays):
         arrays = {name[len("module.") :]: array for name, array in arrays.items()}
     return arrays
+
+
+def check_state_dict(state_dict, arch: str, *, deep_stem: bool = False, ignore=None) -> None:
+    """Raises ValueError (listing the keys) unless `state_dict` loads into backbone `arch`.
+
+    Abstract: the backbone's variables are only shapes (`jax.eval_shape`), nothing is run.
+
+    Args:
+      state_dict: PyTorch key -> array (`read_state_dict`).
+      arch: 'resnet18' ... 'resnet152' or 'vgg16'.
+      deep_stem: a ResNet with the deep (three 3x3 convolutions) stem.
+      ignore: fnmatch patterns of keys left out (default: the ImageNet classifier's).
+    """
+    import jax  # pylint: disable=import-outside-toplevel
+
+    from lapseg.backbones import resnet  # pylint: disable=import-outside-toplevel
+
+    if _family(arch) == "resnet":
+        backbone = resnet.ResNet(depth=int(arch.removeprefix("resnet")), deep_stem=deep_stem)
+    elif deep_stem:
+        raise ValueError(f"deep_stem is for ResNets, not {arch}")
+    else:
+        backbone = vgg.VGG16()
+    abstract = jax.eval_shape(
+        lambda: backbone.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+    load_torch_weights(abstract, state_dict, arch, ignore=ignore)

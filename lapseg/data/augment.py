@@ -4,9 +4,7 @@ Images arrive as uint8 `[H, W, 3]` RGB and labels as uint8 `[H, W]`; both transf
 return `{'image': float32 [h, w, 3], 'label': int32 [h, w]}`. Images are resized
 bilinearly, labels by nearest neighbour. Padding goes at the bottom and right: the image
 with 0 after normalisation (the normalisation mean), the label with the ignore label.
-
-(`lapseg.backbones` normalises in jnp as well; this numpy copy keeps the input pipeline
-free of model code.)
+Normalisation is `lapseg.ops.normalize` ('torch', 'caffe' or 'none').
 """
 
 import dataclasses
@@ -15,28 +13,7 @@ import grain
 import numpy as np
 import PIL.Image
 
-# ImageNet statistics: RGB on a 0-1 scale (torchvision), BGR on a 0-255 scale (Caffe).
-TORCH_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-TORCH_STD = np.array([0.229, 0.224, 0.225], np.float32)
-CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68], np.float32)
-NORMALIZATIONS = ("torch", "caffe", "none")
-
-
-def normalize(image: np.ndarray, mode: str) -> np.ndarray:
-    """uint8 RGB `[..., 3]` -> float32 `[..., 3]`.
-
-    'torch': `(x / 255 - mean) / std`, RGB; 'caffe': `x - mean` on 0-255, channels
-    reordered to BGR; 'none': `x / 255`.
-    """
-    image = image.astype(np.float32)
-    if mode == "torch":
-        return (image / 255 - TORCH_MEAN) / TORCH_STD
-    if mode == "caffe":
-        return image[..., ::-1] - CAFFE_BGR_MEAN
-    if mode == "none":
-        return image / 255
-    raise ValueError(f"unknown normalisation {mode!r}; choose from {', '.join(NORMALIZATIONS)}")
-
+from lapseg.ops.normalize import normalize
 
 def scaled_window(image, label, scaled_size, top, left, height, width):
     """The part inside the image of window `[top, top+h) x [left, left+w)` of the resized pair.

@@ -14,20 +14,24 @@ from absl import flags
 import grain
 import jax
 import ml_collections
+from ml_collections.config_dict import placeholder
 import numpy as np
 
 from lapseg.data import augment, sources
+from lapseg.ops import normalize as normalization
 
 EVAL_MULTIPLE = 32  # default eval size: the dataset's image size rounded up to this
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """Input-pipeline settings with their defaults; `create_loader` reads these fields.
+    """Input-pipeline settings with their defaults: the one source of data defaults (the
+    training config's `config.data` is this). `create_loader` reads these fields.
 
     dataset: a name of `lapseg.data.names()`.
+    data_dir: tfds data directory (None: ~/tensorflow_datasets); datasets are built there.
     source_dir: camvid only: local raw directory (None: download).
     crop_size: (h, w) of training crops; None: the dataset's image size.
-    scale_range: (low, high) of the uniform random scale factor.
+    scale_range: (low, high) of the uniform random scale factor (0.5-2, the papers' range).
     flip: random horizontal flips.
     batch_size: GLOBAL batch size; each process yields batch_size / process_count.
     normalize: 'torch' (ImageNet RGB mean/std, 0-1 scale), 'caffe' (BGR, 0-255, minus
@@ -42,14 +46,15 @@ def default_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         {
             "dataset": "shapes",
-            "source_dir": None,
-            "crop_size": None,
+            "data_dir": placeholder(str),
+            "source_dir": placeholder(str),
+            "crop_size": placeholder(tuple),
             "scale_range": (0.5, 2.0),
             "flip": True,
             "batch_size": 16,
             "normalize": "torch",
-            "num_epochs": None,
-            "eval_size": None,
+            "num_epochs": placeholder(int),
+            "eval_size": placeholder(tuple),
             "worker_count": 0,
             "num_threads": 2,
             "prefetch": 2,
@@ -88,10 +93,10 @@ def create_loader(
         raise ValueError(
             f"batch_size {settings['batch_size']} is not divisible by process_count {process_count}"
         )
-    if settings["normalize"] not in augment.NORMALIZATIONS:
+    if settings["normalize"] not in normalization.CONVENTIONS:
         raise ValueError(
             f"unknown normalize {settings['normalize']!r}; "
-            f"choose from {', '.join(augment.NORMALIZATIONS)}"
+            f"choose from {', '.join(normalization.CONVENTIONS)}"
         )
     info = sources.dataset_info(settings["dataset"])
     source = sources.load_source(

@@ -15,5 +15,14 @@ auxiliary outputs beside it under keys the decoder documents.
   dupsampling.py  Data-dependent upsampling (Tian et al., CVPR 2019)
   dsrl.py         Dual super-resolution learning (Wang et al., CVPR 2020)
 
-This package imports none of them: `lapseg.models` imports each on first use.
+Every factory takes `num_classes`, `backbone` / `backbone_kwargs` (built by
+`lapseg.backbones.build`, with the decoder's per-backbone defaults), `dtype`, `param_dtype`
+and the decoder's fields. Field names follow one convention: `features` names the backbone
+features read (deepest first), `channels` is the decoder's main width and `<part>_channels`
+any other width.
+
+This package imports none of them: `lapseg.models` imports each on first use. Decoders sit
+below the registry (ops -> layers -> backbones -> decoders -> models): no decoder file
+imports another decoder file or `lapseg.models` (wrappers such as DSRL get their base
+decoder already built).
 """

@@ -16,6 +16,10 @@ produce outputs at the ORIGINAL resolution, through two branches sharing one enc
 At inference only SSSR runs (`train=False` traces neither SISR nor FTM): the cost is the
 base's at half resolution plus the input downsampling and the final upsampling.
 
+The factory `dsrl` takes the base already built; `lapseg.models.create_model('dsrl',
+base='pspnet', ...)` builds it by name first (DSRL is a wrapper model there), so this file
+imports no registry.
+
 Reference: the authors' code (wanglixilinx/DSRL, moved to Xilinx/DSRL; only the ESPNetv2
 test script survives) and its widely used DeepLabv3+ re-implementation
 (`modeling/deeplab.py`: `pointwise` = FTM, `sr_decoder` + deconvs = SISR, returning
@@ -42,7 +46,6 @@ import chex
 import flax.linen as nn
 import jax.numpy as jnp
 
-from lapseg import models
 from lapseg.layers import ConvBN
 from lapseg.ops import dupsample, resize
 
@@ -51,15 +54,15 @@ class SISR(nn.Module):
     """SISR branch: backbone features -> image `[N, s*h, s*w, 3]` (h x w the network input).
 
     Attributes:
-      feature_names: backbone features it reads.
+      features: backbone features it reads.
       channels: width of each feature's 1x1 projection (conv + BN + ReLU).
-      espcn_features: widths of ESPCN's 5x5 and 3x3 tanh convs (ESPCN: 64, 32).
+      espcn_channels: widths of ESPCN's 5x5 and 3x3 tanh convs (ESPCN: 64, 32).
       upscale: depth-to-space factor s (DSRL: 2, the input downsampling factor).
     """
 
-    feature_names: Sequence[str] = ("res2", "res5")
+    features: Sequence[str] = ("res2", "res5")
     channels: int = 64
-    espcn_features: tuple[int, int] = (64, 32)
+    espcn_channels: tuple[int, int] = (64, 32)
     upscale: int = 2
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
@@ -67,7 +70,7 @@ class SISR(nn.Module):
     @nn.compact
     def __call__(self, features: dict, size: tuple[int, int], train: bool) -> jnp.ndarray:
         """`features`: the backbone's dict; `size`: `(h, w)` of the network input."""
-        missing = [name for name in self.feature_names if name not in features]
+        missing = [name for name in self.features if name not in features]
         if missing:
             raise ValueError(f"DSRL sisr_features {missing} are not among the backbone's "
                              f"features {sorted(features)}")
@@ -75,13 +78,13 @@ class SISR(nn.Module):
         projected = [
             resize.resize_bilinear(conv(self.channels, 1, name=f"project_{name}")(features[name], train),
                                    size, align_corners=True)
-            for name in self.feature_names
+            for name in self.features
         ]
         x = jnp.concatenate(projected, axis=-1)
         # ESPCN: plain convs with bias, tanh, then the sub-pixel (depth-to-space) layer.
         plain = functools.partial(conv, use_bias=True, use_bn=False, activation=False)
-        x = jnp.tanh(plain(self.espcn_features[0], 5, name="espcn_conv1")(x, train))
-        x = jnp.tanh(plain(self.espcn_features[1], 3, name="espcn_conv2")(x, train))
+        x = jnp.tanh(plain(self.espcn_channels[0], 5, name="espcn_conv1")(x, train))
+        x = jnp.tanh(plain(self.espcn_channels[1], 3, name="espcn_conv2")(x, train))
         x = plain(3 * self.upscale**2, 3, name="espcn_conv3")(x, train)
         return dupsample.depth_to_space(x, self.upscale)
 
@@ -102,7 +105,7 @@ class DSRL(nn.Module):
       backbone: the shared encoder; must be the very instance the base decoder holds.
       base: the SSSR network, any lapseg decoder built on `backbone`.
       scale: input downsampling / output super-resolution factor (the paper's 2).
-      sisr_features, sisr_channels, espcn_features: the SISR branch, see `SISR`.
+      sisr_features, sisr_channels, espcn_channels: the SISR branch, see `SISR`.
       dtype: compute dtype; param_dtype: parameter dtype.
     """
 
@@ -111,7 +114,7 @@ class DSRL(nn.Module):
     scale: int = 2
     sisr_features: Sequence[str] = ("res2", "res5")
     sisr_channels: int = 64
-    espcn_features: tuple[int, int] = (64, 32)
+    espcn_channels: tuple[int, int] = (64, 32)
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
@@ -154,8 +157,8 @@ class DSRL(nn.Module):
         logits = resize.resize_bilinear(outputs["logits"], (height, width), align_corners=True)
         outputs["logits"] = logits
         if train or self.is_initializing():  # params exist after an eval-mode init too
-            sisr = SISR(feature_names=self.sisr_features, channels=self.sisr_channels,
-                        espcn_features=self.espcn_features, upscale=self.scale,
+            sisr = SISR(features=self.sisr_features, channels=self.sisr_channels,
+                        espcn_channels=self.espcn_channels, upscale=self.scale,
                         dtype=self.dtype, param_dtype=self.param_dtype, name="sisr")
             outputs["sisr"] = sisr(features, low, train)[:, :height, :width]
             outputs["ftm"] = ConvBN(3, 1, use_bias=True, dtype=self.dtype,
@@ -163,20 +166,19 @@ class DSRL(nn.Module):
         return outputs
 
 
-def dsrl(*, num_classes: int, base: str = "pspnet", backbone="resnet50",
-         backbone_kwargs: dict | None = None, base_kwargs: dict | None = None,
-         dtype=jnp.float32, param_dtype=jnp.float32, **dsrl_fields) -> DSRL:
-    """DSRL around registered decoder `base` (e.g. 'pspnet', 'fcn8s') on `backbone` (a name
-    for `lapseg.backbones.create` or a Module).
+def dsrl(*, base: nn.Module, dtype=jnp.float32, param_dtype=jnp.float32, **dsrl_fields) -> DSRL:
+    """DSRL around `base`, an already built decoder whose `backbone` field is the shared encoder.
 
-    The base's own factory builds it and its backbone (so the base's backbone defaults,
-    e.g. PSPNet's deep stem at output stride 8, apply); `base_kwargs` are its decoder
-    fields, `dsrl_fields` DSRL's (scale, sisr_features, sisr_channels, espcn_features).
+    `dsrl_fields` are DSRL's (scale, sisr_features, sisr_channels, espcn_channels). By name,
+    `lapseg.models.create_model('dsrl', base='pspnet', backbone=..., backbone_kwargs=...,
+    base_kwargs=..., num_classes=...)` builds the base with its own factory first (so its
+    backbone defaults apply, e.g. PSPNet's deep stem at output stride 8) and passes it here:
+    DSRL is a wrapper model of `lapseg.models`.
     """
-    if base == "dsrl":
+    if isinstance(base, DSRL):
         raise ValueError("DSRL cannot wrap itself; pick a segmentation decoder as base")
-    base_model = models.create_model(base, num_classes=num_classes, backbone=backbone,
-                                     backbone_kwargs=backbone_kwargs, dtype=dtype,
-                                     param_dtype=param_dtype, **(base_kwargs or {}))
-    return DSRL(backbone=base_model.backbone, base=base_model, dtype=dtype,
-                param_dtype=param_dtype, **dsrl_fields)
+    backbone = getattr(base, "backbone", None)
+    if not isinstance(backbone, nn.Module):
+        raise ValueError(f"DSRL needs a base decoder with a `backbone` Module field (the shared "
+                         f"encoder); got {type(base).__name__}")
+    return DSRL(backbone=backbone, base=base, dtype=dtype, param_dtype=param_dtype, **dsrl_fields)

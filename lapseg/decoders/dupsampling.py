@@ -16,9 +16,11 @@ The fusion head follows Tramac/awesome-semantic-segmentation-pytorch `core/model
 48 + BN + ReLU, concatenation `[deep, low...]`, two 3x3 convs 256 + BN + ReLU), with the
 1x1 projection to L channels of haochange/DUpsampling `models/dunet.py` (`conv4`, with
 bias) in front of a *fixed* W, as in the paper (W is fitted to the labels beforehand and
-frozen; here by PCA, `lapseg.ops.pca.dupsampling_matrix`, stored by `lapseg basis` under
-`dupsampling_w [L, r*r*C]` and `dupsampling_mean [r*r*C]`). `trainable_w=True` makes W a
-parameter initialised from the file.
+frozen). W and the patch mean are the variables `dupsampling_w` `[L, r*r*C]` and
+`dupsampling_mean` `[r*r*C]`; the module never reads a file: they start as an orthonormal
+block-DCT code (`ops.dupsample.cosine_matrix`) and zero, and the PCA fitted to the labels
+(`lapseg.bases.dupsampling_matrix`) enters through `lapseg.bases.attach`, as training does
+before step 0. `trainable_w=True` makes W a parameter.
 
 Mean: the PCA is centred, and the best rank-L affine reconstruction of a label patch x
 is `W^T W (x - mean) + mean`; `add_mean=True` (default) adds `mean` back after
@@ -43,7 +45,7 @@ import chex
 import flax.linen as nn
 import jax.numpy as jnp
 
-from lapseg import backbones, bases_file
+from lapseg import backbones
 from lapseg.layers.conv import ConvBN
 from lapseg.layers.frozen import frozen_or_trainable
 from lapseg.ops import dupsample, resize
@@ -53,17 +55,16 @@ class DUpsampling(nn.Module):
     """DUpsampling decoder: images `[N, H, W, 3]` -> `{'logits': [N, H, W, num_classes]}`.
 
     Attributes:
-      backbone: feature extractor returning `feature` and every `low_level_features` entry.
+      backbone: feature extractor returning every entry of `features`.
       num_classes: C.
       ratio: r, the upsampling factor; must equal the stride of `feature`.
       dim: L, channels of the code F (rows of W).
-      basis_path: the `.npz` written by `lapseg basis` (`dupsampling_w`, `dupsampling_mean`).
-      trainable_w: train W (initialised from the file) instead of freezing it.
+      trainable_w: train W instead of freezing it.
       add_mean: add the PCA patch mean back as a fixed bias (see the module docstring).
-      feature: the deepest feature, fused at its own resolution ('res5').
-      low_level_features: shallower features resized down and fused ('res2', 'res3').
-      reduce_features: width of each low-level 1x1 reduction (48).
-      head_features: width of the two 3x3 convs (256).
+      features: backbone features, the deepest first: it is fused at its own resolution
+        (stride r); the others are resized down to it and fused ('res5', 'res2', 'res3').
+      reduce_channels: width of each low-level 1x1 reduction (48).
+      channels: width of the two 3x3 convs (256).
       dtype: compute dtype; param_dtype: parameter dtype.
     """
 
@@ -71,37 +72,24 @@ class DUpsampling(nn.Module):
     num_classes: int
     ratio: int = 16
     dim: int = 256
-    basis_path: str = ""
     trainable_w: bool = False
     add_mean: bool = True
-    feature: str = "res5"
-    low_level_features: Sequence[str] = ("res2", "res3")
-    reduce_features: int = 48
-    head_features: int = 256
+    features: Sequence[str] = ("res5", "res2", "res3")
+    reduce_channels: int = 48
+    channels: int = 256
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
     def _check_backbone(self) -> None:
         info = self.backbone.feature_info()
-        missing = [n for n in (self.feature, *self.low_level_features) if n not in info]
+        missing = [n for n in self.features if n not in info]
         if missing:
             raise ValueError(f"DUpsampling needs backbone features {missing}; "
                              f"the backbone gives {sorted(info)}")
-        if info[self.feature].stride != self.ratio:
+        if info[self.features[0]].stride != self.ratio:
             raise ValueError(f"DUpsampling ratio={self.ratio} must equal the output stride of "
-                             f"{self.feature!r}, which is {info[self.feature].stride}; set the "
+                             f"{self.features[0]!r}, which is {info[self.features[0]].stride}; set the "
                              f"backbone's output_stride or the ratio")
-
-    def _load(self, key: str, shape: tuple[int, ...]):
-        def load():
-            array = bases_file.load(self.basis_path, key, num_classes=self.num_classes)
-            if array.shape != shape:
-                raise ValueError(
-                    f"bases file {self.basis_path}: {key} has shape {array.shape}, the model "
-                    f"(dim={self.dim}, ratio={self.ratio}, {self.num_classes} classes) needs "
-                    f"{shape}; re-run `lapseg basis` with this model's config")
-            return array
-        return load
 
     def __call__(self, images: jnp.ndarray, train: bool = False) -> dict:
         """`images`: `[N, H, W, 3]` normalised; `train`: batch-stat BN (mutable 'batch_stats')."""
@@ -113,23 +101,24 @@ class DUpsampling(nn.Module):
     def decode(self, features: dict, size: tuple[int, int], train: bool = False) -> dict:
         """Fusion at the lowest resolution + DUpsample on backbone `features`; logits at `size`."""
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        deep = features[self.feature]
+        deep = features[self.features[0]]
         low_size = deep.shape[1:3]
         fused = [deep] + [
-            ConvBN(self.reduce_features, 1, name=f"reduce{j}", **kw)(
+            ConvBN(self.reduce_channels, 1, name=f"reduce{j}", **kw)(
                 resize.resize_bilinear(features[name], low_size, align_corners=True), train)
-            for j, name in enumerate(self.low_level_features)]
+            for j, name in enumerate(self.features[1:])]
         x = jnp.concatenate(fused, axis=-1)
-        x = ConvBN(self.head_features, 3, name="fuse1", **kw)(x, train)
-        x = ConvBN(self.head_features, 3, name="fuse2", **kw)(x, train)
+        x = ConvBN(self.channels, 3, name="fuse1", **kw)(x, train)
+        x = ConvBN(self.channels, 3, name="fuse2", **kw)(x, train)
         code = nn.Conv(self.dim, (1, 1), name="project", **kw)(x)  # F, [N, h, w, L]
 
         depth = self.ratio * self.ratio * self.num_classes
-        w = frozen_or_trainable(self, "w", self._load("dupsampling_w", (self.dim, depth)),
-                                trainable=self.trainable_w, dtype=self.param_dtype)
+        w = frozen_or_trainable(
+            self, "dupsampling_w", lambda: dupsample.cosine_matrix(self.ratio, self.num_classes, self.dim),
+            trainable=self.trainable_w, dtype=self.param_dtype)
         scores = dupsample.dupsample(code, w.astype(self.dtype), self.ratio)
         if self.add_mean:
-            mean = frozen_or_trainable(self, "mean", self._load("dupsampling_mean", (depth,)),
+            mean = frozen_or_trainable(self, "dupsampling_mean", lambda: jnp.zeros((depth,)),
                                        trainable=False, dtype=self.param_dtype)
             # depth_to_space of the broadcast mean: the r x r x C patch mean tiled over the map.
             tile = mean.reshape(self.ratio, self.ratio, self.num_classes).astype(scores.dtype)
@@ -143,13 +132,12 @@ def dupsampling(*, num_classes: int, backbone="resnet50", backbone_kwargs: dict 
                 dtype=jnp.float32, param_dtype=jnp.float32, **decoder_fields) -> DUpsampling:
     """DUpsampling on `backbone` (a name for `lapseg.backbones.create` or a Module).
 
-    A named backbone's `output_stride` defaults to the decoder's `ratio` (16 unless given);
-    `decoder_fields` are `DUpsampling` fields (`ratio`, `dim`, `basis_path`, ...).
+    A named ResNet's `output_stride` defaults to the decoder's `ratio` (16 unless given);
+    `decoder_fields` are `DUpsampling` fields (`ratio`, `dim`, `features`, ...).
     """
-    if isinstance(backbone, str):
-        ratio = decoder_fields.get("ratio", DUpsampling.ratio)
-        defaults = {"output_stride": ratio} if backbone.startswith("resnet") else {}
-        backbone = backbones.create(backbone, dtype=dtype, param_dtype=param_dtype,
-                                    **{**defaults, **(backbone_kwargs or {})})
+    ratio = decoder_fields.get("ratio", DUpsampling.ratio)
+    defaults = {f"resnet{depth}": {"output_stride": ratio} for depth in (18, 34, 50, 101, 152)}
+    backbone = backbones.build(backbone, backbone_kwargs, defaults, dtype=dtype,
+                               param_dtype=param_dtype)
     return DUpsampling(backbone=backbone, num_classes=num_classes, dtype=dtype,
                        param_dtype=param_dtype, **decoder_fields)

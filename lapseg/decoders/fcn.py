@@ -179,24 +179,14 @@ class FCN(nn.Module):
         return {"logits": _crop(x, offset, images.shape[1:3], "the final scores")}
 
 
-def build_backbone(backbone, backbone_kwargs, defaults, dtype, param_dtype) -> nn.Module:
-    """A backbone Module from a name (`lapseg.backbones.create` with `defaults` updated by
-    `backbone_kwargs`) or an already built Module (then `backbone_kwargs` must be empty)."""
-    if isinstance(backbone, nn.Module):
-        if backbone_kwargs:
-            raise ValueError("backbone_kwargs apply to a backbone given by name, not to a Module")
-        return backbone
-    kwargs = {**defaults.get(backbone, {}), **(backbone_kwargs or {})}
-    return backbones.create(backbone, dtype=dtype, param_dtype=param_dtype, **kwargs)
-
-
 # The paper's backbone: VGG-16 with FCN's 100-pixel input padding.
 _BACKBONE_DEFAULTS = {"vgg16": {"pad100": True}}
 
 
 def _fcn(num_skips, *, num_classes, backbone="vgg16", backbone_kwargs=None, dtype=jnp.float32,
          param_dtype=jnp.float32, at_once=False, **decoder_fields) -> FCN:
-    net = build_backbone(backbone, backbone_kwargs, _BACKBONE_DEFAULTS, dtype, param_dtype)
+    net = backbones.build(backbone, backbone_kwargs, _BACKBONE_DEFAULTS, dtype=dtype,
+                          param_dtype=param_dtype)
     info = net.feature_info()
     family = next((names for names in SKIP_FEATURES if all(n in info for n in names)), None)
     if family is None and "features" not in decoder_fields:

@@ -144,13 +144,11 @@ class GCN(nn.Module):
 
 def gcn(*, num_classes: int, backbone="resnet101", backbone_kwargs: dict | None = None,
         dtype=jnp.float32, param_dtype=jnp.float32, **decoder_fields) -> GCN:
-    """GCN on `backbone` (a name for `lapseg.backbones.create` or a Module).
+    """GCN on `backbone` (a name or a Module, see `lapseg.backbones.build`).
 
     The backbone keeps its defaults (a standard ResNet, output stride 32, as in the
     paper); `decoder_fields` are `GCN` fields.
     """
-    if isinstance(backbone, str):
-        backbone = backbones.create(backbone, dtype=dtype, param_dtype=param_dtype,
-                                    **(backbone_kwargs or {}))
-    return GCN(backbone=backbone, num_classes=num_classes, dtype=dtype, param_dtype=param_dtype,
+    net = backbones.build(backbone, backbone_kwargs, dtype=dtype, param_dtype=param_dtype)
+    return GCN(backbone=net, num_classes=num_classes, dtype=dtype, param_dtype=param_dtype,
                **decoder_fields)

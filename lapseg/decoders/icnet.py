@@ -49,6 +49,10 @@ from lapseg.layers.conv import ConvBN
 from lapseg.layers.ppm import PyramidPooling
 from lapseg.ops import resize
 
+# The released model's backbone: a half-width deep-stem ResNet at output stride 8.
+_BACKBONE_DEFAULTS = {name: {"deep_stem": True, "output_stride": 8, "width": 0.5}
+                      for name in backbones.names() if name.startswith("resnet")}
+
 # `conv5_3_pool{1,2,3,6}` of the Cityscapes prototxt, for the 33 x 65 conv5_3 of a 1025 x 2049
 # input; Caffe's ceil-mode pooling gives the same 1/2/3/6 cells at 32 x 64 (1024 x 2048).
 CITYSCAPES_POOLING = {
@@ -70,9 +74,9 @@ class ICNet(nn.Module):
       backbone: a lapseg ResNet at output stride 8 (ICNet: ResNet-50, deep stem, width 0.5).
       num_classes: C.
       split_block: the backbone block after which the 1/4 branch forks (conv3_1).
-      sub1_features: widths of the full-resolution branch's three stride-2 convs.
-      branch_features: width of both CFFs (128).
-      head_features: width of the conv after the pyramid (`conv5_4_k1`, 256).
+      sub1_channels: widths of the full-resolution branch's three stride-2 convs.
+      branch_channels: width of both CFFs (128).
+      channels: width of the conv after the pyramid (`conv5_4_k1`, 256).
       bins, pooling, pool_kernels, pool_strides: the summed pyramid (`PyramidPooling`).
       dtype: compute dtype; param_dtype: parameter dtype.
     """
@@ -80,9 +84,9 @@ class ICNet(nn.Module):
     backbone: nn.Module
     num_classes: int
     split_block: str = "layer2_0"
-    sub1_features: Sequence[int] = (32, 32, 64)
-    branch_features: int = 128
-    head_features: int = 256
+    sub1_channels: Sequence[int] = (32, 32, 64)
+    branch_channels: int = 128
+    channels: int = 256
     bins: Sequence[int] = (1, 2, 3, 6)
     pooling: str = "adaptive"
     pool_kernels: Sequence | None = None
@@ -91,10 +95,13 @@ class ICNet(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     def __post_init__(self):
-        info = getattr(self.backbone, "feature_info", None)
-        if info is not None and info()["res5"].stride != 8:
+        info = self.backbone.feature_info() if hasattr(self.backbone, "feature_info") else None
+        if info is not None and "res5" not in info:
+            raise ValueError("ICNet needs a lapseg ResNet backbone (features 'res2'..'res5'); "
+                             f"the backbone gives {sorted(info)}")
+        if info is not None and info["res5"].stride != 8:
             raise ValueError("ICNet needs its backbone at output_stride=8 (conv4/conv5 dilated by "
-                             f"2 and 4), got a 'res5' stride of {info()['res5'].stride}")
+                             f"2 and 4), got a 'res5' stride of {info['res5'].stride}")
         super().__post_init__()
 
     def _sub2_and_sub4(self, images: jnp.ndarray, train: bool):
@@ -124,17 +131,17 @@ class ICNet(nn.Module):
         if images.shape[-1] != 3:
             raise ValueError(f"ICNet expects RGB images [N, H, W, 3], got shape {images.shape}")
         conv = functools.partial(ConvBN, dtype=self.dtype, param_dtype=self.param_dtype)
-        cff = functools.partial(CascadeFeatureFusion, features=self.branch_features,
+        cff = functools.partial(CascadeFeatureFusion, features=self.branch_channels,
                                 num_classes=self.num_classes, dtype=self.dtype,
                                 param_dtype=self.param_dtype)
 
         sub1 = images
-        for index, width in enumerate(self.sub1_features):
+        for index, width in enumerate(self.sub1_channels):
             sub1 = conv(width, 3, 2, name=f"sub1_conv{index + 1}")(sub1, train)
         sub2, sub4 = self._sub2_and_sub4(images, train)
         sub4 = PyramidPooling(self.bins, self.pooling, self.pool_kernels, self.pool_strides,
                               branch_conv=False, fusion="sum", name="ppm")(sub4, train)
-        sub4 = conv(self.head_features, 1, name="sub4_conv")(sub4, train)  # `conv5_4_k1`
+        sub4 = conv(self.channels, 1, name="sub4_conv")(sub4, train)  # `conv5_4_k1`
 
         sub24, aux_sub4 = cff(name="cff_sub24")(sub4, sub2, train)
         sub124, aux_sub24 = cff(name="cff_sub12")(sub24, sub1, train)
@@ -150,16 +157,13 @@ class ICNet(nn.Module):
 
 def icnet(*, num_classes: int, backbone="resnet50", backbone_kwargs: dict | None = None,
           dtype=jnp.float32, param_dtype=jnp.float32, **decoder_fields) -> ICNet:
-    """ICNet on `backbone` (a ResNet name or Module); decoder_fields are `ICNet` fields.
+    """ICNet on `backbone` (a ResNet name or Module, see `lapseg.backbones.build`);
+    decoder_fields are `ICNet` fields.
 
     A ResNet name gets ICNet's defaults, the half-width deep-stem net at output stride 8
     (`deep_stem=True, output_stride=8, width=0.5`), unless `backbone_kwargs` says otherwise.
     """
-    if not isinstance(backbone, str) and backbone_kwargs:
-        raise ValueError("icnet: backbone_kwargs apply to a backbone name, not to a Module")
-    if isinstance(backbone, str):
-        defaults = {"deep_stem": True, "output_stride": 8, "width": 0.5}
-        backbone = backbones.create(backbone, dtype=dtype, param_dtype=param_dtype,
-                                    **{**defaults, **(backbone_kwargs or {})})
-    return ICNet(backbone=backbone, num_classes=num_classes, dtype=dtype, param_dtype=param_dtype,
+    net = backbones.build(backbone, backbone_kwargs, _BACKBONE_DEFAULTS, dtype=dtype,
+                          param_dtype=param_dtype)
+    return ICNet(backbone=net, num_classes=num_classes, dtype=dtype, param_dtype=param_dtype,
                  **decoder_fields)

@@ -25,11 +25,14 @@ reference's x37, x30, x23, x16; on ResNet 'res5' .. 'res2' (output stride 32). L
 (its feature's stride) predicts at stride s/4, so the finest (stride 4) is at input
 resolution, as in the reference, whose labels for the 32x..4x objectives are at 1/8..1/1.
 
-Bases: one basis set of 32x32 label patches (`lapseg basis` -> `ops.pca.lrr_bases`, scaled as
-the reference scales them, `(n lambda)^(1/4)` times the unit eigenvector, so a unit
-coefficient gives a score of order 1 per pixel) resized to 8x8 (`ops.pca.resize_bases`)
-and shared by every level, as in the reference. Frozen by default (the reference's
-`learningRate = 0`), trainable by a flag. `basis='bilinear'` is the ablation baseline: one
+Bases: one basis set, shared by every level as in the reference, held in the variable
+`lrr_bases` `[8, 8, K, C]` (frozen in `'constants'` by default, the reference's
+`learningRate = 0`; trainable by a flag). The module never reads a file: it initialises the
+bases to windowed cosines (`ops.basis.cosine_bases`; basis 0 is the bilinear kernel), and
+the bases fitted to the labels (`lapseg.bases.lrr_bases`: 32x32 label-patch PCA scaled as the
+reference scales it, `(n lambda)^(1/4)` times the unit eigenvector) enter through
+`lapseg.bases.attach`, which resizes them to 8x8 (`ops.pca.resize_bases`); training does this
+before step 0. `basis='bilinear'` is the ablation baseline: one
 coefficient per class (K = 1) and the fixed bilinear 8x8 kernel (`bilinear_kernel(8)`), i.e.
 class scores predicted at the feature's resolution and upsampled x4 bilinearly, refined by
 the same masks.
@@ -69,32 +72,29 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from lapseg import bases_file
-from lapseg.decoders.fcn import build_backbone
+from lapseg import backbones
 from lapseg.layers import ConvBN
 from lapseg.layers.frozen import frozen_or_trainable
 from lapseg.ops import basis as basis_ops
-from lapseg.ops import boundary, pca
+from lapseg.ops import boundary
 
 # Pyramid levels, coarse to fine, per backbone family (the first that the backbone has).
 LEVELS = (("fc7", "relu5_3", "relu4_3", "relu3_3"), ("res5", "res4", "res3", "res2"))
 BASIS_KINDS = ("pca", "bilinear")
-BASES_KEY = "lrr_bases"
 
 
 class LRR(nn.Module):
     """LRR: `[N, H, W, 3] -> {'logits', 'level_{s}' per level, ...}` (see the module docstring).
 
     Attributes:
-      backbone: feature extractor returning a dict with the `levels` features.
+      backbone: feature extractor returning a dict with the `features` features.
       num_classes: C.
-      levels: feature names, coarse to fine; each stride half the previous one, the finest a
-        multiple of `upsample`.
-      basis: 'pca' (bases from `basis_path`) or 'bilinear' (the fixed bilinear baseline).
-      basis_path: `.npz` written by `lapseg basis` (key 'lrr_bases', `[32, 32, K, C]`).
-      num_bases: K, bases per class (must match the file; basis='bilinear' has K = 1).
+      features: backbone feature names (the pyramid levels), coarse to fine; each stride half
+        the previous one, the finest a multiple of `upsample`.
+      basis: 'pca' (K label-fitted bases per class, variable `lrr_bases`, attached with
+        `lapseg.bases.attach`) or 'bilinear' (the fixed bilinear baseline, K = 1).
+      num_bases: K, bases per class (basis='bilinear' has K = 1).
       upsample: reconstruction factor of every level (4; basis kernels `2 upsample` wide).
       coefficient_kernel: size of the coefficient convs (5).
       boundary_masking: gate each refinement by the boundary mask (off: plain sum).
@@ -106,9 +106,8 @@ class LRR(nn.Module):
 
     backbone: nn.Module
     num_classes: int
-    levels: tuple[str, ...] = LEVELS[1]
+    features: tuple[str, ...] = LEVELS[1]
     basis: str = "pca"
-    basis_path: str = ""
     num_bases: int = 10
     upsample: int = 4
     coefficient_kernel: int = 5
@@ -119,18 +118,17 @@ class LRR(nn.Module):
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
-    def _initial_basis(self) -> jnp.ndarray:
-        """`[2u, 2u, K, C]`: the fitted bases resized, or the bilinear kernel (K = 1)."""
+    def _basis(self) -> jnp.ndarray:
+        """`[2u, 2u, K, C]`: `lrr_bases` (cosine defaults until fitted ones are attached), or
+        the bilinear kernel (K = 1) as `bilinear_basis`."""
         size = 2 * self.upsample
         if self.basis == "bilinear":
-            kernel = basis_ops.bilinear_kernel(size)[:, :, None, None]
-            return np.broadcast_to(kernel, (size, size, 1, self.num_classes))
-        bases = bases_file.load(self.basis_path, BASES_KEY, num_classes=self.num_classes)
-        if bases.ndim != 4 or bases.shape[2] != self.num_bases:
-            raise ValueError(
-                f"LRR: {self.basis_path} holds bases of shape {bases.shape} [P, P, K, C]; the model "
-                f"has num_bases={self.num_bases}: re-run `lapseg basis` or set num_bases")
-        return pca.resize_bases(jnp.asarray(bases, jnp.float32), size)
+            return frozen_or_trainable(
+                self, "bilinear_basis", lambda: basis_ops.cosine_bases(size, 1, self.num_classes),
+                trainable=self.trainable_basis, dtype=self.param_dtype)
+        return frozen_or_trainable(
+            self, "lrr_bases", lambda: basis_ops.cosine_bases(size, self.num_bases, self.num_classes),
+            trainable=self.trainable_basis, dtype=self.param_dtype)
 
     def _strides(self) -> list[int]:
         if self.basis not in BASIS_KINDS:
@@ -138,14 +136,14 @@ class LRR(nn.Module):
         if self.upsample < 2 or self.upsample % 2:
             raise ValueError(f"LRR: upsample must be even and >= 2, got {self.upsample}")
         info = self.backbone.feature_info()
-        missing = [name for name in self.levels if name not in info]
+        missing = [name for name in self.features if name not in info]
         if missing:
             raise ValueError(f"LRR: backbone has no features {missing}; it has {list(info)}")
-        strides = [info[name].stride for name in self.levels]
+        strides = [info[name].stride for name in self.features]
         halving = all(coarse == 2 * fine for coarse, fine in zip(strides, strides[1:]))
         if not halving or strides[-1] % self.upsample:
             raise ValueError(
-                f"LRR: level strides {strides} of {self.levels} must halve from level to level and end "
+                f"LRR: level strides {strides} of {self.features} must halve from level to level and end "
                 f"at a multiple of upsample={self.upsample} (use output_stride 32 for ResNet)")
         return strides
 
@@ -167,12 +165,11 @@ class LRR(nn.Module):
         chex.assert_axis_dimension(images, 3, 3)
         strides = self._strides()
         features = self.backbone(images, train)
-        basis = frozen_or_trainable(self, "basis", self._initial_basis, trainable=self.trainable_basis,
-                                    dtype=self.param_dtype).astype(self.dtype)
+        basis = self._basis().astype(self.dtype)
         mask_size = self.mask_size or 2 * self.upsample + 1
 
         outputs, prediction = {}, None
-        for name, stride in zip(self.levels, strides):
+        for name, stride in zip(self.features, strides):
             reconstruction = self._reconstruct(features[name], basis, f"coefficients_{name}", train)
             if prediction is None:
                 prediction = reconstruction
@@ -190,7 +187,7 @@ class LRR(nn.Module):
             def initial_bias(_):
                 return jnp.full((self.num_classes,), -1.0, self.param_dtype).at[0].set(1.0)
 
-            coarsest = self.levels[0]
+            coarsest = self.features[0]
             for kind in ("dilation", "erosion"):
                 bias = self.param(f"{kind}_bias", initial_bias).astype(self.dtype)
                 logits = self._reconstruct(features[coarsest], basis, f"{kind}_coefficients_{coarsest}",
@@ -214,12 +211,13 @@ _BACKBONE_DEFAULTS = {
 def lrr(*, num_classes: int, backbone="resnet50", backbone_kwargs: dict | None = None, dtype=jnp.float32,
         param_dtype=jnp.float32, **decoder_fields) -> LRR:
     """LRR-4x on `backbone` (name or Module); `decoder_fields` are `LRR` fields, e.g.
-    `basis_path`, `basis='bilinear'`, `num_bases`, `dilation_erosion`."""
-    net = build_backbone(backbone, backbone_kwargs, _BACKBONE_DEFAULTS, dtype, param_dtype)
+    `basis='bilinear'`, `num_bases`, `dilation_erosion`, `features`."""
+    net = backbones.build(backbone, backbone_kwargs, _BACKBONE_DEFAULTS, dtype=dtype,
+                          param_dtype=param_dtype)
     info = net.feature_info()
-    if "levels" not in decoder_fields:
+    if "features" not in decoder_fields:
         family = next((names for names in LEVELS if all(n in info for n in names)), None)
         if family is None:
-            raise ValueError(f"LRR: backbone features {list(info)} include none of {LEVELS}; pass levels=")
-        decoder_fields["levels"] = family
+            raise ValueError(f"LRR: backbone features {list(info)} include none of {LEVELS}; pass features=")
+        decoder_fields["features"] = family
     return LRR(backbone=net, num_classes=num_classes, dtype=dtype, param_dtype=param_dtype, **decoder_fields)

@@ -16,7 +16,8 @@ PyTorch port) rather than the Caffe release's fixed kernels; semseg only builds 
 auxiliary head in training, here it is always built (its parameters must exist at
 `init`, which runs in eval mode) and jit drops it from programs that ignore 'aux'.
 
-Outputs: `'logits'` `[N, H, W, C]`, `'aux'` `[N, H, W, C]` (when `aux_feature` is set).
+Outputs: `'logits'` `[N, H, W, C]`, `'aux'` `[N, H, W, C]` (when `features` names an
+auxiliary feature).
 """
 
 from collections.abc import Sequence
@@ -30,46 +31,55 @@ from lapseg.layers.conv import ConvBN
 from lapseg.layers.ppm import PyramidPooling
 from lapseg.ops import resize
 
+# semseg's backbone: the deep-stem dilated ResNet at output stride 8, for every ResNet depth.
+_BACKBONE_DEFAULTS = {name: {"deep_stem": True, "output_stride": 8}
+                     for name in backbones.names() if name.startswith("resnet")}
+
 
 class PSPNet(nn.Module):
     """PSPNet: images `[N, H, W, 3]` -> `{'logits', 'aux'}`, each `[N, H, W, num_classes]`.
 
     Attributes:
-      backbone: feature extractor returning a dict with `feature` (and `aux_feature`).
+      backbone: feature extractor returning a dict with every name in `features`.
       num_classes: C.
-      feature: input of the pyramid pooling module ('res5').
-      aux_feature: input of the auxiliary FCN head ('res4'); None for no auxiliary head.
+      features: backbone features, deepest first: the input of the pyramid pooling module
+        ('res5'), then that of the auxiliary FCN head ('res4'); a 1-tuple for no auxiliary head.
       bins: pyramid bins.
       pooling: 'adaptive' (PyTorch) or 'fixed' (Caffe kernels, with `pool_kernels`/`pool_strides`).
       pool_kernels, pool_strides: per-bin Caffe pooling kernels/strides for `pooling='fixed'`.
-      head_features: width of the 3x3 conv after the pyramid (512).
-      aux_features: width of the auxiliary 3x3 conv (256).
+      channels: width of the 3x3 conv after the pyramid (512).
+      aux_channels: width of the auxiliary 3x3 conv (256).
       dropout_rate: channel dropout before each classifier (0.1).
       dtype: compute dtype; param_dtype: parameter dtype.
     """
 
     backbone: nn.Module
     num_classes: int
-    feature: str = "res5"
-    aux_feature: str | None = "res4"
+    features: Sequence[str] = ("res5", "res4")
     bins: Sequence[int] = (1, 2, 3, 6)
     pooling: str = "adaptive"
     pool_kernels: Sequence | None = None
     pool_strides: Sequence | None = None
-    head_features: int = 512
-    aux_features: int = 256
+    channels: int = 512
+    aux_channels: int = 256
     dropout_rate: float = 0.1
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+
+    def __post_init__(self):
+        if isinstance(self.features, str) or len(self.features) not in (1, 2):
+            raise ValueError("PSPNet features must be (pyramid feature,) or (pyramid feature, "
+                             f"auxiliary feature), e.g. ('res5', 'res4'); got {self.features!r}")
+        super().__post_init__()
 
     def __call__(self, images: jnp.ndarray, train: bool = False) -> dict:
         """`images`: `[N, H, W, 3]` normalised; `train`: batch-stat BN, dropout (rng 'dropout')."""
         chex.assert_rank(images, 4)
         return self.decode(self.backbone(images, train), images.shape[1:3], train)
 
-    def _classifier(self, x, features, train, name):
+    def _classifier(self, x, channels, train, name):
         """conv3x3 + BN + ReLU -> Dropout2d -> conv1x1 (semseg's `cls` / `aux` Sequential)."""
-        x = ConvBN(features, 3, dtype=self.dtype, param_dtype=self.param_dtype,
+        x = ConvBN(channels, 3, dtype=self.dtype, param_dtype=self.param_dtype,
                    name=f"{name}_conv")(x, train)
         x = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2), deterministic=not train)(x)
         return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
@@ -78,32 +88,29 @@ class PSPNet(nn.Module):
     @nn.compact
     def decode(self, features: dict, size: tuple[int, int], train: bool = False) -> dict:
         """The head on backbone `features` (a dict by name), scores resized to `size` `(H, W)`."""
-        needed = [self.feature] + ([self.aux_feature] if self.aux_feature else [])
-        missing = [name for name in needed if name not in features]
+        missing = [name for name in self.features if name not in features]
         if missing:
             raise ValueError(f"PSPNet needs backbone features {missing}; "
                              f"the backbone gives {sorted(features)}")
         x = PyramidPooling(self.bins, pooling=self.pooling, kernels=self.pool_kernels,
                            strides=self.pool_strides, dtype=self.dtype,
-                           param_dtype=self.param_dtype, name="ppm")(features[self.feature], train)
-        scores = self._classifier(x, self.head_features, train, "head")
+                           param_dtype=self.param_dtype, name="ppm")(features[self.features[0]], train)
+        scores = self._classifier(x, self.channels, train, "head")
         outputs = {"logits": resize.resize_bilinear(scores, size, align_corners=True)}
-        if self.aux_feature:
-            aux = self._classifier(features[self.aux_feature], self.aux_features, train, "aux")
+        if len(self.features) > 1:
+            aux = self._classifier(features[self.features[1]], self.aux_channels, train, "aux")
             outputs["aux"] = resize.resize_bilinear(aux, size, align_corners=True)
         return outputs
 
 
 def pspnet(*, num_classes: int, backbone="resnet50", backbone_kwargs: dict | None = None,
            dtype=jnp.float32, param_dtype=jnp.float32, **decoder_fields) -> PSPNet:
-    """PSPNet on `backbone` (a name for `lapseg.backbones.create` or a Module).
+    """PSPNet on `backbone` (a name or a Module, see `lapseg.backbones.build`).
 
-    A ResNet gets semseg's defaults, `deep_stem=True, output_stride=8`, unless
+    A ResNet name gets semseg's defaults, `deep_stem=True, output_stride=8`, unless
     `backbone_kwargs` says otherwise; `decoder_fields` are `PSPNet` fields.
     """
-    if isinstance(backbone, str):
-        defaults = {"deep_stem": True, "output_stride": 8} if backbone.startswith("resnet") else {}
-        backbone = backbones.create(backbone, dtype=dtype, param_dtype=param_dtype,
-                                    **{**defaults, **(backbone_kwargs or {})})
-    return PSPNet(backbone=backbone, num_classes=num_classes, dtype=dtype, param_dtype=param_dtype,
+    net = backbones.build(backbone, backbone_kwargs, _BACKBONE_DEFAULTS, dtype=dtype,
+                          param_dtype=param_dtype)
+    return PSPNet(backbone=net, num_classes=num_classes, dtype=dtype, param_dtype=param_dtype,
                   **decoder_fields)

@@ -3,7 +3,7 @@
 4-cascaded RefineNet on res5..res2, following DrSleep/refinenet-pytorch `models/resnet.py`
 (a port of the released MatConvNet models, guosheng/refinenet `main/gen_network_*.m`):
 
-    for each level (res5, res4, res3, res2), deepest first, adapt widths 512/256/256/256:
+    for each level (res5, res4, res3, res2), deepest first, adapt widths (`channels`) 512/256/256/256:
       path  = RCU x 2 (conv3x3 adapt (backbone channels -> width, no bias) (feature))
       x     = MRF([path, x])          # 3x3 convs to the smaller width, upsample, sum
       x     = RCU x 3 (CRP(x))        # CRP starts with a ReLU
@@ -68,7 +68,7 @@ class RefineNet(nn.Module):
       backbone: feature extractor returning a dict with every name in `features`.
       num_classes: C.
       features: backbone features, deepest first (one RefineNet block each).
-      widths: adapt conv width per feature (512, 256, 256, 256).
+      channels: adapt conv width per feature (512, 256, 256, 256).
       adapt_rcus: RCUs on each backbone path (2).
       output_rcus: RCUs after each CRP (3 in the released models; the paper's figure draws 1).
       crp_stages: chained pooling stages (4 in the released models; the figure draws 2).
@@ -80,7 +80,7 @@ class RefineNet(nn.Module):
     backbone: nn.Module
     num_classes: int
     features: Sequence[str] = ("res5", "res4", "res3", "res2")
-    widths: Sequence[int] = (512, 256, 256, 256)
+    channels: Sequence[int] = (512, 256, 256, 256)
     adapt_rcus: int = 2
     output_rcus: int = 3
     crp_stages: int = 4
@@ -90,9 +90,9 @@ class RefineNet(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     def __post_init__(self):
-        if len(self.features) != len(self.widths) or not self.features:
+        if len(self.features) != len(self.channels) or not self.features:
             raise ValueError(f"RefineNet needs one width per feature, got features {self.features} "
-                             f"and widths {self.widths}")
+                             f"and channels {self.channels}")
         super().__post_init__()
 
     def __call__(self, images: jnp.ndarray, train: bool = False) -> dict:
@@ -110,7 +110,7 @@ class RefineNet(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
         x = None
-        for level, (name, width) in enumerate(zip(self.features, self.widths)):
+        for level, (name, width) in enumerate(zip(self.features, self.channels)):
             feature = dropout(features[name]) if level < 2 else features[name]
             path = conv3x3(width, use_bias=False, name=f"adapt{level}", **kw)(feature)
             x = RefineBlock(self.adapt_rcus, self.output_rcus, self.crp_stages, self.crp_order,
@@ -122,13 +122,11 @@ class RefineNet(nn.Module):
 
 def refinenet(*, num_classes: int, backbone="resnet101", backbone_kwargs: dict | None = None,
               dtype=jnp.float32, param_dtype=jnp.float32, **decoder_fields) -> RefineNet:
-    """RefineNet on `backbone` (a name for `lapseg.backbones.create` or a Module).
+    """RefineNet on `backbone` (a name or a Module, see `lapseg.backbones.build`).
 
     The backbone keeps its defaults (a standard ResNet at output stride 32, as in the
     paper); `decoder_fields` are `RefineNet` fields.
     """
-    if isinstance(backbone, str):
-        backbone = backbones.create(backbone, dtype=dtype, param_dtype=param_dtype,
-                                    **(backbone_kwargs or {}))
-    return RefineNet(backbone=backbone, num_classes=num_classes, dtype=dtype,
+    net = backbones.build(backbone, backbone_kwargs, dtype=dtype, param_dtype=param_dtype)
+    return RefineNet(backbone=net, num_classes=num_classes, dtype=dtype,
                      param_dtype=param_dtype, **decoder_fields)

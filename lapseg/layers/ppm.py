@@ -10,7 +10,7 @@ back by align-corners bilinear interpolation (Caffe `Interp`, semseg's
 - `fusion='sum'` (ICNet, hszhao/ICNet `pspnet50_ICNet_*.prototxt`, `conv5_3_sum`):
   `x + sum_b branch_b`, C channels (ICNet has no conv per bin: `branch_conv=False`).
 
-Two pooling geometries (DESIGN.md "Known pitfalls"):
+Two pooling geometries (docs/architecture.md, "Pitfalls"):
 
 - `pooling='adaptive'`: PyTorch `AdaptiveAvgPool2d(b)`, bin i of an axis of length H
   averages `floor(i H / b) <= h < ceil((i + 1) H / b)` (`ops.resize.adaptive_avg_pool`);

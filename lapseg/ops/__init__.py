@@ -1,5 +1,5 @@
 """Pure, jittable, differentiable functions (no parameters), NHWC throughout."""
 
-from lapseg.ops import basis, boundary, dupsample, pca, resize
+from lapseg.ops import basis, boundary, dupsample, normalize, pca, resize
 
-__all__ = ["basis", "boundary", "dupsample", "pca", "resize"]
+__all__ = ["basis", "boundary", "dupsample", "normalize", "pca", "resize"]

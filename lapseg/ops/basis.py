@@ -108,6 +108,32 @@ def bilinear_kernel(size: int) -> np.ndarray:
     return np.outer(line, line).astype(np.float32)
 
 
+def cosine_frequencies(count: int, size: int) -> list[tuple[int, int]]:
+    """The `count` lowest 2-D cosine frequencies `(p, q)` on a `size x size` grid (`p, q < size`),
+    ordered by p + q, then p."""
+    if not 1 <= count <= size * size:
+        raise ValueError(f"cosine_frequencies: count={count} must be in [1, size*size={size * size}]")
+    grid = [(p, q) for p in range(size) for q in range(size)]
+    return sorted(grid, key=lambda f: (f[0] + f[1], f[0]))[:count]
+
+
+def cosine_bases(size: int, num_bases: int, num_classes: int) -> np.ndarray:
+    """Default LRR bases before any fit: windowed 2-D cosines, `[size, size, K, C]` float32.
+
+    `B[i, j, k, c] = bilinear_kernel(size)[i, j] cos(pi p_k (i + 1/2) / size) cos(pi q_k (j + 1/2) / size)`
+    with `(p_k, q_k)` the k-th lowest frequency, the same for every class. Basis 0 is the
+    bilinear kernel, so a model built on these defaults starts as the bilinear ablation,
+    and the higher bases add smooth detail within each tile. `lapseg.bases` replaces them
+    with bases fitted to the labels.
+    """
+    window = bilinear_kernel(size)
+    centres = (np.arange(size) + 0.5) / size
+    tiles = [window * np.outer(np.cos(np.pi * p * centres), np.cos(np.pi * q * centres))
+             for p, q in cosine_frequencies(num_bases, size)]
+    bases = np.stack(tiles, -1)[:, :, :, None]
+    return np.broadcast_to(bases, (size, size, num_bases, num_classes)).astype(np.float32)
+
+
 def bilinear_deconv_weight(size: int, channels: int) -> np.ndarray:
     """`[size, size, C, C]` kernel with `bilinear_kernel(size)` on the class diagonal, 0 elsewhere.
 

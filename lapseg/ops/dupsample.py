@@ -2,7 +2,7 @@
 
 DUpsample replaces bilinear upsampling by a linear map `W` from a low-dimensional
 feature `F[n, h, w, :]` to the `r x r x C` patch of class scores it stands for.
-`W` is fitted to the training labels by PCA (`lapseg.ops.pca.dupsampling_matrix`).
+`W` is fitted to the training labels by PCA (`lapseg.bases.dupsampling_matrix`).
 
 Patch order is (a, b, c): row offset a, column offset b, class c, i.e. TensorFlow's
 DCR `depth_to_space` (the reference code's reshape), *not* PyTorch's `pixel_shuffle`
@@ -12,6 +12,9 @@ DCR `depth_to_space` (the reference code's reshape), *not* PyTorch's `pixel_shuf
 
 import chex
 import jax.numpy as jnp
+import numpy as np
+
+from lapseg.ops.basis import cosine_frequencies
 
 
 def space_to_depth(x: jnp.ndarray, ratio: int) -> jnp.ndarray:
@@ -83,3 +86,32 @@ def dupsample(features: jnp.ndarray, w: jnp.ndarray, ratio: int) -> jnp.ndarray:
     # on CPU (benchmarks/kernels.py sizes).
     y = jnp.einsum("nhwl,labc->nhwabc", features, w)
     return y.transpose(0, 1, 3, 2, 4, 5).reshape(n, h * ratio, wd * ratio, -1)
+
+
+def cosine_matrix(ratio: int, num_classes: int, dim: int) -> np.ndarray:
+    """Default DUpsampling matrix before any fit: `[dim, r*r*C]` float32, orthonormal rows.
+
+    Row `(p, q, c)` is the 2-D DCT-II function of frequency `(p, q)` over the `r x r` block,
+    on class c alone: `W[row, (a*r + b)*C + c] = d_p(a) d_q(b)` with
+    `d_p(a) = sqrt((1 if p == 0 else 2) / r) cos(pi p (a + 1/2) / r)`. Rows run over
+    frequencies lowest first and, within one, over classes; with `dim >= C` the code can
+    express every block-constant class map, like bilinear upsampling of block averages.
+    `lapseg.bases` replaces it with the PCA of the labels.
+    """
+    depth = ratio * ratio * num_classes
+    if not 1 <= dim <= depth:
+        raise ValueError(f"cosine_matrix: dim={dim} must be in [1, ratio*ratio*num_classes={depth}]")
+    centres = (np.arange(ratio) + 0.5) / ratio
+
+    def dct(p):
+        return np.sqrt((1.0 if p == 0 else 2.0) / ratio) * np.cos(np.pi * p * centres)
+
+    frequencies = cosine_frequencies(-(-dim // num_classes), ratio)
+    rows = []
+    for p, q in frequencies:
+        block = np.outer(dct(p), dct(q))  # [a, b]
+        for c in range(num_classes):
+            row = np.zeros((ratio, ratio, num_classes))
+            row[:, :, c] = block
+            rows.append(row.reshape(-1))
+    return np.stack(rows[:dim]).astype(np.float32)

@@ -131,3 +131,58 @@ def _check_tree(saved, target, where):
         lines += [f"  shape {saved_shapes[k]} in checkpoint, {target_shapes[k]} in model: {k}"
                   for k in mismatched[:20]]
         raise CheckpointError("\n".join(lines))
+
+
+def read_variables(directory, abstract_variables, *, meta, step=None):
+    """A model's variables from a checkpoint of `Checkpointer`, for inference.
+
+    Reads only `params` and the other variable collections (the train state's
+    `model_state`: `batch_stats`, `constants`) of the saved `state`: the optimiser state
+    and the data iterator are neither read nor needed, so no optimiser is built.
+
+    Args:
+      directory: a checkpoint directory (`<workdir>/checkpoints` or `<workdir>/best`).
+      abstract_variables: `jax.ShapeDtypeStruct` pytree of the model's variables,
+        `{'params': ..., 'batch_stats': ..., ...}` (`jax.eval_shape` of `model.init`),
+        with `.sharding` set to where the arrays should go.
+      meta: the model's identity (`model`, `num_classes`); a checkpoint of another model
+        raises `CheckpointError` naming both.
+      step: the step to read (default: the latest).
+
+    Returns:
+      `(variables, step)`: the variables in the structure of `abstract_variables`.
+    """
+    directory = os.path.abspath(directory)
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"no checkpoint in {directory} (it does not exist)")
+    # `StandardCheckpointHandler` writes the PyTree format: the PyTree handler reads part of it.
+    manager = ocp.CheckpointManager(
+        directory, options=ocp.CheckpointManagerOptions(create=False),
+        item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                       "data": grain.checkpoint.CheckpointHandler(),  # known, never read
+                       "meta": ocp.JsonCheckpointHandler()})
+    try:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"no checkpoint in {directory}")
+        if step not in manager.all_steps():
+            raise CheckpointError(f"no checkpoint of step {step} in {directory}")
+        where = f"{directory}/{step}"
+        saved_meta = manager.restore(
+            step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        for key, value in meta.items():
+            if saved_meta.get(key) != value:
+                raise CheckpointError(
+                    f"checkpoint {where} was written for {key}={saved_meta.get(key)!r}, "
+                    f"but this model has {key}={value!r}")
+        variables = dict(abstract_variables)
+        target = {"params": variables.pop("params"), "model_state": variables}
+        saved = manager.item_metadata(step)["state"]
+        saved = getattr(saved, "tree", saved)
+        _check_tree({key: saved.get(key, {}) for key in target}, target, where)
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True)))["state"]
+    finally:
+        manager.close()
+    return {"params": restored["params"], **restored["model_state"]}, step

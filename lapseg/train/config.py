@@ -1,57 +1,51 @@
-"""The config schema: every field the training system reads, with defaults.
+"""The config schema (every field the training system reads, with its default), the default
+job, and a run's saved config.
 
-Experiment configs (`configs/*.py`) start from `base_config()` and change a few fields:
+Experiment configs (`configs/*.py`) start from `base_config()` (or `default_job()`) and
+change a few fields:
 
     from lapseg.train.config import base_config
 
-    def base_config():
+    def get_config():
         config = base_config()
         config.model = 'pspnet'
         ...
         return config
 
-Override any field on the command line, e.g. `--config.data.batch_size=16`; a
-misspelt field is an error naming it (the config is locked).
+Override any field on the command line, e.g. `--config.data.batch_size=16`; a misspelt
+field is an error naming it (the config is locked). Training writes the resolved config to
+`<workdir>/config.json` (`save`); `load` reads it back, and `get_config('<workdir>/config.json')`
+makes it a config file argument (`--config=lapseg/train/config.py:W/config.json`), which is
+how `lapseg eval` / `lapseg predict` restore a work dir without `--config`.
 """
 
+import json
+import os
+
 import ml_collections
-from ml_collections.config_dict import placeholder
+
+from lapseg.data import pipeline as data_pipeline
+
+CONFIG_FILE = "config.json"  # the resolved config of a run, in its work dir
 
 
-def base_config():
+def base_config() -> ml_collections.ConfigDict:
+    """The schema: every field with its default (the data fields from `lapseg.data`)."""
     config = ml_collections.ConfigDict()
     config.seed = 0
 
     # Model: `lapseg.models.create_model(config.model, num_classes=..., **config.model_kwargs)`.
-    # The default job must reach >= 0.85 val mIoU on `shapes` in < 10 min on a 2-core CPU,
-    # from scratch. FCN-8s on a quarter-width ResNet-18 does: `lapseg train` reached 0.859
-    # after these 6500 steps, in 7 min 27 s with the dataset build (~16 steps/s). LRR on the
-    # same backbone learns more slowly per second (its coefficient convs need a ~300x smaller
-    # learning rate, see lapseg/decoders/lrr.py, and its step costs 2.5x FCN's):
-    # configs/shapes_lrr.py, 0.669 after 2000 steps in 6 min.
     config.model = "fcn8s"
     config.model_kwargs = ml_collections.ConfigDict(
         {"backbone": "resnet18", "backbone_kwargs": {"output_stride": 32, "width": 0.25}})
     config.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (params stay f32)
-    # LRR bases / DUpsampling matrix: fitted from the training labels before training
-    # (`lapseg basis`), written to `<workdir>/basis.npz` unless a path is given.
+    # Label-fitted constants (LRR bases, the DUpsampling matrix; `lapseg.bases`): fitted from
+    # the training labels before step 0 and kept in `path`, or `<workdir>/basis.npz` when
+    # empty; an existing file is reused. `num_batches` caps the label batches read (0: all).
     config.basis = ml_collections.ConfigDict({"path": "", "num_batches": 20})
 
-    # Data (`lapseg.data.create_loader(config.data, ...)`).
-    config.data = ml_collections.ConfigDict()
-    config.data.dataset = "shapes"
-    config.data.data_dir = placeholder(str)    # tfds data dir; None = ~/tensorflow_datasets
-    config.data.source_dir = placeholder(str)  # camvid: local raw directory (None: download)
-    config.data.crop_size = (96, 96)
-    config.data.scale_range = (0.75, 1.5)
-    config.data.flip = True
-    config.data.normalize = "torch"
-    config.data.batch_size = 16         # global batch, split over devices and hosts
-    config.data.eval_size = placeholder(tuple)  # None: image size rounded up to 32
-    config.data.worker_count = 0
-    config.data.prefetch = 2
-    config.data.num_threads = 2
-    config.data.num_epochs = placeholder(int)  # None: repeat forever
+    # Data: `lapseg.data.create_loader(config.data, ...)`; the defaults are the loader's own.
+    config.data = data_pipeline.default_config()
 
     # Optimiser (`lapseg.train.optim`): SGD momentum, poly 0.9 with warm-up.
     config.optimizer = ml_collections.ConfigDict()
@@ -69,7 +63,7 @@ def base_config():
     # Loss (`lapseg.losses.for_model`): output key -> weight (LRR: 'level_32' ... 'level_4').
     config.loss = ml_collections.ConfigDict()
     config.loss.weights = {"logits": 1.0}
-    config.loss.class_weights = placeholder(tuple)
+    config.loss.class_weights = ml_collections.config_dict.placeholder(tuple)
 
     config.num_train_steps = 6500
     config.log_every_steps = 50
@@ -80,5 +74,74 @@ def base_config():
     return config
 
 
-# `--config lapseg/train/config.py` (the CLI's default) loads the embedded default job.
-get_config = base_config
+def default_job() -> ml_collections.ConfigDict:
+    """The embedded default job: FCN-8s on a quarter-width ResNet-18 from scratch on `shapes`.
+
+    It must reach >= 0.85 val mIoU on `shapes` in < 10 min on a 2-core CPU: `lapseg train`
+    reached 0.859 after these 6500 steps, in 7 min 27 s with the dataset build (~16 steps/s).
+    LRR on the same backbone learns more slowly per second: configs/shapes_lrr.py.
+    """
+    config = base_config()
+    config.data.crop_size = (96, 96)  # whole shapes images (96x96), randomly rescaled
+    config.data.scale_range = (0.75, 1.5)
+    return config
+
+
+def save(config, workdir) -> str:
+    """Writes `config` to `<workdir>/config.json` atomically; returns the path."""
+    path = os.path.join(os.fspath(workdir), CONFIG_FILE)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(config.to_json(indent=2, sort_keys=True))
+    os.replace(tmp, path)
+    return path
+
+
+def _tuples(value):
+    """JSON lists -> tuples, recursively (configs hold tuples: sizes, feature names)."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
+
+
+def _merge(config, values, where):
+    for key, value in values.items():
+        if key in config and isinstance(config[key], ml_collections.ConfigDict) and isinstance(value, dict):
+            if key in ("model_kwargs", "loss"):  # free-form: the saved one replaces the default
+                config[key] = ml_collections.ConfigDict(_tuples(value))
+            else:
+                _merge(config[key], value, f"{where}{key}.")
+        else:
+            config[key] = _tuples(value)
+
+
+def load(path) -> ml_collections.ConfigDict:
+    """The config saved by `save` (a `config.json` or the work dir holding one), locked.
+
+    Fields are laid over `base_config()`, so types and placeholders are the schema's and
+    fields added to the schema since the run was saved take their defaults.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} does not exist: the work dir has no saved config "
+                                f"(pass --config with the config it was trained with)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path} is not a readable config: {err}") from err
+    config = base_config()
+    _merge(config, values, "")
+    config.lock()
+    return config
+
+
+def get_config(saved: str | None = None) -> ml_collections.ConfigDict:
+    """Config-file entry point: the default job, or with an argument the saved config it names
+    (`--config=lapseg/train/config.py:<workdir>/config.json`)."""
+    return default_job() if not saved else load(saved)

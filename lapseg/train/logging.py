@@ -11,6 +11,7 @@ import sys
 import time
 
 import numpy as np
+import tensorboardX
 
 
 class MetricWriter:
@@ -23,12 +24,7 @@ class MetricWriter:
             return
         os.makedirs(workdir, exist_ok=True)
         self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
-        try:
-            from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-        except ImportError:  # TensorBoard is optional: the JSON lines always exist.
-            SummaryWriter = None
-        if SummaryWriter is not None:
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def write(self, step, split, scalars):
         if not self.enabled:
@@ -36,15 +32,13 @@ class MetricWriter:
         scalars = {k: float(np.asarray(v)) for k, v in scalars.items() if np.ndim(v) == 0}
         self._jsonl.write(json.dumps({"step": int(step), "split": split, **scalars}) + "\n")
         self._jsonl.flush()
-        if self._tb is not None:
-            for key, value in scalars.items():
-                self._tb.add_scalar(f"{split}/{key}", value, int(step))
+        for key, value in scalars.items():
+            self._tb.add_scalar(f"{split}/{key}", value, int(step))
 
     def close(self):
         if self.enabled:
             self._jsonl.close()
-            if self._tb is not None:
-                self._tb.close()
+            self._tb.close()
 
 
 class Progress:

@@ -14,12 +14,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lapseg import basis_cli
+from lapseg import bases
 from lapseg import data as data_lib
 from lapseg import losses
 from lapseg import metrics as metrics_lib
 from lapseg import models
 from lapseg.train import checkpoint as checkpoint_lib
+from lapseg.train import config as config_lib
+from lapseg.train import fitted as fitted_lib
 from lapseg.train import logging as log_lib
 from lapseg.train import optim
 from lapseg.train import state as state_lib
@@ -28,63 +30,16 @@ from lapseg.train import step as step_lib
 log = logging.getLogger(__name__)
 
 
-def build_model(config, num_classes, workdir=None):
-    """The model of `config` with its compute dtype.
-
-    Models built on label-fitted constants (LRR bases, the DUpsampling matrix) get, unless
-    `config.model_kwargs.basis_path` names a file, the bases file of the run
-    (`config.basis.path`, else `<workdir>/basis.npz`), fitted from the training labels
-    first if it does not exist yet.
-    """
-    kwargs = dict(config.model_kwargs)
-    kwargs["dtype"] = jnp.dtype(config.dtype)
-    if basis_cli.needs_bases(config) and not kwargs.get("basis_path"):
-        if workdir is None and not config.basis.path:
-            raise ValueError(f"model {config.model!r} needs fitted bases: set config.basis.path "
-                             f"or pass a workdir to fit them into")
-        kwargs["basis_path"] = basis_cli.ensure_bases(config, workdir)
-    return models.create_model(config.model, num_classes=num_classes, **kwargs)
-
-
 def _run_identity(config, info):
     return {"model": config.model, "num_classes": int(info.num_classes),
             "dataset": config.data.dataset}
 
 
 def evaluate(state, eval_step, mesh, loader, num_classes):
-    """Confusion matrix over the whole split (accumulated on device), then its summary."""
-    confusion = jnp.zeros((num_classes, num_classes), jnp.int32)
-    for batch in loader:
-        confusion = confusion + eval_step(state, step_lib.shard_batch(batch, mesh))
-    return metrics_lib.summarize(jax.device_get(confusion))
-
-
-def restore_model(config, workdir: str, *, best: bool = False, step=None):
-    """The model of `config` and its variables from `workdir`'s checkpoints, for inference.
-
-    Args:
-      config: the run's config (identifies the model; a checkpoint of another model is
-        refused with an error naming both).
-      workdir: the training work dir.
-      best: the best-mIoU checkpoint instead of the latest.
-      step: a specific step (default: the latest of the chosen kind).
-
-    Returns:
-      `(model, variables, info)`: the linen model, `{'params': ..., 'batch_stats': ...}`
-      and the dataset's `DatasetInfo` (classes, palette, ignore label).
-    """
-    info = data_lib.dataset_info(config.data.dataset)
-    model = build_model(config, info.num_classes, workdir)
-    tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
-    mesh = step_lib.make_mesh(1)
-    abstract = state_lib.abstract_train_state(model, tx, (1, *config.data.crop_size, 3))
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-        x.shape, x.dtype, sharding=step_lib.replicated(mesh)), abstract)
-    directory = os.path.join(os.path.abspath(workdir), "best" if best else "checkpoints")
-    checkpointer = checkpoint_lib.Checkpointer(directory)
-    state = checkpointer.restore(abstract, meta=_run_identity(config, info), step=step)
-    checkpointer.close()
-    return model, state.variables, info
+    """Whole-split summary (`lapseg.metrics.evaluate`); confusion matrices summed on device."""
+    return metrics_lib.evaluate(
+        lambda batch: {"confusion": eval_step(state, step_lib.shard_batch(batch, mesh))},
+        loader, num_classes=num_classes)
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -107,7 +62,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
             config.data, split, data_dir=data_dir, seed=config.seed, train=train,
             process_index=jax.process_index(), process_count=jax.process_count())
 
-    model = build_model(config, num_classes, workdir)
+    if is_main:
+        config_lib.save(config, workdir)
+    model = models.from_config(config, num_classes)
     total_steps = config.num_train_steps
     tx = optim.make_optimizer(config.optimizer, total_steps)
     loss_fn = losses.for_model(config.model, config.loss, ignore_label=ignore_label)
@@ -126,12 +83,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if checkpointer.latest_step() is not None:
         state = checkpointer.restore(abstract, meta=identity, data_iterator=train_iter)
         log.info("resumed from step %d", int(state.step))
-    else:
-        create = jax.jit(
-            lambda rng: state_lib.create_train_state(
-                state_lib.init_variables(model, rng, image_shape), tx),
-            out_shardings=replicated)
-        state = create(jax.random.key(config.seed))
+    else:  # Fresh start: initialise, then attach the label-fitted constants (fitted if missing).
+        path = fitted_lib.ensure(config, workdir)
+        fitted = bases.load(path, num_classes=num_classes) if path else {}
+
+        def create(rng):
+            variables = bases.attach(state_lib.init_variables(model, rng, image_shape), fitted)
+            return state_lib.create_train_state(variables, tx)
+
+        state = jax.jit(create, out_shardings=replicated)(jax.random.key(config.seed))
 
     train_step = step_lib.jit_train_step(mesh, model=model, tx=tx, loss_fn=loss_fn,
                                          ignore_label=ignore_label)

@@ -53,12 +53,12 @@ def finetune(model: str, model_kwargs: dict, *, dataset: str, crop_size: tuple[i
 PSPNET50 = {"backbone": "resnet50", "backbone_kwargs": {"deep_stem": True, "output_stride": 8},
             "bins": (1, 2, 3, 6), "pooling": "adaptive", "dropout_rate": 0.1}
 REFINENET101 = {"backbone": "resnet101", "backbone_kwargs": {"output_stride": 32},
-                "widths": (512, 256, 256, 256), "crp_stages": 4, "crp_order": "pool_conv"}
+                "channels": (512, 256, 256, 256), "crp_stages": 4, "crp_order": "pool_conv"}
 # ICNet (Zhao et al., ECCV 2018) on a half-width deep-stem ResNet-50, and its cascade label
 # guidance weights (lambda = 0.16 / 0.4 / 1 for the 1/16, 1/8 and 1/4 branch outputs).
 ICNET50 = {"backbone": "resnet50",
            "backbone_kwargs": {"deep_stem": True, "output_stride": 8, "width": 0.5},
-           "branch_features": 128, "head_features": 256, "bins": (1, 2, 3, 6)}
+           "branch_channels": 128, "channels": 256, "bins": (1, 2, 3, 6)}
 ICNET_LOSS_WEIGHTS = {"aux_sub4": 0.16, "aux_sub24": 0.4, "logits": 1.0}
 
 
@@ -70,7 +70,7 @@ def dsrl_pspnet50(*, dataset: str, crop_size: tuple[int, int], eval_size: tuple[
         "dsrl",
         {"base": "pspnet", "backbone": "resnet50",
          "backbone_kwargs": {"deep_stem": True, "output_stride": 8}, "base_kwargs": {},
-         "sisr_features": ("res2", "res5"), "sisr_channels": 64, "espcn_features": (64, 32)},
+         "sisr_features": ("res2", "res5"), "sisr_channels": 64, "espcn_channels": (64, 32)},
         dataset=dataset, crop_size=crop_size, batch_size=batch_size, eval_size=eval_size,
         learning_rate=0.01, num_train_steps=num_train_steps,
         loss_weights={"logits": 1.0, "aux": 0.4})

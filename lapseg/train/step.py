@@ -1,4 +1,4 @@
-"""Jitted, data-parallel train and eval steps (global-view SPMD, DESIGN.md "Training step").
+"""Jitted, data-parallel train and eval steps (global-view SPMD; docs/architecture.md, "Training step").
 
 A mesh spans every device with one axis `'data'`; the state is replicated (`P()`), the
 batch is sharded on its leading axis (`P('data')`). `jax.jit` with these shardings

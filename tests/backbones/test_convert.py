@@ -1,4 +1,5 @@
-"""`lapseg convert-weights`: .pth/.npz -> .npz with the same keys, optionally checked."""
+"""`lapseg convert-weights` (lapseg/cli/convert_weights.py): .pth/.npz -> .npz with the same
+keys, optionally checked (`lapseg.backbones.weights.check_state_dict`)."""
 
 import numpy as np
 import pytest
@@ -37,3 +38,17 @@ def test_without_arch_converts_unchecked(tmp_path):
     assert cli.main(["convert-weights", str(tmp_path / "in.npz"), str(tmp_path / "out.npz")]) == 0
     converted = backbones.read_state_dict(tmp_path / "out.npz")
     np.testing.assert_array_equal(converted["anything"], [0, 1, 2])
+
+
+def test_missing_input_is_one_line(tmp_path):
+    with pytest.raises(SystemExit, match=r"^lapseg convert-weights: no such file: .*nope\.pth — "):
+        cli.main(["convert-weights", str(tmp_path / "nope.pth"), str(tmp_path / "out.npz")])
+
+
+def test_check_state_dict_is_a_library_function():
+    from lapseg.backbones import weights  # pylint: disable=import-outside-toplevel
+
+    with pytest.raises(ValueError, match="missing"):
+        weights.check_state_dict({}, "resnet18")
+    with pytest.raises(ValueError, match="deep_stem is for ResNets"):
+        weights.check_state_dict({}, "vgg16", deep_stem=True)

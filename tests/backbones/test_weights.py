@@ -1,6 +1,5 @@
 """Weight import: key mapping, layouts, error listings, file formats (.npz, .safetensors, .pth)."""
 
-import json
 import subprocess
 import sys
 
@@ -141,31 +140,18 @@ def test_unknown_arch_raises(resnet18):
 # ---------------------------------------------------------------- reading files
 
 
-def write_safetensors(path, tensors):
-    """Writes the format by its specification: u64 LE header size, JSON header, data."""
-    header, chunks, offset = {"__metadata__": {"format": "pt"}}, [], 0
-    for name, (dtype, shape, raw) in tensors.items():
-        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(raw)]}
-        chunks.append(raw)
-        offset += len(raw)
-    encoded = json.dumps(header).encode()
-    encoded += b" " * (-len(encoded) % 8)  # the spec allows space padding
-    path.write_bytes(len(encoded).to_bytes(8, "little") + encoded + b"".join(chunks))
-
-
-def test_reads_safetensors_without_the_package(tmp_path):
+def test_reads_safetensors(tmp_path):
+    # Written by the reference writer (the safetensors package); bfloat16 comes back as float32.
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    ml_dtypes = pytest.importorskip("ml_dtypes")
     weight = np.arange(24, dtype="<f4").reshape(2, 3, 4)
     half = np.array([[0.5, -2.0]], dtype="<f2")
-    bf16 = bytes.fromhex("803f" "c0c0")  # bfloat16 1.0 and -6.0, little-endian
-    write_safetensors(
-        tmp_path / "w.safetensors",
-        {
-            "a.weight": ("F32", [2, 3, 4], weight.tobytes()),
-            "b.bf16": ("BF16", [2], bf16),
-            "c.half": ("F16", [1, 2], half.tobytes()),
-            "d.count": ("I64", [], np.array(7, "<i8").tobytes()),
-        },
-    )
+    safetensors_numpy.save_file({
+        "a.weight": weight,
+        "b.bf16": np.array([1.0, -6.0], ml_dtypes.bfloat16),
+        "c.half": half,
+        "d.count": np.array(7, "<i8"),
+    }, str(tmp_path / "w.safetensors"))
     state = backbones.read_state_dict(tmp_path / "w.safetensors")
     assert sorted(state) == ["a.weight", "b.bf16", "c.half", "d.count"]
     np.testing.assert_array_equal(state["a.weight"], weight)
@@ -173,6 +159,12 @@ def test_reads_safetensors_without_the_package(tmp_path):
     assert state["b.bf16"].dtype == np.float32
     np.testing.assert_array_equal(state["c.half"], half)
     assert state["d.count"].shape == () and state["d.count"] == 7
+
+
+def test_corrupt_safetensors_is_a_clear_error(tmp_path):
+    (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        backbones.read_state_dict(tmp_path / "bad.safetensors")
 
 
 def test_reads_npz_and_strips_data_parallel_prefix(tmp_path):
@@ -198,7 +190,7 @@ def test_reads_pth_checkpoint_with_torch(tmp_path):
 
 def test_library_does_not_import_torch():
     code = (
-        "import sys, lapseg, lapseg.backbones, lapseg.backbones.convert, lapseg.layers; "
+        "import sys, lapseg, lapseg.backbones, lapseg.cli.convert_weights, lapseg.layers; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

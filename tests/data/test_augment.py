@@ -5,6 +5,7 @@ import PIL.Image
 import pytest
 
 from lapseg.data import augment
+from lapseg.ops.normalize import normalize
 
 IGNORE = 11
 
@@ -18,15 +19,15 @@ def _pair(height=37, width=53, seed=0):
 
 def test_normalize_constants():
     pixel = np.array([[255, 128, 0]], np.uint8)
-    torch = augment.normalize(pixel, "torch")
+    torch = normalize(pixel, "torch")
     expected = [[(1 - 0.485) / 0.229, (128 / 255 - 0.456) / 0.224, -0.406 / 0.225]]
     np.testing.assert_allclose(torch, expected, rtol=1e-6)
-    caffe = augment.normalize(pixel, "caffe")  # BGR order, 0-255, minus the BGR mean
+    caffe = normalize(pixel, "caffe")  # BGR order, 0-255, minus the BGR mean
     np.testing.assert_allclose(caffe, [[0 - 103.939, 128 - 116.779, 255 - 123.68]], rtol=1e-6)
-    np.testing.assert_allclose(augment.normalize(pixel, "none"), [[1, 128 / 255, 0]])
+    np.testing.assert_allclose(normalize(pixel, "none"), [[1, 128 / 255, 0]])
     assert torch.dtype == caffe.dtype == np.float32
-    with pytest.raises(ValueError, match="unknown normalisation 'imagenet'"):
-        augment.normalize(pixel, "imagenet")
+    with pytest.raises(ValueError, match="unknown normalisation convention 'imagenet'"):
+        normalize(pixel, "imagenet")
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from lapseg import data
-from lapseg.data import augment
+from lapseg.ops.normalize import normalize
 
 
 def _config(**overrides):
@@ -123,7 +123,7 @@ def test_eval_covers_every_example_once(shapes_dir, count):
     assert sum(len(_real_examples(batches)) for batches in loaders) == 200
     for i in (0, 1, 199):
         process, local = i % count, i // count
-        expected = augment.normalize(source[i]["image"], "torch")
+        expected = normalize(source[i]["image"], "torch")
         np.testing.assert_array_equal(_real_examples(loaders[process])[local][0], expected)
     last = loaders[0][-1]
     blanks = (last["label"] == 255).all(axis=(1, 2))
@@ -156,10 +156,14 @@ def test_bad_settings(shapes_dir):
 def test_default_config_fields():
     config = data.default_config()
     assert set(config) == {
-        "dataset", "source_dir", "crop_size", "scale_range", "flip", "batch_size", "normalize",
+        "dataset", "data_dir", "source_dir", "crop_size", "scale_range", "flip", "batch_size", "normalize",
         "num_epochs", "eval_size", "worker_count", "num_threads", "prefetch",
     }  # fmt: skip
     assert config.dataset == "shapes" and tuple(config.scale_range) == (0.5, 2.0)
+    # The training config's data section is this, not a copy with other defaults.
+    from lapseg.train import config as config_lib  # pylint: disable=import-outside-toplevel
+
+    assert config_lib.base_config().data == config
 
 
 def test_stream_is_endless_by_default(shapes_dir):

@@ -1,6 +1,8 @@
 """DSRL: feature-affinity loss against numpy, outputs, inference cost, training, configs."""
 
+import ast
 import math
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +12,10 @@ import pytest
 from flax import traverse_util
 
 import lapseg
+from lapseg import models
 from lapseg.decoders.dsrl import DSRL
+from lapseg.decoders.dsrl import dsrl as dsrl_factory
+from lapseg.decoders.pspnet import PSPNet
 from lapseg.losses import dsrl as dsrl_loss
 from lapseg.losses import segmentation
 from lapseg.ops import resize
@@ -20,7 +25,7 @@ from tests.training import loss_curve
 NUM_CLASSES = 4
 # PSPNet on a five-conv stand-in for ResNet (same feature names; compiles in seconds).
 SMALL = dict(num_classes=NUM_CLASSES, base="pspnet", backbone=TinyBackbone(output_stride=8),
-             sisr_channels=16, espcn_features=(32, 16))
+             sisr_channels=16, espcn_channels=(32, 16))
 
 
 def numpy_affinity_loss(seg, sr, subsample, p, q):
@@ -142,6 +147,56 @@ def test_rejects_bad_wiring(model):
     wrong = DSRL(backbone=model.backbone, base=model.base, sisr_features=("res9",))
     with pytest.raises(ValueError, match="res9"):
         jax.eval_shape(lambda: wrong.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+
+
+def test_registry_builds_the_base_by_name():
+    """`create_model('dsrl', base=<name>, ...)` builds the base with its own factory (its
+    backbone defaults apply), `num_classes` / `backbone*` go to the base, dtype to both."""
+    model = lapseg.create_model("dsrl", num_classes=3, base="pspnet", backbone="resnet18",
+                                backbone_kwargs={"width": 0.25}, base_kwargs={"channels": 8},
+                                dtype=jnp.bfloat16, sisr_channels=4)
+    assert isinstance(model.base, PSPNet) and model.backbone is model.base.backbone
+    assert (model.base.num_classes, model.base.channels, model.sisr_channels) == (3, 8, 4)
+    assert model.backbone.depth == 18 and model.backbone.deep_stem  # PSPNet's default
+    assert model.dtype == model.base.dtype == model.backbone.dtype == jnp.bfloat16
+    default = models.create_model("dsrl", num_classes=3)
+    assert isinstance(default.base, PSPNet) and default.backbone.depth == 50
+
+
+def test_registry_takes_a_built_base_and_rejects_bad_arguments():
+    base = models.create_model("pspnet", num_classes=NUM_CLASSES, backbone=TinyBackbone(output_stride=8))
+    model = models.create_model("dsrl", base=base, num_classes=NUM_CLASSES, scale=2)
+    assert model.base is base and model.backbone is base.backbone
+    with pytest.raises(ValueError, match="num_classes"):
+        models.create_model("dsrl", base=base, num_classes=NUM_CLASSES + 1)
+    assert dsrl_factory(base=base).base is base
+    with pytest.raises(ValueError, match="backbone"):
+        models.create_model("dsrl", base=base, backbone="resnet18")
+    with pytest.raises(ValueError, match="wrapper"):
+        models.create_model("dsrl", num_classes=3, base="dsrl")
+    with pytest.raises(ValueError, match="dtype"):
+        models.create_model("dsrl", num_classes=3, base_kwargs={"dtype": jnp.bfloat16})
+    with pytest.raises(ValueError, match="backbone"):
+        dsrl_factory(base=TinyBackbone())
+
+
+def test_decoders_import_no_registry_nor_each_other():
+    """Layering: ops -> layers -> backbones -> decoders -> models -> ...; a decoder file
+    imports neither what sits above it nor another decoder."""
+    above = ("lapseg.models", "lapseg.losses", "lapseg.train", "lapseg.infer", "lapseg.cli")
+    decoder_dir = pathlib.Path(lapseg.__file__).parent / "decoders"
+    decoders = {f"lapseg.decoders.{p.stem}" for p in decoder_dir.glob("*.py") if p.stem != "__init__"}
+    for path in sorted(decoder_dir.glob("*.py")):
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+                imported.update(f"{node.module}.{alias.name}" for alias in node.names)
+        bad = sorted(name for name in imported
+                     if name.startswith(above) or (name in decoders and name != f"lapseg.decoders.{path.stem}"))
+        assert not bad, f"{path.name} imports {bad}"
 
 
 def test_loss_is_ce_plus_weighted_mse_and_fa():

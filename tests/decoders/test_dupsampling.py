@@ -1,6 +1,6 @@
 """DUpsampling: parity of the fusion head + DUpsample with the PyTorch port's conv + reshape
 (Tramac/awesome-semantic-segmentation-pytorch `core/models/dunet.py`), the fixed/trainable W and
-the bases file, decoder FLOPs against PSPNet, parameter counts, configs, and a loss that
+attached PCA constants, decoder FLOPs against PSPNet, parameter counts, configs, and a loss that
 decreases on the 8-device mesh."""
 
 import jax
@@ -8,23 +8,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lapseg import backbones, bases_file, data, models
+from lapseg import backbones, bases, data, models
 from lapseg.decoders.dupsampling import DUpsampling
-from lapseg.ops import pca
-from lapseg.train import loop
+from lapseg.ops import dupsample
 from tests.decoders.decoder_utils import (TINY, TinyBackbone, blocky_batch, load_config,
                                           output_dtypes, output_shapes, param_count, rbg_prng)
 from tests.training import loss_curve
 
 
-def write_bases(path, num_classes, ratio, dim, seed=0):
-    """A random `dupsampling_w [dim, r*r*C]` and `dupsampling_mean [r*r*C]` in a bases file."""
+def random_constants(num_classes, ratio, dim, seed=0):
+    """A random `dupsampling_w [dim, r*r*C]` and `dupsampling_mean [r*r*C]`, as fitted constants."""
     rng = np.random.default_rng(seed)
     depth = ratio * ratio * num_classes
     w, mean = rng.standard_normal((dim, depth)) / np.sqrt(dim), rng.random(depth)
-    bases_file.save(path, num_classes=num_classes, dupsampling_w=w.astype(np.float32),
-                    dupsampling_mean=mean.astype(np.float32))
-    return str(path)
+    return {"dupsampling_w": w.astype(np.float32), "dupsampling_mean": mean.astype(np.float32)}
 
 
 def _torch_head(deep, lows, reduce, width, dim):
@@ -64,9 +61,8 @@ def test_head_matches_pytorch_port(tmp_path):
     classes, ratio, dim = 3, 16, 8
     channels = {"res5": 40, "res2": 8, "res3": 16}
     sizes = {"res5": (4, 4), "res2": (16, 15), "res3": (8, 8)}
-    path = write_bases(tmp_path / "basis.npz", classes, ratio, dim)
-    w = bases_file.load(path, "dupsampling_w", num_classes=classes)
-    mean = bases_file.load(path, "dupsampling_mean", num_classes=classes)
+    fitted = random_constants(classes, ratio, dim)
+    w, mean = fitted["dupsampling_w"], fitted["dupsampling_mean"]
     torch.manual_seed(0)
     fuse, block, project = _torch_head(40, (8, 16), 12, 20, dim)
     for i, module in enumerate((fuse, block)):
@@ -93,8 +89,8 @@ def test_head_matches_pytorch_port(tmp_path):
     for name, (conv, bn) in (("fuse1", (block[0], block[1])), ("fuse2", (block[3], block[4]))):
         params[name], stats[name] = ref.conv_bn(conv, bn)
     model = DUpsampling(backbones.create("resnet18", width=0.25, output_stride=16), classes, ratio=ratio,
-                        dim=dim, basis_path=path, reduce_features=12, head_features=20)
-    constants = {"w": w, "mean": mean}
+                        dim=dim, reduce_channels=12, channels=20)
+    constants = fitted
     decode = jax.jit(lambda v, f: model.apply(v, f, (61, 59), method=DUpsampling.decode))
     got = decode({"params": params, "batch_stats": stats, "constants": constants}, features)
     error = ref.max_abs_error(got["logits"], ref.to_numpy(want))
@@ -103,61 +99,74 @@ def test_head_matches_pytorch_port(tmp_path):
 
 
 @pytest.mark.parametrize("ratio", [8, 16, 32])
-def test_ratios(ratio, tmp_path):
-    path = write_bases(tmp_path / "basis.npz", 3, ratio, 8)
-    model = models.create_model("dupsampling", num_classes=3, ratio=ratio, dim=8, basis_path=path,
-                                **TINY)
+def test_ratios(ratio):
+    model = models.create_model("dupsampling", num_classes=3, ratio=ratio, dim=8, **TINY)
     assert model.backbone.output_stride == ratio  # the factory's default
     assert output_shapes(model, (1, 45, 61, 3)) == {"logits": (1, 45, 61, 3)}
 
 
-def test_bfloat16_compute(tmp_path):
-    path = write_bases(tmp_path / "basis.npz", 3, 32, 8)
-    model = models.create_model("dupsampling", num_classes=3, ratio=32, dim=8, basis_path=path,
-                                dtype=jnp.bfloat16, **TINY)
+def test_bfloat16_compute():
+    model = models.create_model("dupsampling", num_classes=3, ratio=32, dim=8, dtype=jnp.bfloat16,
+                                **TINY)
     assert output_dtypes(model, (1, 64, 64, 3)) == {"logits": jnp.bfloat16}
 
 
-def test_frozen_and_trainable_w(tmp_path):
-    path = write_bases(tmp_path / "basis.npz", 3, 32, 8)
+def test_frozen_and_trainable_w():
+    # Frozen or trainable, W is where attach finds it and gets the fitted values.
     x = jnp.zeros((1, 64, 64, 3))
+    fitted = random_constants(3, 32, 8)
     for trainable in (False, True):
-        model = models.create_model("dupsampling", num_classes=3, ratio=32, dim=8, basis_path=path,
+        model = models.create_model("dupsampling", num_classes=3, ratio=32, dim=8,
                                     trainable_w=trainable, **TINY)
-        variables = jax.eval_shape(lambda m=model: m.init(jax.random.key(0), x))
-        assert ("w" in variables["params"]) == trainable
-        assert set(variables["constants"]) == ({"mean"} if trainable else {"w", "mean"})
+        variables = model.init(jax.random.key(0), x)
+        assert ("dupsampling_w" in variables["params"]) == trainable
+        assert set(variables["constants"]) == (
+            {"dupsampling_mean"} if trainable else {"dupsampling_w", "dupsampling_mean"})
         assert variables["params"]["log_temperature"].shape == ()
-    model = models.create_model("dupsampling", num_classes=3, ratio=32, dim=8, basis_path=path,
-                                add_mean=False, **TINY)
-    assert set(jax.eval_shape(lambda: model.init(jax.random.key(0), x))["constants"]) == {"w"}
+        attached = bases.attach(variables, fitted)
+        where = attached["params"] if trainable else attached["constants"]
+        np.testing.assert_array_equal(where["dupsampling_w"], fitted["dupsampling_w"])
+        np.testing.assert_array_equal(attached["constants"]["dupsampling_mean"],
+                                      fitted["dupsampling_mean"])
+    model = models.create_model("dupsampling", num_classes=3, ratio=32, dim=8, add_mean=False, **TINY)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+    assert set(variables["constants"]) == {"dupsampling_w"}
 
 
-def test_clear_errors(tmp_path):
+def test_default_constants_are_an_orthonormal_block_dct():
+    # With nothing attached, W is the block-DCT code (orthonormal rows) and the mean is zero.
+    model = models.create_model("dupsampling", num_classes=3, ratio=16, dim=24, **TINY)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    w = np.asarray(variables["constants"]["dupsampling_w"])
+    np.testing.assert_array_equal(w, dupsample.cosine_matrix(16, 3, 24))
+    np.testing.assert_allclose(w @ w.T, np.eye(24), atol=1e-5)
+    assert not np.asarray(variables["constants"]["dupsampling_mean"]).any()
+
+
+def test_clear_errors():
     def build(**kwargs):
         kwargs = {"num_classes": 3, "dim": 8, **TINY, **kwargs}
-        return output_shapes(models.create_model("dupsampling", **kwargs), (1, 64, 64, 3))
+        return models.create_model("dupsampling", **kwargs)
 
-    with pytest.raises(FileNotFoundError, match="lapseg basis"):
-        build(ratio=32, basis_path=str(tmp_path / "missing.npz"))
-    path = write_bases(tmp_path / "basis.npz", 3, 16, 8)
+    model = build(ratio=32)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
     with pytest.raises(ValueError, match=r"needs \(8, 3072\)"):  # fitted for r = 16, model r = 32
-        build(ratio=32, basis_path=path)
+        bases.attach(variables, random_constants(3, 16, 8))
     with pytest.raises(ValueError, match="output stride"):
-        build(ratio=16, basis_path=path, backbone_kwargs={"width": 0.25, "output_stride": 8})
+        output_shapes(build(ratio=16, backbone_kwargs={"width": 0.25, "output_stride": 8}),
+                      (1, 64, 64, 3))
 
 
 def _flops(fn, *args):
     return jax.jit(fn).lower(*args).cost_analysis()["flops"]
 
 
-def test_decoder_flops_far_below_pspnet(tmp_path):
+def test_decoder_flops_far_below_pspnet():
     """At 512 x 512, ResNet-50, 21 classes: DUpsampling at OS 32 fuses res2/res3 at 16 x 16;
     PSPNet's head runs at 64 x 64 (OS 8). FLOPs of the lowered (not run) programs."""
     size, classes = (512, 512), 21
-    path = write_bases(tmp_path / "basis.npz", classes, 32, 256)
     counts = {}
-    for name, kwargs in (("pspnet", {}), ("dupsampling", {"ratio": 32, "dim": 256, "basis_path": path})):
+    for name, kwargs in (("pspnet", {}), ("dupsampling", {"ratio": 32, "dim": 256})):
         model = models.create_model(name, num_classes=classes, backbone="resnet50", **kwargs)
         images = jax.ShapeDtypeStruct((1, *size, 3), jnp.float32)
         zeros = jnp.zeros(images.shape)
@@ -178,10 +187,8 @@ def test_decoder_flops_far_below_pspnet(tmp_path):
 
 
 @pytest.mark.parametrize("backbone", ["resnet50", "resnet101"])
-def test_parameter_count(backbone, tmp_path):
-    path = write_bases(tmp_path / "basis.npz", 21, 16, 256)
-    model = models.create_model("dupsampling", num_classes=21, backbone=backbone, ratio=16, dim=256,
-                                basis_path=path)
+def test_parameter_count(backbone):
+    model = models.create_model("dupsampling", num_classes=21, backbone=backbone, ratio=16, dim=256)
     count = param_count(model)
     print(f"DUpsampling {backbone} (OS 16, L = 256, W frozen), 21 classes: {count:,} parameters")
     # 1x1 reductions 256/512 -> 48 (+BN), 3x3 (2048+96) -> 256 and 256 -> 256 (+BN),
@@ -192,31 +199,26 @@ def test_parameter_count(backbone, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["cityscapes_dupsampling_resnet50", "camvid_dupsampling_resnet50"])
-def test_config_builds(name, tmp_path):
+def test_config_builds(name):
     config = load_config(name)
-    assert config.model == "dupsampling" and "basis_path" not in config.model_kwargs
+    assert config.model == "dupsampling"
     info = data.dataset_info(config.data.dataset)
-    kwargs = config.model_kwargs
-    config.model_kwargs.basis_path = write_bases(tmp_path / "basis.npz", info.num_classes,
-                                                 kwargs.ratio, kwargs.dim)
-    model = loop.build_model(config, info.num_classes)
+    model = models.from_config(config, info.num_classes)
     assert output_shapes(model, (1, 64, 64, 3))["logits"][:3] == (1, 64, 64)
 
 
-def test_loss_decreases(tmp_path):
+def test_loss_decreases():
     """W and mean fitted by PCA on the batch's own labels (r = 16, L = 16).
 
     lr 0.2: reconstructions through the orthonormal W are unit-scale one-hot patches, so at
     T = 1 the softmax starts nearly flat (the paper's reason for the learned temperature);
     at the helper's default 0.01, 20 steps barely move T (1.386 -> 1.343)."""
     batch = blocky_batch(4)
-    w, mean = pca.dupsampling_matrix([batch["label"]], 4, ratio=16, dim=16)
-    path = tmp_path / "basis.npz"
-    bases_file.save(path, num_classes=4, dupsampling_w=w, dupsampling_mean=mean)
+    w, mean = bases.dupsampling_matrix([batch["label"]], 4, ratio=16, dim=16)
     model = models.create_model("dupsampling", num_classes=4, backbone=TinyBackbone(output_stride=16),
-                                ratio=16, dim=16, basis_path=str(path))
+                                ratio=16, dim=16)
     with rbg_prng():
         curve = loss_curve(model, batch, model_name="dupsampling", loss_weights={"logits": 1.0},
-                           learning_rate=0.2)
+                           learning_rate=0.2, fitted={"dupsampling_w": w, "dupsampling_mean": mean})
     print("DUpsampling loss curve:", np.round(curve, 3))
     assert curve[-5:].mean() < 0.8 * curve[0]

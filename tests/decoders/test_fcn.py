@@ -20,7 +20,6 @@ from jax import lax
 from lapseg import models
 from lapseg.decoders import fcn
 from lapseg.ops import basis as basis_ops
-from lapseg.train import loop
 from tests.training import loss_curve
 
 torch = pytest.importorskip("torch")
@@ -285,6 +284,6 @@ def test_config_builds():
     from lapseg import data  # pylint: disable=import-outside-toplevel
 
     num_classes = data.dataset_info(config.data.dataset).num_classes
-    model = loop.build_model(config, num_classes)
+    model = models.from_config(config, num_classes)
     out = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))[0])
     assert out["logits"].shape == (1, 64, 64, num_classes)

@@ -12,7 +12,6 @@ from lapseg import backbones, data, models
 from lapseg.decoders.gcn import GCN, Upsample
 from lapseg.layers.gcn import GlobalConvolution
 from lapseg.ops import basis
-from lapseg.train import loop
 from tests.decoders.decoder_utils import (TINY, TinyBackbone, blocky_batch, load_config,
                                           output_dtypes, output_shapes, param_count, rbg_prng)
 from tests.training import loss_curve
@@ -169,7 +168,7 @@ def test_parameter_count(backbone):
 def test_config_builds(name):
     config = load_config(name)
     assert config.model == "gcn" and config.model_kwargs.kernel_size == 15
-    model = loop.build_model(config, data.dataset_info(config.data.dataset).num_classes)
+    model = models.from_config(config, data.dataset_info(config.data.dataset).num_classes)
     assert output_shapes(model, (1, 64, 64, 3))["logits"][:3] == (1, 64, 64)
 
 

@@ -21,7 +21,7 @@ NUM_CLASSES = 4
 # ICNet on a quarter-width ResNet-18 (deep stem, output stride 8): same wiring, fast to compile.
 SMALL = dict(num_classes=NUM_CLASSES, backbone="resnet18",
              backbone_kwargs={"width": 0.25, "deep_stem": True, "output_stride": 8},
-             branch_features=16, head_features=32)
+             branch_channels=16, channels=32)
 LOSS_WEIGHTS = {"aux_sub4": 0.16, "aux_sub24": 0.4, "logits": 1.0}
 
 
@@ -225,6 +225,8 @@ def test_summed_pyramid_with_the_prototxt_kernels_matches_numpy(size):
 def test_rejects_an_undilated_backbone():
     with pytest.raises(ValueError, match="output_stride=8"):
         models.create_model("icnet", num_classes=3, backbone="resnet18", backbone_kwargs={"output_stride": 32})
+    with pytest.raises(ValueError, match="ResNet"):  # no ResNet defaults for VGG, no 'res5'
+        models.create_model("icnet", num_classes=3, backbone="vgg16")
 
 
 # --- cost, training, configs --------------------------------------------------------------

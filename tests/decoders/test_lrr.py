@@ -20,12 +20,12 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from lapseg import bases_file, metrics, models
+from lapseg import bases as bases_lib
+from lapseg import metrics, models
 from lapseg.backbones import FeatureInfo
 from lapseg.losses import lrr as lrr_loss
 from lapseg.ops import basis as basis_ops
 from lapseg.ops import pca
-from lapseg.train import loop
 from tests.training import loss_curve
 
 NUM_CLASSES = 3
@@ -76,12 +76,10 @@ def softmax(x):
 
 
 @pytest.fixture(scope="module")
-def basis_file(tmp_path_factory):
-    """A known random basis set `[32, 32, K, C]` in a bases file."""
-    path = tmp_path_factory.mktemp("lrr") / "basis.npz"
-    bases = np.random.default_rng(0).normal(size=(32, 32, NUM_BASES, NUM_CLASSES)).astype(np.float32)
-    bases_file.save(path, num_classes=NUM_CLASSES, lrr_bases=bases)
-    return str(path), bases
+def fitted_bases():
+    """A known random basis set `[32, 32, K, C]`, as `lapseg.bases.fit` would return it."""
+    return {"lrr_bases": np.random.default_rng(0).normal(
+        size=(32, 32, NUM_BASES, NUM_CLASSES)).astype(np.float32)}
 
 
 def _random_coefficient_convs(params, seed, scale=0.3):
@@ -96,12 +94,11 @@ def _random_coefficient_convs(params, seed, scale=0.3):
     return params
 
 
-def test_pyramid_matches_numpy_refinement(basis_file):
-    path, bases = basis_file
-    model = models.create_model("lrr", num_classes=NUM_CLASSES, num_bases=NUM_BASES, basis_path=path,
-                                backbone=TinyBackbone())
+def test_pyramid_matches_numpy_refinement(fitted_bases):
+    bases = fitted_bases["lrr_bases"]
+    model = models.create_model("lrr", num_classes=NUM_CLASSES, num_bases=NUM_BASES, backbone=TinyBackbone())
     images = jnp.asarray(np.random.default_rng(1).normal(size=(1, 64, 64, 3)), jnp.float32)
-    variables = model.init(jax.random.key(0), images)
+    variables = bases_lib.attach(model.init(jax.random.key(0), images), fitted_bases)
     variables = {**variables, "params": _random_coefficient_convs(variables["params"], seed=2, scale=3.0)}
     out, state = model.apply(
         variables, images, capture_intermediates=lambda m, _: (m.name or "").startswith("coefficients_"),
@@ -136,7 +133,7 @@ def test_bilinear_basis_is_bilinear_upsampling():
     model = models.create_model("lrr", num_classes=NUM_CLASSES, basis="bilinear", backbone=TinyBackbone())
     images = jnp.asarray(np.random.default_rng(1).normal(size=(1, 64, 64, 3)), jnp.float32)
     variables = model.init(jax.random.key(0), images)
-    assert variables["constants"]["basis"].shape == (8, 8, 1, NUM_CLASSES)
+    assert variables["constants"]["bilinear_basis"].shape == (8, 8, 1, NUM_CLASSES)
     variables = {**variables, "params": _random_coefficient_convs(variables["params"], seed=3)}
     out, state = model.apply(variables, images, capture_intermediates=lambda m, _: m.name == "coefficients_res5",
                              mutable=["intermediates"])
@@ -144,8 +141,8 @@ def test_bilinear_basis_is_bilinear_upsampling():
     np.testing.assert_allclose(out["level_32"], basis_ops.bilinear_upsample(coefficients, 4), atol=1e-5)
 
 
-def test_outputs_at_odd_sizes_and_bfloat16(basis_file):
-    model = models.create_model("lrr", num_classes=NUM_CLASSES, num_bases=NUM_BASES, basis_path=basis_file[0],
+def test_outputs_at_odd_sizes_and_bfloat16():
+    model = models.create_model("lrr", num_classes=NUM_CLASSES, num_bases=NUM_BASES,
                                 dilation_erosion=True, dtype=jnp.bfloat16, **BACKBONE)
     variables, out = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), jnp.zeros((2, 50, 70, 3)))[::-1])
     shapes = {k: v.shape for k, v in out.items()}
@@ -153,18 +150,31 @@ def test_outputs_at_odd_sizes_and_bfloat16(basis_file):
                       "level_4": (2, 52, 72, 3), "dilation_32": (2, 8, 12, 3), "erosion_32": (2, 8, 12, 3),
                       "logits": (2, 50, 70, 3)}
     assert out["logits"].dtype == jnp.bfloat16
-    assert variables["constants"]["basis"].dtype == jnp.float32
+    assert variables["constants"]["lrr_bases"].dtype == jnp.float32
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables["params"]))
 
 
-def test_basis_errors_are_clear(basis_file, tmp_path):
+def test_default_bases_and_attach(fitted_bases):
+    # With no fitted bases the model holds the cosine defaults (basis 0 bilinear); attach
+    # replaces them (resized 32 -> 8 by block averages) without touching anything else, and
+    # refuses bases of another K.
     images = jnp.zeros((1, 64, 64, 3))
-    model = models.create_model("lrr", num_classes=NUM_CLASSES, basis_path=str(tmp_path / "none.npz"), **BACKBONE)
-    with pytest.raises(FileNotFoundError, match="lapseg basis"):
-        jax.eval_shape(model.init, jax.random.key(0), images)
-    model = models.create_model("lrr", num_classes=NUM_CLASSES, num_bases=10, basis_path=basis_file[0], **BACKBONE)
-    with pytest.raises(ValueError, match="num_bases=10"):
-        jax.eval_shape(model.init, jax.random.key(0), images)
+    model = models.create_model("lrr", num_classes=NUM_CLASSES, num_bases=NUM_BASES, **BACKBONE)
+    variables = model.init(jax.random.key(0), images)
+    np.testing.assert_array_equal(variables["constants"]["lrr_bases"],
+                                  basis_ops.cosine_bases(8, NUM_BASES, NUM_CLASSES))
+    assert bases_lib.required(variables) == {"lrr_bases": (8, 8, NUM_BASES, NUM_CLASSES)}
+    attached = bases_lib.attach(variables, fitted_bases)
+    want = fitted_bases["lrr_bases"].reshape(8, 4, 8, 4, NUM_BASES, NUM_CLASSES).mean((1, 3))
+    np.testing.assert_allclose(attached["constants"]["lrr_bases"], want, atol=1e-6)
+    assert jax.tree.all(jax.tree.map(np.array_equal, attached["params"], variables["params"]))
+    np.testing.assert_array_equal(variables["constants"]["lrr_bases"],  # inputs untouched
+                                  basis_ops.cosine_bases(8, NUM_BASES, NUM_CLASSES))
+    other_k = {"lrr_bases": np.zeros((32, 32, NUM_BASES + 1, NUM_CLASSES), np.float32)}
+    with pytest.raises(ValueError, match="the model needs"):
+        bases_lib.attach(variables, other_k)
+    with pytest.raises(ValueError, match="no dupsampling_w"):
+        bases_lib.attach(variables, {"dupsampling_w": np.zeros((2, 2))})
     with pytest.raises(ValueError, match="halve"):
         model = models.create_model("lrr", num_classes=NUM_CLASSES, basis="bilinear", backbone="resnet18",
                                     backbone_kwargs={"width": 0.125, "output_stride": 16})
@@ -244,15 +254,13 @@ def _blocky_batch(seed):
 
 def test_lrr_loss_decreases_on_8_devices(tmp_path):
     batch = _blocky_batch(0)
-    bases = pca.lrr_bases([batch["label"]], NUM_CLASSES, num_bases=NUM_BASES, crops_per_image=20)
-    path = str(tmp_path / "basis.npz")
-    bases_file.save(path, num_classes=NUM_CLASSES, lrr_bases=bases)
-    model = models.create_model("lrr", num_classes=NUM_CLASSES, num_bases=NUM_BASES, basis_path=path, **BACKBONE)
+    bases = bases_lib.lrr_bases([batch["label"]], NUM_CLASSES, num_bases=NUM_BASES, crops_per_image=20)
+    model = models.create_model("lrr", num_classes=NUM_CLASSES, num_bases=NUM_BASES, **BACKBONE)
     # The reference-scaled bases make the coefficient convs ~16x "hotter" than a bilinear
     # head; the reference trains them at 0.1x (lapseg configs: head_lr_multiplier 0.1).
     # loss_curve has one rate for all parameters, hence a low one.
     curve = loss_curve(model, batch, model_name="lrr", loss_weights=lrr_loss.DEFAULT_WEIGHTS,
-                       learning_rate=0.003)
+                       learning_rate=0.003, fitted={"lrr_bases": bases})
     assert np.all(np.isfinite(curve))
     np.testing.assert_allclose(curve[0], 4 * np.log(NUM_CLASSES), rtol=1e-5)  # zero coefficients
     assert curve[-5:].mean() < 0.8 * curve[0]
@@ -271,11 +279,7 @@ def test_config_builds(name, tmp_path):
 
     config = _load_config(name)
     num_classes = data.dataset_info(config.data.dataset).num_classes
-    k = config.model_kwargs.num_bases
-    config.model_kwargs.basis_path = str(tmp_path / "basis.npz")
-    bases_file.save(config.model_kwargs.basis_path, num_classes=num_classes,
-                    lrr_bases=np.zeros((32, 32, k, num_classes), np.float32))
-    model = loop.build_model(config, num_classes)
+    model = models.from_config(config, num_classes)
     out = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))[0])
     assert out["logits"].shape == (1, 64, 64, num_classes)
     lrr_loss.loss_for_config(config.loss, ignore_label=255)  # the loss fields are understood
@@ -313,8 +317,8 @@ def test_camvid_bases_beat_bilinear(camvid_dir):
     ignore, num_classes = 11, 11
     train = _camvid_labels(camvid_dir / "trainannot", TRAIN_MAPS, seed=0)
     val = _camvid_labels(camvid_dir / "valannot", VAL_MAPS, seed=0)
-    bases = pca.lrr_bases([train[i : i + 8] for i in range(0, TRAIN_MAPS, 8)], num_classes, num_bases=20,
-                          ignore_label=ignore)
+    bases = bases_lib.lrr_bases([train[i : i + 8] for i in range(0, TRAIN_MAPS, 8)], num_classes, num_bases=20,
+                                ignore_label=ignore)
     targets = jax.nn.one_hot(val, num_classes, dtype=jnp.float32)  # void: all zero
 
     def miou(scores):
@@ -323,7 +327,7 @@ def test_camvid_bases_beat_bilinear(camvid_dir):
 
     kernel = basis_ops.bilinear_kernel(2 * RATIO)[:, :, None, None]
     results = {
-        "bilinear (block average, upsampled)": float(pca.bilinear_reconstruction_miou(
+        "bilinear (block average, upsampled)": float(bases_lib.bilinear_reconstruction_miou(
             val, RATIO, num_classes=num_classes, ignore_label=ignore)),
         "bilinear kernel, least squares (K=1)": miou(_least_squares_reconstruction(
             targets, jnp.asarray(np.broadcast_to(kernel, (2 * RATIO, 2 * RATIO, 1, num_classes))))),

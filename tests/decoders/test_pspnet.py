@@ -8,7 +8,6 @@ import pytest
 
 from lapseg import backbones, data, models
 from lapseg.decoders.pspnet import PSPNet
-from lapseg.train import loop
 from tests.decoders.decoder_utils import (TINY, TinyBackbone, blocky_batch, load_config,
                                           output_dtypes, output_shapes, param_count, rbg_prng)
 from tests.training import loss_curve
@@ -52,8 +51,8 @@ def test_head_matches_semseg():
     for name, seq in (("head", cls), ("aux", aux)):
         params[f"{name}_conv"], stats[f"{name}_conv"] = ref.conv_bn(seq[0], seq[1])
         params[f"{name}_classifier"] = ref.conv(seq[4])
-    model = PSPNet(backbones.create("resnet18", width=0.25), classes, head_features=16,
-                   aux_features=8)
+    model = PSPNet(backbones.create("resnet18", width=0.25), classes, channels=16,
+                   aux_channels=8)
     decode = jax.jit(lambda v, f: model.apply(v, f, (65, 65), method=PSPNet.decode))
     got = decode({"params": params, "batch_stats": stats}, {"res5": res5, "res4": res4})
     for key in ("logits", "aux"):
@@ -70,6 +69,13 @@ def test_output_strides(output_stride):
     assert shapes == {"logits": (1, 45, 61, 3), "aux": (1, 45, 61, 3)}
 
 
+def test_single_feature_has_no_auxiliary_head():
+    model = models.create_model("pspnet", num_classes=3, features=("res5",), **TINY)
+    assert output_shapes(model, (1, 32, 32, 3)) == {"logits": (1, 32, 32, 3)}
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    assert not any(name.startswith("aux") for name in variables["params"])
+
+
 def test_bfloat16_compute():
     model = models.create_model("pspnet", num_classes=3, dtype=jnp.bfloat16, **TINY)
     assert output_dtypes(model, (1, 32, 32, 3)) == {"logits": jnp.bfloat16, "aux": jnp.bfloat16}
@@ -80,8 +86,10 @@ def test_factory_defaults_and_errors():
     assert model.backbone.deep_stem and model.backbone.output_stride == 8
     assert model.backbone.depth == 50
     with pytest.raises(ValueError, match="needs backbone features"):
-        model = models.create_model("pspnet", num_classes=3, feature="pool5", **TINY)
+        model = models.create_model("pspnet", num_classes=3, features=("pool5",), **TINY)
         output_shapes(model, (1, 32, 32, 3))
+    with pytest.raises(ValueError, match="features must be"):
+        models.create_model("pspnet", num_classes=3, features="res5", **TINY)
 
 
 @pytest.mark.parametrize("backbone", ["resnet50", "resnet101"])
@@ -100,7 +108,7 @@ def test_parameter_count(backbone):
 def test_config_builds(name):
     config = load_config(name)
     assert config.model == "pspnet" and dict(config.loss.weights) == {"logits": 1.0, "aux": 0.4}
-    model = loop.build_model(config, data.dataset_info(config.data.dataset).num_classes)
+    model = models.from_config(config, data.dataset_info(config.data.dataset).num_classes)
     assert output_shapes(model, (1, 64, 64, 3))["logits"][:3] == (1, 64, 64)
 
 

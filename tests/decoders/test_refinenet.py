@@ -9,7 +9,6 @@ import pytest
 
 from lapseg import backbones, data, models
 from lapseg.decoders.refinenet import RefineNet
-from lapseg.train import loop
 from tests.decoders.decoder_utils import (TINY, blocky_batch, load_config, output_shapes,
                                           output_dtypes, param_count, rbg_prng)
 from tests.training import loss_curve
@@ -147,7 +146,7 @@ def test_cascade_matches_refinenet_pytorch(crp_order):
     with torch.no_grad():
         coarse = decoder(*(ref.to_torch(features[n]) for n in ("res2", "res3", "res4", "res5")))
         full = torch.nn.functional.interpolate(coarse, (61, 67), mode="bilinear", align_corners=True)
-    model = RefineNet(backbones.create("resnet18", width=0.25), classes, widths=widths,
+    model = RefineNet(backbones.create("resnet18", width=0.25), classes, channels=widths,
                       crp_order=crp_order)
     decode = jax.jit(lambda v, f: model.apply(v, f, (61, 67), method=RefineNet.decode))
     got = decode({"params": _flax_params(decoder)}, features)
@@ -173,7 +172,7 @@ def test_bfloat16_compute():
 
 def test_bad_fields():
     with pytest.raises(ValueError, match="one width per feature"):
-        RefineNet(None, 3, widths=(256,))
+        RefineNet(None, 3, channels=(256,))
     with pytest.raises(ValueError, match="order"):
         model = models.create_model("refinenet", num_classes=3, crp_order="max", **TINY)
         output_shapes(model, (1, 32, 32, 3))
@@ -191,14 +190,14 @@ def test_parameter_count(backbone):
 def test_config_builds(name):
     config = load_config(name)
     assert config.model == "refinenet" and dict(config.loss.weights) == {"coarse_logits": 1.0}
-    model = loop.build_model(config, data.dataset_info(config.data.dataset).num_classes)
+    model = models.from_config(config, data.dataset_info(config.data.dataset).num_classes)
     assert output_shapes(model, (1, 64, 64, 3))["logits"][:3] == (1, 64, 64)
 
 
 def test_loss_decreases():
     """Dropout off: without BN in the decoder, 0.5 dropout on 16-channel toy features makes
     20 steps too noisy to compare; the test is about the gradient path."""
-    model = models.create_model("refinenet", num_classes=4, widths=(32, 16, 16, 16),
+    model = models.create_model("refinenet", num_classes=4, channels=(32, 16, 16, 16),
                                 dropout_rate=0.0, **TINY)
     with rbg_prng():
         curve = loss_curve(model, blocky_batch(4), model_name="refinenet",

@@ -90,9 +90,3 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, data_dir, monkeypa
     lines = [json.loads(l) for l in open(tmp_path / "resumed" / "metrics.jsonl")]
     train_steps = [l["step"] for l in lines if l["split"] == "train"]
     assert train_steps == [1, 2, 3, 4, 4, 5, 6]
-
-
-def test_config_key_typo_is_named(tmp_path):
-    from lapseg.train import cli  # pylint: disable=import-outside-toplevel
-    with pytest.raises(SystemExit, match="batchsize"):
-        cli.parse_config_flags(["lapseg train", "--config.data.batchsize=4"], str(tmp_path))

@@ -1,4 +1,4 @@
-"""ImageNet normalisation in the torchvision and Caffe conventions."""
+"""ImageNet normalisation (lapseg.ops.normalize, re-exported as lapseg.backbones.normalize) in the torchvision and Caffe conventions; numpy in gives numpy out."""
 
 import numpy as np
 import pytest
@@ -35,3 +35,13 @@ def test_uint8_and_float_agree():
 def test_bad_input_raises(images, convention, match):
     with pytest.raises(ValueError, match=match):
         backbones.normalize(images, convention)
+
+
+def test_numpy_stays_numpy_and_jax_stays_jax():
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+    images = np.random.default_rng(1).integers(0, 256, (3, 4, 3), dtype=np.uint8)
+    host = backbones.normalize(images, "torch")
+    device = backbones.normalize(jnp.asarray(images), "torch")
+    assert isinstance(host, np.ndarray) and not isinstance(device, np.ndarray)
+    np.testing.assert_allclose(host, np.asarray(device), atol=1e-5)

@@ -1,4 +1,5 @@
-"""Tests for lapseg.ops.pca: streaming label-patch PCA (LRR bases, DUpsampling W) and reconstruction mIoU.
+"""Tests for lapseg.bases fits (streaming label-patch PCA: LRR bases, DUpsampling W) on top of
+lapseg.ops.pca, and the reconstruction oracle.
 
 The PCA references are numpy float64 SVDs of exactly the patches the library analyses
 (`lrr_crops`, `dupsampling_patches`), compared by principal angles between subspaces.
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lapseg import bases as bases_lib
 from lapseg.ops import pca
 
 IGNORE = 255
@@ -94,7 +96,7 @@ def test_lrr_bases_span_numpy_svd_of_the_same_patches(cap):
     # (ClassPatches.m + ComputeIniBases.m), with and without the per-class cap biting.
     num_classes = 4
     labels = _synthetic_labels(1, 12, 32, num_classes)
-    bases = np.asarray(pca.lrr_bases([labels[:6], labels[6:]], num_classes, patches_per_class=cap, **LRR))
+    bases = np.asarray(bases_lib.lrr_bases([labels[:6], labels[6:]], num_classes, patches_per_class=cap, **LRR))
     k, patch = LRR["num_bases"], LRR["patch"]
     assert bases.shape == (patch, patch, k, num_classes)
     scale_count = cap
@@ -113,8 +115,8 @@ def test_lrr_bases_span_numpy_svd_of_the_same_patches(cap):
 def test_lrr_bases_do_not_depend_on_batching():
     # Exact integer moments and per-image crop keys: one image per batch gives bit-identical bases.
     labels = _synthetic_labels(2, 6, 32, 4)
-    whole = pca.lrr_bases([labels], 4, patches_per_class=50, **LRR)
-    single = pca.lrr_bases((image[None] for image in labels), 4, patches_per_class=50, **LRR)
+    whole = bases_lib.lrr_bases([labels], 4, patches_per_class=50, **LRR)
+    single = bases_lib.lrr_bases((image[None] for image in labels), 4, patches_per_class=50, **LRR)
     np.testing.assert_array_equal(whole, single)
 
 
@@ -122,7 +124,7 @@ def test_lrr_bases_fall_back_to_pooled_patches_for_a_missing_class():
     # Class 3 never occurs: it gets the PCA of all classes' kept patches pooled (numpy reference).
     labels = _synthetic_labels(4, 6, 32, 3)
     with pytest.warns(UserWarning, match=r"classes \[3\]"):
-        bases = np.asarray(pca.lrr_bases([labels], 4, **LRR))
+        bases = np.asarray(bases_lib.lrr_bases([labels], 4, **LRR))
     pooled = np.concatenate(_lrr_reference_patches(labels, 4, 10**6, **LRR))
     directions, _ = _numpy_pca(pooled, LRR["num_bases"])
     assert _principal_angle(bases[..., 3].reshape(64, -1).T, directions) < 1e-3
@@ -134,13 +136,13 @@ def test_lrr_bases_fall_back_to_pooled_patches_for_a_missing_class():
         (np.full((1, 16, 16), IGNORE, np.int32), 3, {}, "no class has more than"),
         (np.full((1, 16, 16), 7, np.int32), 3, {}, r"labels \[7\]"),
         (np.zeros((1, 16, 16), np.float32), 3, {}, "integer"),
-        (np.zeros((1, 4, 4), np.int32), 3, {}, "smaller than patch"),
+        (np.zeros((1, 4, 4), np.int32), 3, {}, "no label map of at least 8x8"),
         (np.zeros((1, 16, 16), np.int32), 3, {"ignore_label": 2}, "is a class id"),
     ],
 )
 def test_lrr_bases_bad_input_raises(labels, num_classes, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        pca.lrr_bases([labels], num_classes, **{**LRR, **kwargs})
+        bases_lib.lrr_bases([labels], num_classes, **{**LRR, **kwargs})
 
 
 def test_resize_bases_block_average_and_bilinear():
@@ -178,7 +180,7 @@ def test_dupsampling_patches_order_and_ignore_rows():
 def test_dupsampling_matrix_spans_numpy_svd(ratio, dim):
     # Reference: numpy float64 SVD of the centred space_to_depth(one_hot) rows of the same labels.
     labels = _synthetic_labels(5, 6, 32, 3)
-    w, mean = pca.dupsampling_matrix([labels[:4], labels[4:]], 3, ratio=ratio, dim=dim, ignore_label=IGNORE)
+    w, mean = bases_lib.dupsampling_matrix([labels[:4], labels[4:]], 3, ratio=ratio, dim=dim, ignore_label=IGNORE)
     patches = np.asarray(pca.dupsampling_patches(labels, 3, ratio), np.float64)
     directions, _ = _numpy_pca(patches, dim)
     assert w.shape == (dim, ratio * ratio * 3) and mean.shape == (ratio * ratio * 3,)
@@ -187,50 +189,47 @@ def test_dupsampling_matrix_spans_numpy_svd(ratio, dim):
     np.testing.assert_allclose(np.asarray(w) @ np.asarray(w).T, np.eye(dim), atol=1e-5, rtol=0)
 
 
+def test_dupsampling_matrix_takes_any_size_blocks_that_fit():
+    # A 6x9 map at ratio 4 holds one 4x8 strip of two whole blocks; the fit equals that of the
+    # map cut to 4x8 (and a 1x3 map, smaller than a block, adds nothing).
+    labels = _synthetic_labels(3, 4, 32, 3)[:, :6, :9]
+    cut = labels[:, :4, :8]
+    tiny = np.zeros((2, 1, 3), np.int32)
+    w, mean = bases_lib.dupsampling_matrix([labels, tiny], 3, ratio=2, dim=4)
+    w_cut, mean_cut = bases_lib.dupsampling_matrix([labels[:, :6, :8]], 3, ratio=2, dim=4)
+    np.testing.assert_allclose(w, w_cut, atol=1e-6)
+    np.testing.assert_allclose(mean, mean_cut, atol=1e-6)
+    w4, mean4 = bases_lib.dupsampling_matrix(list(labels), 3, ratio=4, dim=2)  # [H, W] items
+    w4_cut, mean4_cut = bases_lib.dupsampling_matrix([cut], 3, ratio=4, dim=2)
+    np.testing.assert_allclose(w4, w4_cut, atol=1e-6)
+    np.testing.assert_allclose(mean4, mean4_cut, atol=1e-6)
+
+
 def test_dupsampling_matrix_bad_input_raises():
     labels = np.zeros((1, 6, 8), np.int32)
-    with pytest.raises(ValueError, match="not divisible by ratio 4"):
-        pca.dupsampling_matrix([labels], 3, ratio=4, dim=2)
     with pytest.raises(ValueError, match="dim=49"):
-        pca.dupsampling_matrix([labels], 3, ratio=2, dim=49)
+        bases_lib.dupsampling_matrix([labels], 3, ratio=2, dim=49)
     with pytest.raises(ValueError, match="patches cannot give dim=12"):
-        pca.dupsampling_matrix([labels], 3, ratio=2, dim=12)
+        bases_lib.dupsampling_matrix([labels], 3, ratio=2, dim=12)
 
 
 # --------------------------------------------------------------------------------------
 # Reconstruction mIoU
 
 
-def test_mean_iou_matches_numpy_formula():
-    # Reference: IoU_c = |pred=c & label=c| / |pred=c | label=c| over non-void pixels, mean over
-    # classes with a non-empty union, computed with numpy boolean masks.
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 4, (3, 10, 12))
-    labels[:, 0] = IGNORE
-    prediction = np.where(rng.random(labels.shape) < 0.7, labels % 5, rng.integers(0, 4, labels.shape))
-    valid = labels != IGNORE
-    ious = []
-    for c in range(5):
-        union = ((prediction == c) | (labels == c)) & valid
-        if union.any():
-            ious.append((((prediction == c) & (labels == c)) & valid).sum() / union.sum())
-    got = pca._mean_iou(prediction, labels, 5, IGNORE)  # pylint: disable=protected-access
-    np.testing.assert_allclose(got, np.mean(ious), rtol=1e-6)
-
-
 def test_full_rank_dupsampling_and_unit_ratio_reconstruct_exactly():
     labels = _synthetic_labels(6, 4, 16, 3)
-    w, mean = pca.dupsampling_matrix([labels], 3, ratio=2, dim=12)  # dim = r*r*C: exact code
-    assert float(pca.reconstruction_miou(labels, w, 2, num_classes=3, ignore_label=IGNORE, mean=mean)) == 1.0
-    assert float(pca.bilinear_reconstruction_miou(labels, 1, num_classes=3, ignore_label=IGNORE)) == 1.0
-    assert float(pca.bilinear_reconstruction_miou(labels, 4, num_classes=3, ignore_label=IGNORE)) < 1.0
+    w, mean = bases_lib.dupsampling_matrix([labels], 3, ratio=2, dim=12)  # dim = r*r*C: exact code
+    assert float(bases_lib.reconstruction_miou(labels, w, 2, num_classes=3, ignore_label=IGNORE, mean=mean)) == 1.0
+    assert float(bases_lib.bilinear_reconstruction_miou(labels, 1, num_classes=3, ignore_label=IGNORE)) == 1.0
+    assert float(bases_lib.bilinear_reconstruction_miou(labels, 4, num_classes=3, ignore_label=IGNORE)) < 1.0
 
 
 def _reconstruction_table(train, held_out, num_classes, ignore_label, ratios, dims):
     """W fitted on `train`, mIoU on `held_out`: rows (ratio, dim, DUpsampling, bilinear); printed."""
     rows = []
     for ratio in ratios:
-        w, mean = pca.dupsampling_matrix(
+        w, mean = bases_lib.dupsampling_matrix(
             [train[i : i + 8] for i in range(0, len(train), 8)],
             num_classes,
             ratio=ratio,
@@ -238,11 +237,11 @@ def _reconstruction_table(train, held_out, num_classes, ignore_label, ratios, di
             ignore_label=ignore_label,
         )
         bilinear = float(
-            pca.bilinear_reconstruction_miou(held_out, ratio, num_classes=num_classes, ignore_label=ignore_label)
+            bases_lib.bilinear_reconstruction_miou(held_out, ratio, num_classes=num_classes, ignore_label=ignore_label)
         )
         for dim in dims:  # the top-dim rows of the largest PCA are the dim-PCA
             dupsampling = float(
-                pca.reconstruction_miou(
+                bases_lib.reconstruction_miou(
                     held_out, w[:dim], ratio, num_classes=num_classes, ignore_label=ignore_label, mean=mean
                 )
             )
@@ -265,10 +264,11 @@ def test_dupsampling_beats_bilinear_on_synthetic_shapes():
         assert dupsampling > bilinear + 0.05, (ratio, dim)
 
 
-def _camvid_labels(directory, step, rows=352):
-    """Every `step`-th CamVid label map, cropped to `rows` x 480 so that 8 and 16 divide it."""
+def _camvid_labels(directory, step):
+    """Every `step`-th CamVid label map, uncut (360 x 480; the fits and the oracle take the
+    blocks that fit)."""
     files = sorted(directory.glob("*.png"))[::step]
-    return np.stack([np.asarray(Image.open(f))[:rows] for f in files]).astype(np.int32)
+    return np.stack([np.asarray(Image.open(f)) for f in files]).astype(np.int32)
 
 
 def test_dupsampling_beats_bilinear_on_camvid(camvid_dir):
@@ -283,3 +283,28 @@ def test_dupsampling_beats_bilinear_on_camvid(camvid_dir):
     ):
         if dim == 64:
             assert dupsampling > bilinear + 0.05, (ratio, dim)
+
+
+@pytest.mark.parametrize("ratio", [8, 16, 32])
+def test_fits_take_camvid_360x480_maps(camvid_dir, ratio):
+    # CamVid's 360 x 480 maps are divisible by 8 but not by 16 or 32 in height: both fits take
+    # them as they are, one map at a time ([H, W] items) or batched.
+    labels = _camvid_labels(camvid_dir / "trainannot", 60)
+    assert labels.shape[1:] == (360, 480)
+    w, mean = bases_lib.dupsampling_matrix(list(labels), 11, ratio=ratio, dim=16, ignore_label=11)
+    assert w.shape == (16, ratio * ratio * 11) and np.isfinite(w).all()
+    assert bases_lib.reconstruction_miou(labels, w, ratio, num_classes=11, ignore_label=11, mean=mean) > 0.3
+    lrr = bases_lib.lrr_bases([labels], 11, num_bases=4, crops_per_image=20, ignore_label=11)
+    assert lrr.shape == (32, 32, 4, 11) and np.isfinite(lrr).all()
+
+
+def test_large_dupsampling_matrix_spans_numpy_svd():
+    # D = 16*16*8 = 2048 with dim 16 takes the Lanczos path (few of many eigenpairs); the
+    # reference is the same float64 numpy SVD as for the small cases.
+    labels = _synthetic_labels(9, 12, 64, 8)
+    w, mean = bases_lib.dupsampling_matrix([labels], 8, ratio=16, dim=16, ignore_label=IGNORE)
+    patches = np.asarray(pca.dupsampling_patches(labels, 8, 16), np.float64)
+    directions, _ = _numpy_pca(patches, 16)
+    assert _principal_angle(w, directions) < 1e-3
+    np.testing.assert_allclose(mean, patches.mean(0), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(w @ w.T, np.eye(16), atol=1e-5, rtol=0)

@@ -1,0 +1,234 @@
+"""What the commands share: absl + ml_collections config flags, the work dir and its saved
+config, the inference flags, `--help`, and one-line errors.
+
+A config-driven command builds its own `absl.flags.FlagValues` (never the global
+`FLAGS`) through `parse_flags`: `--config` is a config file (`.py` with `get_config()`,
+optionally `file.py:argument`), `--config.field=value` overrides a field, and a
+misspelt field is an error naming it (the config is locked). `--help` / `-h` prints the
+command's docstring and flags and exits 0.
+
+Nothing here imports JAX; `lapseg.train.config` (which a loaded config imports anyway) is
+imported only when a config is.
+"""
+
+import logging
+import os
+import pathlib
+import re
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+# `get_config()`: the default job; `get_config('<workdir>/config.json')`: a run's saved config.
+CONFIG_MODULE = str(pathlib.Path(__file__).resolve().parents[1] / "train" / "config.py")
+CONFIG_FILE = "config.json"  # = lapseg.train.config.CONFIG_FILE (not imported: it loads lapseg.data)
+DEFAULT_WORKDIR = "workdir/default"
+HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull")
+
+
+def fail(program: str, what: str, todo: str | None = None):
+    """Exits with status 1 and the one line `'<program>: <what> — <todo>'` on stderr."""
+    sys.exit(f"{program}: {what}" + (f" — {todo}" if todo else ""))
+
+
+def wants_help(argv) -> bool:
+    """Whether `argv[1:]` asks for help (`-h`, `--help`, ...) before any `--`."""
+    for arg in argv[1:]:
+        if arg == "--":
+            return False
+        if arg in HELP_FLAGS:
+            return True
+    return False
+
+
+def print_help(doc: str, flag_values: flags.FlagValues) -> None:
+    """The command's docstring (its usage text), then its flags with their help texts."""
+    print(doc.strip())
+    print("\nflags:")
+    text = flag_values.get_help(prefix="  ", include_special_flags=False)
+    # One list: drop absl's per-defining-module headings ('  lapseg.cli.common:').
+    print("\n".join(line for line in text.splitlines()
+                    if line.strip() and not re.fullmatch(r"  [\w.]+:", line)))
+
+
+def flag_value(argv, name: str):
+    """The last value given to `--name` in `argv[1:]` (`--name=V`, `--name V`, `-name V`),
+    or None: read before the flags are defined, when a default depends on it."""
+    value, args, i = None, list(argv[1:]), 0
+    pattern = re.compile(rf"--?{re.escape(name)}(=(.*))?", re.S)
+    while i < len(args):
+        if args[i] == "--":
+            break
+        match = pattern.fullmatch(args[i])
+        if match and match.group(1) is not None:
+            value = match.group(2)
+        elif match and i + 1 < len(args):
+            value, i = args[i + 1], i + 1
+        i += 1
+    return value
+
+
+def has_flag(argv, name: str) -> bool:
+    """Whether `argv[1:]` sets `--name` itself (not one of its `--name.field` overrides)."""
+    pattern = re.compile(rf"--?{re.escape(name)}(=.*)?", re.S)
+    return any(pattern.fullmatch(arg) for arg in argv[1:])
+
+
+def workdir_arg(argv) -> str:
+    """`--workdir` of `argv` (read before parsing), else `DEFAULT_WORKDIR`."""
+    return flag_value(argv, "workdir") or DEFAULT_WORKDIR
+
+
+def define_workdir(flag_values, help_string: str) -> None:
+    flags.DEFINE_string("workdir", DEFAULT_WORKDIR, help_string, flag_values=flag_values)
+
+
+def saved_config(workdir: str) -> str:
+    """The config-file argument of the config saved in `workdir`: `CONFIG_MODULE:W/config.json`."""
+    return f"{CONFIG_MODULE}:{os.path.join(os.path.abspath(workdir), CONFIG_FILE)}"
+
+
+def run_config(program: str, argv, workdir: str) -> str:
+    """`--config`'s default for commands that read a training run (`eval`, `predict`).
+
+    The run's saved `<workdir>/config.json`; without `--config` on the command line, a
+    missing work dir or config.json is a one-line exit.
+    """
+    if has_flag(argv, "config") or wants_help(argv):
+        return saved_config(workdir)
+    if not os.path.isdir(workdir):
+        fail(program, f"work dir {workdir} does not exist",
+             "pass --workdir of a `lapseg train` run")
+    if not os.path.isfile(os.path.join(workdir, CONFIG_FILE)):
+        fail(program, f"{os.path.join(workdir, CONFIG_FILE)} does not exist (a run saved before "
+             "configs were saved, or not a training work dir)",
+             "pass --config with the config it was trained with")
+    return saved_config(workdir)
+
+
+def _message(err) -> str:
+    """One line from an error of absl / ml_collections / a config's `get_config`."""
+    while err.args and isinstance(err.args[0], BaseException):  # KeyError/AttributeError wrappers
+        err = err.args[0]
+    text = err.args[0] if err.args and isinstance(err.args[0], str) else str(err)
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if "Error whilst parsing config file" in text and lines:
+        # ml_collections' wrapper holds get_config's traceback; its last line is the error.
+        return "cannot load the config: " + re.sub(r"^\w+(Error|Exception): ", "", lines[-1])
+    return " ".join(lines)
+
+
+def parse_flags(argv, doc: str, *, config_default: str, config_help: str, define=None):
+    """Defines `--config` (+ overrides) and `define(flag_values)`'s flags, then parses `argv`.
+
+    Args:
+      argv: `[program, *args]`.
+      doc: the command's usage text, printed by `--help` / `-h` (which then exits 0).
+      config_default: `--config`'s default, a config-file argument (`file.py[:arg]`).
+      config_help: `--config`'s help text.
+      define: optional function defining the command's other flags on the `FlagValues`.
+
+    Returns:
+      `(flag_values, positional arguments)`; `flag_values.config` is the locked config.
+      Unknown flags, bad values, a misspelt `--config.field` or a config that does not
+      load exit with one line.
+    """
+    program, asks_help = argv[0], wants_help(argv)
+    given = flag_value(argv, "config")
+    if given is not None and not asks_help and not os.path.isfile(given.split(":", 1)[0]):
+        fail(program, f"config file {given.split(':', 1)[0]!r} does not exist",
+             "pass a .py file with get_config()")
+    flag_values = flags.FlagValues()
+    # With `sys_argv`, ml_collections loads the config and applies the overrides while
+    # defining the flag (so a typo surfaces here). For --help nothing is loaded: a
+    # `--config` in the given argv makes it keep the default as text.
+    sys_argv = [program, f"--config={config_default}"] if asks_help else list(argv)
+    try:
+        config_flags.DEFINE_config_file("config", config_default, config_help,
+                                        flag_values=flag_values, lock_config=True,
+                                        sys_argv=sys_argv)
+        if define is not None:
+            define(flag_values)
+        if not asks_help:
+            positional = flag_values(list(argv))[1:]
+            flag_values.config.get("model")  # a config file that failed to load raises here
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as err:
+        what = _message(err)
+        fail(program, what if what.startswith("cannot load") else f"bad flag: {what}",
+             "see --help")
+    if asks_help:
+        print_help(doc, flag_values)
+        sys.exit(0)
+    return flag_values, positional
+
+
+def define_inference_flags(flag_values, *, bucket: int) -> None:
+    """`--best` and the test-time options shared by `lapseg eval` and `lapseg predict`."""
+    flags.DEFINE_bool("best", False, "Restore the best-mIoU checkpoint instead of the latest.",
+                      flag_values=flag_values)
+    flags.DEFINE_list("scales", ["1.0"], "Image scales of the views (probabilities averaged), "
+                      "e.g. 0.75,1,1.25.", flag_values=flag_values)
+    flags.DEFINE_bool("flip", False, "Add horizontally mirrored views.", flag_values=flag_values)
+    flags.DEFINE_list("tile_size", [], "Sliding-window tile 'H,W' (empty: whole image).",
+                      flag_values=flag_values)
+    flags.DEFINE_float("tile_overlap", 1 / 3, "Fraction of a tile shared with its neighbour.",
+                       flag_values=flag_values)
+    flags.DEFINE_integer("bucket", bucket, "Pad images to multiples of this: one compilation "
+                         "per padded size.", flag_values=flag_values)
+
+
+def inference_options(program: str, flag_values) -> dict:
+    """`lapseg.infer.Predictor`'s keyword arguments from the inference flags."""
+    try:
+        scales = tuple(float(s) for s in flag_values.scales)
+        tile_size = tuple(int(t) for t in flag_values.tile_size)
+    except ValueError as err:
+        fail(program, f"bad --scales or --tile_size: {err}", "see --help")
+    if tile_size and len(tile_size) != 2:
+        fail(program, f"--tile_size takes 'H,W', got {','.join(flag_values.tile_size)}")
+    if not scales or min(scales) <= 0:
+        fail(program, f"--scales must be positive, got {','.join(flag_values.scales)}")
+    if not 0 <= flag_values.tile_overlap < 1:
+        fail(program, f"--tile_overlap must be in [0, 1), got {flag_values.tile_overlap}")
+    if flag_values.bucket < 1:
+        fail(program, f"--bucket must be >= 1, got {flag_values.bucket}")
+    return {"tile_size": tile_size or None, "tile_overlap": flag_values.tile_overlap,
+            "scales": scales, "flip": flag_values.flip, "bucket": flag_values.bucket}
+
+
+def restore_predictor(program: str, config, workdir: str, options: dict, *, best: bool):
+    """`(Predictor, DatasetInfo, step)` of `workdir`'s latest (or best) checkpoint.
+
+    A work dir without such a checkpoint, or one of another model, is a one-line exit.
+    """
+    directory = os.path.join(workdir, "best" if best else "checkpoints")
+    if not os.path.isdir(directory):
+        fail(program, f"no {'best ' if best else ''}checkpoint in {workdir} "
+             f"({directory} does not exist)",
+             f"train first (lapseg train --workdir {workdir}) or pass the --workdir of a run")
+    # pylint: disable=import-outside-toplevel  (JAX, tfds, orbax only once the flags are good)
+    from lapseg import infer
+    from lapseg.train import checkpoint as checkpoint_lib
+
+    try:
+        model, variables, info, step = infer.restore_model(config, workdir, best=best)
+    except checkpoint_lib.CheckpointError as err:
+        fail(program, str(err), f"train first (lapseg train --workdir {workdir})"
+             if str(err).startswith("no checkpoint") else
+             "pass the --config the run was trained with")
+    except (TypeError, ValueError) as err:  # the config's model does not build
+        fail(program, f"cannot build the model of the config: {err}",
+             "pass the --config the run was trained with")
+    predictor = infer.Predictor(model, variables, normalization=config.data.normalize,
+                                **options)
+    return predictor, info, step
+
+
+def quiet_logging() -> None:
+    """lapseg's own progress at INFO; orbax/absl/tfds chatter only from WARNING up."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("lapseg").setLevel(logging.INFO)
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+    tfds.disable_progress_bar()

@@ -1,0 +1,62 @@
+"""`lapseg convert-weights IN OUT [--arch A] [--deep-stem] [--ignore PATTERN ...]`
+
+Converts a PyTorch state dict to an `.npz` readable without PyTorch. IN is a
+`.pth`/`.pt`/`.bin` (needs PyTorch), `.safetensors` or `.npz`; OUT keeps the PyTorch key
+names (`layer1.0.conv1.weight`, ...), so `lapseg.backbones.read_state_dict` +
+`load_torch_weights` read it on a host without PyTorch (a TPU VM). With --arch the
+weights are first checked against that backbone (abstractly, nothing is run,
+`lapseg.backbones.weights.check_state_dict`), and the command fails listing missing,
+unexpected and mis-shaped keys, writing nothing.
+"""
+
+import argparse
+import os
+import sys
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input", help="state dict: .pth/.pt/.bin (needs torch), .safetensors, .npz")
+    parser.add_argument("output", help="output .npz")
+    parser.add_argument("--arch", help="check against this backbone: resnet18..resnet152, vgg16")
+    parser.add_argument("--deep-stem", action="store_true", help="ResNet with the deep stem")
+    parser.add_argument(
+        "--ignore", nargs="*", default=None, metavar="PATTERN",
+        help="fnmatch patterns of keys the check ignores (default: the ImageNet classifier)",
+    )  # fmt: skip
+    return parser
+
+
+def main(argv) -> int:
+    """Entry point of `lapseg convert-weights`; `argv[0]` is the program name."""
+    program = argv[0]
+    args = build_parser(program).parse_args(argv[1:])
+    if not os.path.isfile(args.input):
+        sys.exit(f"{program}: no such file: {args.input} — pass a .pth/.pt/.bin, .safetensors "
+                 "or .npz state dict")
+    # pylint: disable=import-outside-toplevel  (numpy, JAX only once the arguments are good)
+    import numpy as np
+
+    from lapseg.backbones import weights
+
+    try:
+        state_dict = weights.read_state_dict(args.input)
+    except (ImportError, ValueError, OSError) as err:
+        sys.exit(f"{program}: cannot read {args.input}: {err}")
+    if args.arch:
+        try:
+            weights.check_state_dict(state_dict, args.arch, deep_stem=args.deep_stem,
+                                     ignore=args.ignore)
+        except ValueError as err:
+            print(f"{program}: {err}", file=sys.stderr)
+            return 1
+    np.savez(args.output, **state_dict)
+    total = sum(a.size for a in state_dict.values())
+    print(f"wrote {len(state_dict)} arrays ({total:,} values) to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(["lapseg convert-weights", *sys.argv[1:]]))

@@ -1,0 +1,98 @@
+"""`lapseg predict [--workdir W] [--config C] [--best] [--output_dir D] [flags] IMAGES...`
+
+For each image writes `<output_dir>/<stem>_label.png`, a palette PNG whose pixel values
+are the predicted class ids, and `<stem>_overlay.png`, the class colours blended over
+the image. The model is a training run's (`lapseg train --workdir W`), restored from its
+latest checkpoint or with --best from its best-mIoU one; its config is the run's own
+`<workdir>/config.json`, or --config for runs without one.
+
+Inference flags, shared with `lapseg eval`:
+  --scales=0.75,1,1.25 --flip   multi-scale and mirrored views, probabilities averaged
+  --tile_size=512,512           sliding window (overlap --tile_overlap, default 1/3)
+  --bucket=128                  pad images to multiples of this: one compile per bucket
+"""
+
+import os
+import sys
+
+from absl import flags
+
+from lapseg.cli import common
+
+
+def _define(flag_values):
+    common.define_workdir(flag_values, "The training run's work dir.")
+    common.define_inference_flags(flag_values, bucket=128)
+    flags.DEFINE_string("output_dir", "predictions", "Where the PNGs go.", flag_values=flag_values)
+    flags.DEFINE_string("palette", "", "Palette: 'voc' or a dataset name (default: the config's).",
+                        flag_values=flag_values)
+    flags.DEFINE_float("alpha", 0.5, "Weight of the class colours in the overlay.",
+                       flag_values=flag_values)
+
+
+def _image_stems(program, paths) -> dict:
+    """stem -> path; missing files and two images with one stem are one-line exits."""
+    if not paths:
+        common.fail(program, "no images given", "pass one or more image files")
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        common.fail(program, f"no such image file: {', '.join(missing)}")
+    stems = {}
+    for path in paths:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if stem in stems:
+            common.fail(program, f"{stems[stem]} and {path} would write the same {stem}_*.png",
+                        "rename one, or predict them in two runs")
+        stems[stem] = path
+    return stems
+
+
+def main(argv) -> int:
+    program = argv[0]
+    workdir = common.workdir_arg(argv)
+    flag_values, paths = common.parse_flags(
+        argv, __doc__, config_default=common.run_config(program, argv, workdir), define=_define,
+        config_help="Config the run was trained with (default: the run's saved config.json).")
+    stems = _image_stems(program, paths)
+    options = common.inference_options(program, flag_values)
+    common.quiet_logging()
+    # pylint: disable=import-outside-toplevel  (JAX only once the flags are good)
+    import numpy as np
+    import PIL.Image
+
+    from lapseg import visualize
+
+    predictor, info, _ = common.restore_predictor(program, flag_values.config,
+                                                  flag_values.workdir, options,
+                                                  best=flag_values.best)
+    if flag_values.palette:
+        try:
+            palette = visualize.palette_for(flag_values.palette)
+        except ValueError as err:
+            common.fail(program, f"--palette: {err}", "pass 'voc' or a dataset name")
+    else:
+        palette = info.palette
+    if len(palette) != info.num_classes + 1:
+        common.fail(program, f"palette {flag_values.palette!r} has {len(palette) - 1} classes, "
+                    f"the model {info.num_classes}")
+    output_dir = flag_values.output_dir
+    os.makedirs(output_dir, exist_ok=True)
+    for stem, path in stems.items():
+        try:
+            with PIL.Image.open(path) as image:
+                image = np.asarray(image.convert("RGB"))
+        except (OSError, ValueError) as err:
+            common.fail(program, f"cannot read image {path}: {err}")
+        pred = predictor(image)
+        label_path = os.path.join(output_dir, f"{stem}_label.png")
+        overlay_path = os.path.join(output_dir, f"{stem}_overlay.png")
+        visualize.label_png(pred, palette, ignore_label=info.ignore_label).save(label_path)
+        PIL.Image.fromarray(visualize.overlay(
+            image, pred, palette, ignore_label=info.ignore_label, alpha=flag_values.alpha),
+        ).save(overlay_path)
+        print(f"{path}: {label_path}, {overlay_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(["lapseg predict", *sys.argv[1:]]))

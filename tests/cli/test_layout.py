@@ -1,0 +1,127 @@
+"""Where command-line code may live, and the import graph of lapseg.
+
+Argument parsing (argparse, absl flag definitions, ml_collections config flags,
+`app.run`) lives only in `lapseg/cli/`; no other lapseg module imports `lapseg.cli`; and
+no lapseg modules import each other in a circle (counting imports inside functions too).
+"""
+
+import ast
+import pathlib
+
+import lapseg
+
+ROOT = pathlib.Path(lapseg.__file__).resolve().parent
+FORBIDDEN_MODULES = ("argparse", "absl.app", "ml_collections.config_flags")
+
+
+def _modules():
+    """Module name -> path, for every lapseg module."""
+    out = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        parts = path.relative_to(ROOT.parent).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _import_statements(name, path):
+    """`(module, imported names)` of every import in the file, inside functions too
+    (`import a.b`: `('a.b', ())`; `from a import b, c`: `('a', ('b', 'c'))`)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            yield from ((alias.name, ()) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module
+            if node.level:  # relative import
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join(parts + ([node.module] if node.module else []))
+            yield module, tuple(alias.name for alias in node.names)
+
+
+def _imports(name, path):
+    """Every module a file names in an import: `from a import b` gives 'a' and 'a.b'."""
+    for module, names in _import_statements(name, path):
+        yield module
+        yield from (f"{module}.{n}" for n in names)
+
+
+def _lapseg_imports(name, path):
+    """The lapseg modules a file imports: `from a import b` is a.b when that is a module."""
+    for module, names in _import_statements(name, path):
+        if not names:
+            yield module
+        for n in names:
+            yield f"{module}.{n}" if f"{module}.{n}" in MODULES else module
+
+
+def _outside_cli():
+    return {n: p for n, p in MODULES.items() if n != "lapseg.cli" and not n.startswith("lapseg.cli.")}
+
+
+def test_argument_parsing_only_in_lapseg_cli():
+    bad = []
+    for name, path in _outside_cli().items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = set(_imports(name, path))
+        bad += [f"{name} imports {m}" for m in sorted(imported) if m in FORBIDDEN_MODULES]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                attr, owner = node.func.attr, node.func.value
+                if attr.startswith("DEFINE") or (
+                        attr == "run" and isinstance(owner, ast.Name) and owner.id == "app"):
+                    bad.append(f"{name}:{node.lineno} calls {ast.unparse(node.func)}")
+    assert not bad, "\n".join(bad)
+
+
+def test_no_module_outside_the_cli_imports_it():
+    bad = [f"{name} imports {module}" for name, path in _outside_cli().items()
+           for module in _imports(name, path)
+           if module == "lapseg.cli" or module.startswith("lapseg.cli.")]
+    assert not bad, "\n".join(bad)
+
+
+def _graph():
+    return {name: {m for m in _lapseg_imports(name, path) if m in MODULES and m != name}
+            for name, path in MODULES.items()}
+
+
+def _cycles(graph):
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_circles():
+    assert not _cycles(_graph())
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
