@@ -6,7 +6,7 @@
     fitted = lapseg.bases.fit(variables, label_maps, num_classes=5)   # streaming PCA
     variables = lapseg.bases.attach(variables, fitted)      # pure: new variables
 
-- `fit.py`: streaming PCA fits from label maps of any size (`lrr_bases`,
+- `streaming.py`: streaming PCA fits from label maps of any size (`lrr_bases`,
   `dupsampling_matrix`); the per-batch arithmetic is `lapseg.ops.pca`.
 - `constants.py`: which constants a model holds (`required`), `fit` for a model, `attach`.
 - `io.py`: the `.npz` file (`save`, `load`) with clear errors.
@@ -16,7 +16,7 @@
 
 from lapseg.bases.constants import (DUPSAMPLING_MEAN, DUPSAMPLING_W, FITTED_NAMES, LRR_BASES,
                                     attach, fit, fit_required, required)
-from lapseg.bases.fit import LRR_PATCH, dupsampling_matrix, lrr_bases
+from lapseg.bases.streaming import LRR_PATCH, dupsampling_matrix, lrr_bases
 from lapseg.bases.io import load, save
 from lapseg.bases.oracle import bilinear_reconstruction_miou, reconstruction_miou
 from lapseg.bases.picture import bases_picture

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from lapseg.bases import fit as fit_lib
+from lapseg.bases import streaming
 from lapseg.ops import pca
 
 LRR_BASES = "lrr_bases"
@@ -86,7 +86,7 @@ def fit_required(need: dict, label_maps: Iterable | Callable[[], Iterable], *, n
     if LRR_BASES in need:
         _, _, num_bases, classes = need[LRR_BASES]
         _check_classes(LRR_BASES, classes, num_classes)
-        fitted[LRR_BASES] = fit_lib.lrr_bases(maps(), num_classes, num_bases=num_bases,
+        fitted[LRR_BASES] = streaming.lrr_bases(maps(), num_classes, num_bases=num_bases,
                                               ignore_label=ignore_label, seed=seed)
     if DUPSAMPLING_W in need:
         dim, depth = need[DUPSAMPLING_W]
@@ -94,7 +94,7 @@ def fit_required(need: dict, label_maps: Iterable | Callable[[], Iterable], *, n
         if ratio * ratio * num_classes != depth:
             raise ValueError(f"{DUPSAMPLING_W} of shape {need[DUPSAMPLING_W]} is not [L, r*r*C] "
                              f"for C = {num_classes}")
-        w, mean = fit_lib.dupsampling_matrix(maps(), num_classes, ratio=ratio, dim=dim,
+        w, mean = streaming.dupsampling_matrix(maps(), num_classes, ratio=ratio, dim=dim,
                                              ignore_label=ignore_label)
         fitted[DUPSAMPLING_W], fitted[DUPSAMPLING_MEAN] = w, mean
     return fitted
