@@ -55,8 +55,14 @@ from lapseg.ops import basis, boundary, dupsample
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
 
-def grouped_conv_transpose(coeffs, kernel):
-    """Baseline for `reconstruct`: the grouped transposed convolution, as XLA runs it."""
+def grouped_conv_transpose(coeffs, kernel, precision=None):
+    """Baseline for `reconstruct`: the grouped transposed convolution, as XLA runs it.
+
+    The transposed convolution (kernel 2s, stride s, padding s/2, one group per class)
+    written as the convolution it is the adjoint of: dilate the input by the stride, pad
+    `k - 1 - padding`, correlate with the spatially flipped kernel, `feature_group_count=C`
+    (tests/ops/test_basis.py checks `reconstruct` against it).
+    """
     n, h, w, num_bases, channels = coeffs.shape
     size = kernel.shape[0]
     stride = size // 2
@@ -71,6 +77,7 @@ def grouped_conv_transpose(coeffs, kernel):
         lhs_dilation=(stride, stride),
         dimension_numbers=_DIMENSIONS,
         feature_group_count=channels,
+        precision=precision,
     )
 
 

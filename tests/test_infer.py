@@ -173,25 +173,6 @@ def test_make_predict_fn_rejects_bad_options():
 
 # --- the commands, on a toy model trained for a few steps -------------------------------
 
-CONFIG = '''
-import ml_collections
-from lapseg.train.config import base_config
-
-
-def get_config():
-    config = base_config()
-    config.model = "toy"
-    config.model_kwargs = ml_collections.ConfigDict({{"width": 4}})
-    config.loss.weights = {{"logits": 1.0}}
-    config.data.data_dir = {data_dir!r}
-    config.data.crop_size = (32, 32)
-    config.data.batch_size = 8
-    config.num_train_steps = 3
-    config.log_every_steps = 1
-    config.optimizer.warmup_steps = 1
-    return config
-'''
-
 
 def _register_toy(patch):
     patch.setitem(models._MODELS, "toy", "tests.train.toy:toy")  # pylint: disable=protected-access
@@ -207,7 +188,7 @@ def trained(tmp_path_factory):
     """(config file, config, work dir, the loop's final evaluation) of a 3-step toy run."""
     root = tmp_path_factory.mktemp("infer")
     config_path = root / "toy_config.py"
-    config_path.write_text(CONFIG.format(data_dir=str(root / "tfds")))
+    config_path.write_text(toy.config_file(data_dir=str(root / "tfds")))
     spec = importlib.util.spec_from_file_location("toy_config", config_path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

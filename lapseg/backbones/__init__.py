@@ -12,7 +12,7 @@ import functools
 
 import flax.linen as nn
 
-from lapseg.backbones.feature_info import FeatureInfo
+from lapseg.backbones.feature_info import FeatureInfo, feature_strides, require_features
 from lapseg.backbones.resnet import ResNet
 from lapseg.backbones.vgg import VGG16
 from lapseg.backbones.weights import load_torch_weights, read_state_dict
@@ -89,8 +89,10 @@ __all__ = [
     "VGG16",
     "build",
     "create",
+    "feature_strides",
     "load_torch_weights",
     "names",
     "normalize",
     "read_state_dict",
+    "require_features",
 ]

@@ -61,8 +61,16 @@ STAGE_PLANES = (64, 128, 256, 512)
 FEATURE_NAMES = ("stem", "res2", "res3", "res4", "res5")
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convs + identity/projection shortcut; `[N, H, W, C] -> [N, H/s, W/s, planes]`."""
+class ResidualBlock(nn.Module):
+    """The fields shared by `BasicBlock` and `Bottleneck`.
+
+    Attributes:
+      planes: width of the block's 3x3 conv; the block outputs `planes * expansion`.
+      strides: stride of the block (on its first 3x3 conv and its projection).
+      dilation: rate of its 3x3 conv(s).
+      projection: a 1x1 conv + BN shortcut ('downsample') instead of the identity.
+      dtype: compute dtype; param_dtype: parameter dtype.
+    """
 
     planes: int
     strides: int = 1
@@ -73,38 +81,44 @@ class BasicBlock(nn.Module):
 
     expansion: ClassVar[int] = 1
 
-    @nn.compact
-    def __call__(self, x, train: bool):
-        conv = functools.partial(ConvBN, dtype=self.dtype, param_dtype=self.param_dtype)
-        y = conv(self.planes, 3, self.strides, self.dilation, name="conv1")(x, train)
-        y = conv(self.planes, 3, 1, self.dilation, activation=False, name="conv2")(y, train)
+    def _conv(self, *args, **kwargs) -> ConvBN:
+        """A `ConvBN` with the block's dtypes (define it inside `__call__`)."""
+        return ConvBN(*args, dtype=self.dtype, param_dtype=self.param_dtype, **kwargs)
+
+    def _shortcut_add(self, y, x, train: bool):
+        """`relu(y + shortcut(x))`, the shortcut projecting `x` to `y`'s channels if asked."""
         if self.projection:
-            x = conv(self.planes, 1, self.strides, activation=False, name="downsample")(x, train)
+            x = self._conv(y.shape[-1], 1, self.strides, activation=False, name="downsample")(
+                x, train
+            )
         return nn.relu(y + x)
 
 
-class Bottleneck(nn.Module):
-    """1x1 -> 3x3 (stride, dilation) -> 1x1 (x4) + shortcut; `-> [N, H/s, W/s, 4 planes]`."""
+class BasicBlock(ResidualBlock):
+    """Two 3x3 convs + identity/projection shortcut; `[N, H, W, C] -> [N, H/s, W/s, planes]`."""
 
-    planes: int
-    strides: int = 1
-    dilation: int = 1
-    projection: bool = False
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
+    expansion: ClassVar[int] = 1
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        conv = self._conv
+        y = conv(self.planes, 3, self.strides, self.dilation, name="conv1")(x, train)
+        y = conv(self.planes, 3, 1, self.dilation, activation=False, name="conv2")(y, train)
+        return self._shortcut_add(y, x, train)
+
+
+class Bottleneck(ResidualBlock):
+    """1x1 -> 3x3 (stride, dilation) -> 1x1 (x4) + shortcut; `-> [N, H/s, W/s, 4 planes]`."""
 
     expansion: ClassVar[int] = 4
 
     @nn.compact
     def __call__(self, x, train: bool):
-        conv = functools.partial(ConvBN, dtype=self.dtype, param_dtype=self.param_dtype)
-        out = self.planes * self.expansion
+        conv = self._conv
         y = conv(self.planes, 1, name="conv1")(x, train)
         y = conv(self.planes, 3, self.strides, self.dilation, name="conv2")(y, train)
-        y = conv(out, 1, activation=False, name="conv3")(y, train)
-        if self.projection:
-            x = conv(out, 1, self.strides, activation=False, name="downsample")(x, train)
-        return nn.relu(y + x)
+        y = conv(self.planes * self.expansion, 1, activation=False, name="conv3")(y, train)
+        return self._shortcut_add(y, x, train)
 
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}

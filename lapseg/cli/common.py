@@ -178,6 +178,28 @@ def define_inference_flags(flag_values, *, bucket: int) -> None:
                          "per padded size.", flag_values=flag_values)
 
 
+def parse_run_flags(argv, doc: str, *, bucket: int, define=None):
+    """`parse_flags` for the commands that read a training run (`eval`, `predict`).
+
+    Defines `--workdir`, `--config` defaulting to the run's saved config (`run_config`),
+    the inference flags (`define_inference_flags`, `--bucket` defaulting to `bucket`) and
+    `define(flag_values)`'s own flags, then parses `argv`.
+
+    Returns:
+      `(flag_values, positional arguments)`, as `parse_flags`.
+    """
+
+    def define_all(flag_values):
+        define_workdir(flag_values, "The training run's work dir.")
+        define_inference_flags(flag_values, bucket=bucket)
+        if define is not None:
+            define(flag_values)
+
+    return parse_flags(
+        argv, doc, config_default=run_config(argv[0], argv, workdir_arg(argv)), define=define_all,
+        config_help="Config the run was trained with (default: the run's saved config.json).")
+
+
 def inference_options(program: str, flag_values) -> dict:
     """`lapseg.infer.Predictor`'s keyword arguments from the inference flags."""
     try:

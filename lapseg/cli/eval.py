@@ -67,18 +67,13 @@ def result_path(workdir, split: str) -> str:
 
 
 def _define(flag_values):
-    common.define_workdir(flag_values, "The training run's work dir.")
     flags.DEFINE_string("split", "validation", "Split of the config's dataset (tfds slices "
                         "such as 'validation[:50]' work too).", flag_values=flag_values)
-    common.define_inference_flags(flag_values, bucket=32)
 
 
 def main(argv) -> int:
     program = argv[0]
-    workdir = common.workdir_arg(argv)
-    flag_values, positional = common.parse_flags(
-        argv, __doc__, config_default=common.run_config(program, argv, workdir), define=_define,
-        config_help="Config the run was trained with (default: the run's saved config.json).")
+    flag_values, positional = common.parse_run_flags(argv, __doc__, bucket=32, define=_define)
     if positional:
         common.fail(program, f"unexpected arguments {' '.join(positional)}", "see --help")
     options = common.inference_options(program, flag_values)

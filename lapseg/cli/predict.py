@@ -21,8 +21,6 @@ from lapseg.cli import common
 
 
 def _define(flag_values):
-    common.define_workdir(flag_values, "The training run's work dir.")
-    common.define_inference_flags(flag_values, bucket=128)
     flags.DEFINE_string("output_dir", "predictions", "Where the PNGs go.", flag_values=flag_values)
     flags.DEFINE_string("palette", "", "Palette: 'voc' or a dataset name (default: the config's).",
                         flag_values=flag_values)
@@ -49,10 +47,7 @@ def _image_stems(program, paths) -> dict:
 
 def main(argv) -> int:
     program = argv[0]
-    workdir = common.workdir_arg(argv)
-    flag_values, paths = common.parse_flags(
-        argv, __doc__, config_default=common.run_config(program, argv, workdir), define=_define,
-        config_help="Config the run was trained with (default: the run's saved config.json).")
+    flag_values, paths = common.parse_run_flags(argv, __doc__, bucket=128, define=_define)
     stems = _image_stems(program, paths)
     options = common.inference_options(program, flag_values)
     common.quiet_logging()

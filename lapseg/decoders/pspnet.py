@@ -88,10 +88,7 @@ class PSPNet(nn.Module):
     @nn.compact
     def decode(self, features: dict, size: tuple[int, int], train: bool = False) -> dict:
         """The head on backbone `features` (a dict by name), scores resized to `size` `(H, W)`."""
-        missing = [name for name in self.features if name not in features]
-        if missing:
-            raise ValueError(f"PSPNet needs backbone features {missing}; "
-                             f"the backbone gives {sorted(features)}")
+        backbones.require_features(features, self.features, "PSPNet")
         x = PyramidPooling(self.bins, pooling=self.pooling, kernels=self.pool_kernels,
                            strides=self.pool_strides, dtype=self.dtype,
                            param_dtype=self.param_dtype, name="ppm")(features[self.features[0]], train)

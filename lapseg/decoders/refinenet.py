@@ -103,10 +103,7 @@ class RefineNet(nn.Module):
     @nn.compact
     def decode(self, features: dict, size: tuple[int, int], train: bool = False) -> dict:
         """The 4-cascade on backbone `features` (a dict by name); 'logits' resized to `size`."""
-        missing = [name for name in self.features if name not in features]
-        if missing:
-            raise ValueError(f"RefineNet needs backbone features {missing}; "
-                             f"the backbone gives {sorted(features)}")
+        backbones.require_features(features, self.features, "RefineNet")
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
         x = None

@@ -99,6 +99,7 @@ class ConvBN(nn.Module):
         """`x`: `[N, H, W, C_in]`; `train` uses batch statistics (mutable 'batch_stats')."""
         if x.ndim != 4:
             raise ValueError(f"ConvBN expects NHWC input of rank 4, got shape {x.shape}")
+        dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = nn.Conv(
             self.features,
             _pair(self.kernel_size, "kernel_size"),
@@ -107,18 +108,16 @@ class ConvBN(nn.Module):
             kernel_dilation=_pair(self.dilation, "dilation"),
             use_bias=self.use_bias,
             kernel_init=self.kernel_init,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
             name="conv",
+            **dtypes,
         )(x)
         if self.use_bn:
             x = nn.BatchNorm(
                 use_running_average=not train,
                 momentum=1.0 - self.bn_momentum,
                 epsilon=self.bn_epsilon,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
                 name="bn",
+                **dtypes,
             )(x)
         if self.activation:
             x = nn.relu(x)

@@ -21,6 +21,8 @@ Convolutions are initialised as PyTorch initialises `nn.Conv2d` by default
 reference port trains with; biases start at zero.
 """
 
+from typing import Literal
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -88,7 +90,7 @@ class ChainedResidualPooling(nn.Module):
     """
 
     stages: int = 4
-    order: str = "pool_conv"
+    order: Literal["pool_conv", "conv_pool"] = "pool_conv"
     pool_size: int = 5
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32

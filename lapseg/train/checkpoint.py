@@ -67,15 +67,9 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise CheckpointError(f"no checkpoint in {self.directory}")
-        saved_meta = self._manager.restore(
-            step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        for key, value in meta.items():
-            if saved_meta.get(key) != value:
-                raise CheckpointError(
-                    f"checkpoint {self.directory}/{step} was written for {key}="
-                    f"{saved_meta.get(key)!r}, but this run has {key}={value!r}")
-        _check_tree(self._manager.item_metadata(step)["state"], abstract_state,
-                    f"{self.directory}/{step}")
+        where = f"{self.directory}/{step}"
+        _check_meta(self._manager, step, meta, where, "this run")
+        _check_tree(self._manager.item_metadata(step)["state"], abstract_state, where)
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
@@ -115,6 +109,20 @@ def _shapes(tree):
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {"/".join(_key_name(k) for k in path): tuple(getattr(leaf, "shape", np.shape(leaf)))
             for path, leaf in leaves}
+
+
+def _check_meta(manager, step, meta, where, reader):
+    """Raises `CheckpointError` where checkpoint `step`'s saved `meta` differs from `meta`.
+
+    `where` names the checkpoint and `reader` what reads it ('this run', 'this model').
+    """
+    saved_meta = manager.restore(
+        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    for key, value in meta.items():
+        if saved_meta.get(key) != value:
+            raise CheckpointError(
+                f"checkpoint {where} was written for {key}={saved_meta.get(key)!r}, "
+                f"but {reader} has {key}={value!r}")
 
 
 def _check_tree(saved, target, where):
@@ -168,13 +176,7 @@ def read_variables(directory, abstract_variables, *, meta, step=None):
         if step not in manager.all_steps():
             raise CheckpointError(f"no checkpoint of step {step} in {directory}")
         where = f"{directory}/{step}"
-        saved_meta = manager.restore(
-            step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        for key, value in meta.items():
-            if saved_meta.get(key) != value:
-                raise CheckpointError(
-                    f"checkpoint {where} was written for {key}={saved_meta.get(key)!r}, "
-                    f"but this model has {key}={value!r}")
+        _check_meta(manager, step, meta, where, "this model")
         variables = dict(abstract_variables)
         target = {"params": variables.pop("params"), "model_state": variables}
         saved = manager.item_metadata(step)["state"]

@@ -11,6 +11,8 @@ from jax.sharding import PartitionSpec as P
 
 from lapseg import backbones
 
+from backbone_utils import assert_feature_shapes, assert_features_match  # tests/backbones/
+
 # torchvision's parameter counts, classifier (fc) included.
 TORCHVISION_PARAMS = {
     18: 11_689_512,
@@ -135,12 +137,7 @@ def test_matches_torch_reference(case):
     )
     got = model.apply(variables, jnp.asarray(images), train=False)
     assert list(got) == list(expected)
-    for name, want in expected.items():
-        want = want.permute(0, 2, 3, 1).numpy()
-        assert got[name].shape == want.shape, name
-        error = np.abs(np.asarray(got[name]) - want).max() / np.abs(want).max()
-        print(f"resnet{depth} {case[1:]} {name}: relative max error {error:.1e}")
-        assert error <= 1e-4, name
+    assert_features_match(got, expected, f"resnet{depth} {case[1:]}")
 
 
 @pytest.mark.parametrize(
@@ -160,13 +157,7 @@ def test_odd_input_sizes_match_torch(depth, deep_stem, output_stride, dilation_m
         f"resnet{depth}", deep_stem=deep_stem, output_stride=output_stride,
         dilation_mode=dilation_mode,
     )  # fmt: skip
-    got = jax.eval_shape(
-        lambda v: model.apply(v, jnp.zeros((1, 361, 481, 3)), train=False),
-        abstract_variables(model),
-    )
-    for name, want in expected.items():
-        n, c, h, w = want.shape
-        assert got[name].shape == (n, h, w, c), name
+    assert_feature_shapes(model, abstract_variables(model), expected, (361, 481))
 
 
 @pytest.mark.parametrize("depth", [50, 101])

@@ -10,6 +10,8 @@ import pytest
 from lapseg import backbones
 from lapseg.backbones.vgg import max_pool_ceil
 
+from backbone_utils import assert_feature_shapes, assert_features_match  # tests/backbones/
+
 TORCHVISION_VGG16_PARAMS = 138_357_544  # classifier.6 (4096 -> 1000) included
 NAMES = ["relu1_2", "relu2_2", "relu3_3", "pool3", "relu4_3", "pool4", "relu5_3", "pool5", "fc7"]
 
@@ -88,12 +90,7 @@ def test_matches_torch_reference(torch_vgg16, pad100, size):
     model = backbones.create("vgg16", pad100=pad100)
     got = model.apply(variables, jnp.asarray(images), train=False)
     assert list(got) == list(expected) == NAMES
-    for name, want in expected.items():
-        want = want.permute(0, 2, 3, 1).numpy()
-        assert got[name].shape == want.shape, name
-        error = np.abs(np.asarray(got[name]) - want).max() / np.abs(want).max()
-        print(f"vgg16 pad100={pad100} {name}: relative max error {error:.1e}")
-        assert error <= 1e-4, name
+    assert_features_match(got, expected, f"vgg16 pad100={pad100}")
 
 
 @pytest.mark.parametrize("pad100", [False, True])
@@ -104,10 +101,4 @@ def test_odd_input_sizes_match_torch(pad100):
     with torch.device("meta"):
         expected = VGG16(pad100=pad100)(torch.empty(1, 3, 361, 481))
     model = backbones.create("vgg16", pad100=pad100)
-    got = jax.eval_shape(
-        lambda v: model.apply(v, jnp.zeros((1, 361, 481, 3)), train=False),
-        abstract_variables(model),
-    )
-    for name, want in expected.items():
-        n, c, h, w = want.shape
-        assert got[name].shape == (n, h, w, c), name
+    assert_feature_shapes(model, abstract_variables(model), expected, (361, 481))

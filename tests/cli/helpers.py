@@ -1,23 +1,9 @@
 """Helpers of the command tests."""
 
 from lapseg import cli, models
+from tests.train import toy
 
-TOY_CONFIG = '''
-import ml_collections
-from lapseg.train.config import base_config
-
-
-def get_config():
-    config = base_config()
-    config.model = "toy"
-    config.model_kwargs = ml_collections.ConfigDict({"width": 4})
-    config.data.crop_size = (32, 32)
-    config.data.batch_size = 8
-    config.num_train_steps = 3
-    config.log_every_steps = 1
-    config.optimizer.warmup_steps = 1
-    return config
-'''
+TOY_CONFIG = toy.config_file()  # the config file of a toy run (no data_dir)
 
 
 def register_toy(patch):

@@ -1,7 +1,8 @@
-"""Helpers shared by the PSPNet / RefineNet / GCN / DUpsampling tests."""
+"""Helpers shared by the decoder tests."""
 
 import contextlib
 import importlib.util
+import math
 import pathlib
 
 import flax.linen as nn
@@ -9,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lapseg import models
 from lapseg.backbones import FeatureInfo
 from lapseg.layers import ConvBN
 
@@ -33,6 +35,23 @@ def param_count(model, size: int = 64) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
 
 
+def filled_variables(model, shape, seed=0):
+    """Random variables of `model.init`'s structure via numpy (random BN statistics, so
+    that a skipped or mixed-up BN shows); no compiled init (jitting `init` compiles a random
+    kernel per parameter shape: tens of seconds on a loaded 2-core CPU)."""
+    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        if path[-1].key == "kernel":
+            return jnp.asarray(rng.standard_normal(leaf.shape) / math.sqrt(math.prod(leaf.shape[:-1])), leaf.dtype)
+        if path[-1].key in ("scale", "var"):
+            return jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape), leaf.dtype)
+        return jnp.asarray(0.1 * rng.standard_normal(leaf.shape), leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
 def _outputs(model, shape):
     zeros = jnp.zeros(shape)
     return jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), zeros, train=False)[0])
@@ -41,6 +60,14 @@ def _outputs(model, shape):
 def output_shapes(model, shape):
     """`{key: shape}` of `model`'s outputs on zeros of `shape`, without running it."""
     return {k: v.shape for k, v in _outputs(model, shape).items()}
+
+
+def output_shapes_at_stride(name: str, output_stride: int, shape=(1, 45, 61, 3)):
+    """`output_shapes` of decoder `name` (3 classes) on a quarter-width ResNet-18 whose
+    output stride is `output_stride`."""
+    model = models.create_model(name, num_classes=3, backbone="resnet18",
+                                backbone_kwargs={"width": 0.25, "output_stride": output_stride})
+    return output_shapes(model, shape)
 
 
 def output_dtypes(model, shape):

@@ -19,7 +19,7 @@ from lapseg.decoders.pspnet import PSPNet
 from lapseg.losses import dsrl as dsrl_loss
 from lapseg.losses import segmentation
 from lapseg.ops import resize
-from tests.decoders.decoder_utils import TinyBackbone, blocky_batch, load_config
+from tests.decoders.decoder_utils import TinyBackbone, blocky_batch, filled_variables, load_config
 from tests.training import loss_curve
 
 NUM_CLASSES = 4
@@ -75,17 +75,7 @@ def model():
 def variables(model):
     """Random variables of `model.init`'s structure, filled by numpy (jitting `init` compiles
     a random kernel per parameter shape: tens of seconds on a loaded 2-core CPU)."""
-    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((2, 64, 96, 3)), train=False))
-    rng = np.random.default_rng(0)
-
-    def fill(path, leaf):
-        if path[-1].key == "kernel":
-            return jnp.asarray(rng.standard_normal(leaf.shape) / math.sqrt(math.prod(leaf.shape[:-1])), leaf.dtype)
-        if path[-1].key in ("scale", "var"):
-            return jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape), leaf.dtype)
-        return jnp.asarray(0.1 * rng.standard_normal(leaf.shape), leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, abstract)
+    return filled_variables(model, (2, 64, 96, 3))
 
 
 def test_outputs_and_the_shared_encoder(model, variables):

@@ -93,9 +93,8 @@ def test_head_matches_pytorch_port(tmp_path):
     constants = fitted
     decode = jax.jit(lambda v, f: model.apply(v, f, (61, 59), method=DUpsampling.decode))
     got = decode({"params": params, "batch_stats": stats, "constants": constants}, features)
-    error = ref.max_abs_error(got["logits"], ref.to_numpy(want))
-    print(f"DUpsampling parity vs pytorch port (conv + reshape): max abs err {error:.2e}")
-    assert error <= 1e-4
+    ref.assert_parity(got["logits"], ref.to_numpy(want),
+                      "DUpsampling parity vs pytorch port (conv + reshape)", 1e-4)
 
 
 @pytest.mark.parametrize("ratio", [8, 16, 32])

@@ -20,6 +20,7 @@ from jax import lax
 from lapseg import models
 from lapseg.decoders import fcn
 from lapseg.ops import basis as basis_ops
+from tests.references import upsample_filt
 from tests.training import loss_curve
 
 torch = pytest.importorskip("torch")
@@ -33,13 +34,7 @@ CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 
 def get_upsampling_weight(in_channels, out_channels, kernel_size):
     """pytorch-fcn fcn32s.py (= fcn.berkeleyvision.org surgery.py `upsample_filt` on the diagonal)."""
-    factor = (kernel_size + 1) // 2
-    if kernel_size % 2 == 1:
-        center = factor - 1
-    else:
-        center = factor - 0.5
-    og = np.ogrid[:kernel_size, :kernel_size]
-    filt = (1 - abs(og[0] - center) / factor) * (1 - abs(og[1] - center) / factor)
+    filt = upsample_filt(kernel_size)
     weight = np.zeros((in_channels, out_channels, kernel_size, kernel_size), dtype=np.float64)
     weight[range(in_channels), range(out_channels), :, :] = filt
     return weight
@@ -88,29 +83,23 @@ class PytorchFCN(tnn.Module):
         h = self.drop7(torch.relu(self.fc7(h)))
         h = self.score_fr(h)
         if self.variant == "fcn32s":
-            h = self.upscore(h)
-            return h[:, :, 19 : 19 + x.size()[2], 19 : 19 + x.size()[3]].contiguous()
-        h = self.upscore2(h)
-        upscore2 = h  # 1/16
-        if self.variant == "fcn8s_atonce":
-            h = self.score_pool4(pool4 * 0.01)  # XXX: scaling to train at once
-        else:
-            h = self.score_pool4(pool4)
-        h = h[:, :, 5 : 5 + upscore2.size()[2], 5 : 5 + upscore2.size()[3]]
-        h = upscore2 + h  # 1/16
+            return _crop(self.upscore(h), 19, x).contiguous()
+        h = self._add_skip(self.upscore2(h), self.score_pool4, pool4, 0.01, 5)  # 1/16
         if self.variant == "fcn16s":
-            h = self.upscore16(h)
-            return h[:, :, 27 : 27 + x.size()[2], 27 : 27 + x.size()[3]].contiguous()
-        h = self.upscore_pool4(h)
-        upscore_pool4 = h  # 1/8
-        if self.variant == "fcn8s_atonce":
-            h = self.score_pool3(pool3 * 0.0001)  # XXX: scaling to train at once
-        else:
-            h = self.score_pool3(pool3)
-        h = h[:, :, 9 : 9 + upscore_pool4.size()[2], 9 : 9 + upscore_pool4.size()[3]]
-        h = upscore_pool4 + h  # 1/8
-        h = self.upscore8(h)
-        return h[:, :, 31 : 31 + x.size()[2], 31 : 31 + x.size()[3]].contiguous()
+            return _crop(self.upscore16(h), 27, x).contiguous()
+        h = self._add_skip(self.upscore_pool4(h), self.score_pool3, pool3, 0.0001, 9)  # 1/8
+        return _crop(self.upscore8(h), 31, x).contiguous()
+
+    def _add_skip(self, upscored, score, pool, atonce_scale, offset):
+        """pytorch-fcn's skip: the scored pool (FCN8sAtOnce scales the pool first, "XXX:
+        scaling to train at once"), cropped at `offset` to the upsampled scores, added."""
+        h = score(pool * atonce_scale if self.variant == "fcn8s_atonce" else pool)
+        return upscored + _crop(h, offset, upscored)
+
+
+def _crop(h, offset, like):
+    """pytorch-fcn's crop: `h[:, :, offset : offset + H, offset : offset + W]`, H x W of `like`."""
+    return h[:, :, offset : offset + like.size()[2], offset : offset + like.size()[3]]
 
 
 # lapseg name -> pytorch-fcn name, per variant.

@@ -14,7 +14,7 @@ from lapseg import models
 from lapseg.decoders import icnet as icnet_lib
 from lapseg.layers.cff import CascadeFeatureFusion
 from lapseg.layers.ppm import PyramidPooling
-from tests.decoders.decoder_utils import CONFIGS, blocky_batch
+from tests.decoders.decoder_utils import CONFIGS, blocky_batch, filled_variables
 from tests.training import loss_curve
 
 NUM_CLASSES = 4
@@ -23,22 +23,6 @@ SMALL = dict(num_classes=NUM_CLASSES, backbone="resnet18",
              backbone_kwargs={"width": 0.25, "deep_stem": True, "output_stride": 8},
              branch_channels=16, channels=32)
 LOSS_WEIGHTS = {"aux_sub4": 0.16, "aux_sub24": 0.4, "logits": 1.0}
-
-
-def filled_variables(model, shape, seed=0):
-    """Random variables of `model.init`'s structure via numpy (random BN statistics, so
-    that a skipped or mixed-up BN shows); no compiled init."""
-    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        if path[-1].key == "kernel":
-            return jnp.asarray(rng.standard_normal(leaf.shape) / math.sqrt(math.prod(leaf.shape[:-1])), leaf.dtype)
-        if path[-1].key in ("scale", "var"):
-            return jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape), leaf.dtype)
-        return jnp.asarray(0.1 * rng.standard_normal(leaf.shape), leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, abstract)
 
 
 # --- CFF -----------------------------------------------------------------------------------
@@ -78,9 +62,8 @@ def test_cff_matches_torch(train, low_size, high_size):
     cff = CascadeFeatureFusion(features, NUM_CLASSES)
     (fused, aux), _ = cff.apply({"params": params, "batch_stats": stats}, jnp.asarray(low), jnp.asarray(high),
                                 train, mutable=["batch_stats"])
-    error = ref.max_abs_error(fused, ref.to_numpy(want))
-    print(f"CFF parity ({'train' if train else 'eval'}, {low_size}->{high_size}): max abs err {error:.2e}")
-    assert error <= 1e-4
+    ref.assert_parity(fused, ref.to_numpy(want),
+                      f"CFF parity ({'train' if train else 'eval'}, {low_size}->{high_size})", 1e-4)
     if train:
         assert ref.max_abs_error(aux, ref.to_numpy(want_aux)) <= 1e-4
     else:

@@ -9,7 +9,8 @@ import pytest
 from lapseg import backbones, data, models
 from lapseg.decoders.pspnet import PSPNet
 from tests.decoders.decoder_utils import (TINY, TinyBackbone, blocky_batch, load_config,
-                                          output_dtypes, output_shapes, param_count, rbg_prng)
+                                          output_dtypes, output_shapes, output_shapes_at_stride,
+                                          param_count, rbg_prng)
 from tests.training import loss_curve
 
 
@@ -56,16 +57,12 @@ def test_head_matches_semseg():
     decode = jax.jit(lambda v, f: model.apply(v, f, (65, 65), method=PSPNet.decode))
     got = decode({"params": params, "batch_stats": stats}, {"res5": res5, "res4": res4})
     for key in ("logits", "aux"):
-        error = ref.max_abs_error(got[key], want[key])
-        print(f"PSPNet {key} parity vs semseg: max abs err {error:.2e}")
-        assert error <= 1e-4
+        ref.assert_parity(got[key], want[key], f"PSPNet {key} parity vs semseg", 1e-4)
 
 
 @pytest.mark.parametrize("output_stride", [8, 16, 32])
 def test_output_strides(output_stride):
-    model = models.create_model("pspnet", num_classes=3, backbone="resnet18",
-                                backbone_kwargs={"width": 0.25, "output_stride": output_stride})
-    shapes = output_shapes(model, (1, 45, 61, 3))
+    shapes = output_shapes_at_stride("pspnet", output_stride)
     assert shapes == {"logits": (1, 45, 61, 3), "aux": (1, 45, 61, 3)}
 
 

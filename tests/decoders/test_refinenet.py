@@ -10,7 +10,8 @@ import pytest
 from lapseg import backbones, data, models
 from lapseg.decoders.refinenet import RefineNet
 from tests.decoders.decoder_utils import (TINY, blocky_batch, load_config, output_shapes,
-                                          output_dtypes, param_count, rbg_prng)
+                                          output_dtypes, output_shapes_at_stride, param_count,
+                                          rbg_prng)
 from tests.training import loss_curve
 
 
@@ -151,16 +152,13 @@ def test_cascade_matches_refinenet_pytorch(crp_order):
     decode = jax.jit(lambda v, f: model.apply(v, f, (61, 67), method=RefineNet.decode))
     got = decode({"params": _flax_params(decoder)}, features)
     for key, want in (("coarse_logits", coarse), ("logits", full)):
-        error = ref.max_abs_error(got[key], ref.to_numpy(want))
-        print(f"RefineNet ({crp_order}) {key} parity vs refinenet-pytorch: max abs err {error:.2e}")
-        assert error <= 1e-4
+        ref.assert_parity(got[key], ref.to_numpy(want),
+                          f"RefineNet ({crp_order}) {key} parity vs refinenet-pytorch", 1e-4)
 
 
 @pytest.mark.parametrize("output_stride", [8, 16, 32])
 def test_output_strides(output_stride):
-    model = models.create_model("refinenet", num_classes=3, backbone="resnet18",
-                                backbone_kwargs={"width": 0.25, "output_stride": output_stride})
-    shapes = output_shapes(model, (1, 45, 61, 3))
+    shapes = output_shapes_at_stride("refinenet", output_stride)
     assert shapes == {"logits": (1, 45, 61, 3), "coarse_logits": (1, 12, 16, 3)}
 
 

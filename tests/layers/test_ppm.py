@@ -46,9 +46,7 @@ def test_adaptive_concat_matches_semseg_ppm():
     module = PyramidPooling(bins, features=reduction)
     apply = jax.jit(lambda v, x: module.apply(v, x, train=False))
     got = apply({"params": params, "batch_stats": stats}, x)
-    error = ref.max_abs_error(got, ref.to_numpy(want))
-    print(f"PPM adaptive/concat parity: max abs err {error:.2e}")
-    assert error <= 1e-5
+    ref.assert_parity(got, ref.to_numpy(want), "PPM adaptive/concat parity", 1e-5)
 
 
 def test_fixed_sum_matches_caffe_pooling_pyramid():
@@ -68,9 +66,7 @@ def test_fixed_sum_matches_caffe_pooling_pyramid():
     module = PyramidPooling(pooling="fixed", kernels=ICNET_KERNELS, strides=ICNET_STRIDES,
                             branch_conv=False, fusion="sum")
     got = jax.jit(lambda x: module.apply({}, x, train=False))(x)
-    error = ref.max_abs_error(got, ref.to_numpy(want))
-    print(f"PPM fixed/sum parity: max abs err {error:.2e}")
-    assert error <= 1e-5
+    ref.assert_parity(got, ref.to_numpy(want), "PPM fixed/sum parity", 1e-5)
 
 
 def test_shapes_and_train_mode():

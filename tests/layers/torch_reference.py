@@ -55,3 +55,10 @@ def max_abs_error(got, want) -> float:
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     assert got.shape == want.shape, (got.shape, want.shape)
     return float(np.abs(got - want).max())
+
+
+def assert_parity(got, want, what: str, tolerance: float) -> None:
+    """Prints `'<what>: max abs err E'` and asserts `E <= tolerance` (`max_abs_error`)."""
+    error = max_abs_error(got, want)
+    print(f"{what}: max abs err {error:.2e}")
+    assert error <= tolerance

@@ -23,3 +23,30 @@ class ToySegmenter(nn.Module):
 def toy(*, num_classes, dtype=jnp.float32, width=8):
     """Registry factory (tests register it as model 'toy')."""
     return ToySegmenter(num_classes=num_classes, width=width, dtype=dtype)
+
+
+# A config file training model 'toy' (registered by the test) for 3 steps on 32 x 32 crops
+# of the shapes data.
+_CONFIG_FILE = '''
+import ml_collections
+from lapseg.train.config import base_config
+
+
+def get_config():
+    config = base_config()
+    config.model = "toy"
+    config.model_kwargs = ml_collections.ConfigDict({{"width": 4}})
+    config.data.data_dir = {data_dir!r}
+    config.data.crop_size = (32, 32)
+    config.data.batch_size = 8
+    config.num_train_steps = 3
+    config.log_every_steps = 1
+    config.optimizer.warmup_steps = 1
+    return config
+'''
+
+
+def config_file(data_dir: str | None = None) -> str:
+    """The text of the toy config file; `data_dir`: its `config.data.data_dir` (None: the
+    default)."""
+    return _CONFIG_FILE.format(data_dir=data_dir)
