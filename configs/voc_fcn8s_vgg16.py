@@ -33,7 +33,7 @@ def get_config():
     config.optimizer.weight_decay = 5e-4
     config.optimizer.warmup_steps = 0
     config.optimizer.lr_power = 0.0  # fixed learning rate
-    config.optimizer.head_lr_multiplier = 1.0
+    config.optimizer.lr_multipliers = (("*/bias", 2.0),)  # the reference's biases at 2x (lr_mult 2)
 
     config.loss.weights = {"logits": 1.0}
     config.num_train_steps = 10000

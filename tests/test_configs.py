@@ -46,7 +46,7 @@ def test_finetune_recipe_sets_the_shared_fields():
                               num_train_steps=100, eval_size=(1024, 2048))
     assert config.model == "gcn" and config.model_kwargs.backbone == "resnet50"
     assert config.data.crop_size == (800, 800) and config.data.eval_size == (1024, 2048)
-    assert config.optimizer.head_lr_multiplier == 10.0 and config.optimizer.warmup_steps == 0
+    assert config.optimizer.lr_multipliers == recipes.NEW_HEAD_10X and config.optimizer.warmup_steps == 0
     assert config.loss.weights.to_dict() == {"logits": 1.0}
     assert (config.eval_every_steps, config.checkpoint_every_steps) == (5000, 2000)
     unknown = recipes.finetune("gcn", {}, dataset="shapes", crop_size=(96, 96), batch_size=2,

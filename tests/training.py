@@ -28,8 +28,7 @@ def loss_curve(model, batch, *, model_name, loss_weights, ignore_label=255, step
     """
     config = ml_collections.ConfigDict({
         "learning_rate": learning_rate, "momentum": 0.9, "weight_decay": 0.0,
-        "warmup_steps": 0, "lr_power": 0.9, "head_lr_multiplier": 1.0,
-        "backbone_prefixes": ("backbone",)})
+        "warmup_steps": 0, "lr_power": 0.9, "lr_multipliers": ()})
     tx = optim.make_optimizer(config, total_steps=10 * steps)
     loss_cfg = ml_collections.ConfigDict({"weights": dict(loss_weights), **(loss_config or {})})
     loss_fn = losses.for_model(model_name, loss_cfg, ignore_label=ignore_label)

@@ -13,6 +13,13 @@ A constant is found by its variable name, wherever it sits in the tree (DSRL wra
 decoder, for one): `lrr_bases` `[2u, 2u, K, C]` (fitted at 32x32 and resized to the
 model's tile, `ops.pca.resize_bases`), `dupsampling_w` `[L, r*r*C]` and
 `dupsampling_mean` `[r*r*C]`. The fit's settings (K; r and L) are read off their shapes.
+
+LRR's bases come out of the PCA at the reference's absolute scale (`(n lambda)^(1/4)` times
+unit eigenvectors), which grows with the number of patches n and so is arbitrary; with
+`lrr_scale='flat_field'` (the default) each class's bases are divided by the flat-field
+gain of its first basis (`ops.basis.flat_field_gain`), so that a unit coefficient field
+reconstructs a unit score, as the bilinear kernel does. The divisor is kept beside the bases
+as `lrr_bases_gain` `[C]` (metadata: `attach` skips it).
 """
 
 import math
@@ -24,12 +31,15 @@ import numpy as np
 from flax import traverse_util
 
 from lapseg.bases import streaming
+from lapseg.ops import basis as basis_ops
 from lapseg.ops import pca
 
 LRR_BASES = "lrr_bases"
 DUPSAMPLING_W = "dupsampling_w"
 DUPSAMPLING_MEAN = "dupsampling_mean"
+LRR_BASES_GAIN = "lrr_bases_gain"  # metadata of a fit, not a variable
 FITTED_NAMES = (LRR_BASES, DUPSAMPLING_W, DUPSAMPLING_MEAN)
+LRR_SCALES = ("flat_field", "reference")
 
 
 def _flat(variables) -> dict:
@@ -55,7 +65,7 @@ def required(variables) -> dict:
 
 
 def fit(variables, label_maps: Iterable | Callable[[], Iterable], *, num_classes: int,
-        ignore_label: int = 255, seed: int = 0) -> dict:
+        ignore_label: int = 255, seed: int = 0, lrr_scale: str = "flat_field") -> dict:
     """Fits every constant that `variables` hold (see `required`) from training labels.
 
     Args:
@@ -66,17 +76,18 @@ def fit(variables, label_maps: Iterable | Callable[[], Iterable], *, num_classes
       num_classes: C.
       ignore_label: void label.
       seed: LRR crop seed.
+      lrr_scale: 'flat_field' (unit flat-field gain per class) or 'reference' (see above).
 
     Returns:
-      `{'lrr_bases': [32, 32, K, C]}` and/or `{'dupsampling_w': [L, r*r*C],
+      `{'lrr_bases': [32, 32, K, C], 'lrr_bases_gain': [C]}` and/or `{'dupsampling_w': [L, r*r*C],
       'dupsampling_mean': [r*r*C]}` as float32 numpy arrays; `{}` when none are needed.
     """
     return fit_required(required(variables), label_maps, num_classes=num_classes,
-                        ignore_label=ignore_label, seed=seed)
+                        ignore_label=ignore_label, seed=seed, lrr_scale=lrr_scale)
 
 
 def fit_required(need: dict, label_maps: Iterable | Callable[[], Iterable], *, num_classes: int,
-                 ignore_label: int = 255, seed: int = 0) -> dict:
+                 ignore_label: int = 255, seed: int = 0, lrr_scale: str = "flat_field") -> dict:
     """`fit` for constants given as `required`'s `{name: shape}` instead of variables."""
 
     def maps():
@@ -86,8 +97,15 @@ def fit_required(need: dict, label_maps: Iterable | Callable[[], Iterable], *, n
     if LRR_BASES in need:
         _, _, num_bases, classes = need[LRR_BASES]
         _check_classes(LRR_BASES, classes, num_classes)
-        fitted[LRR_BASES] = streaming.lrr_bases(maps(), num_classes, num_bases=num_bases,
-                                              ignore_label=ignore_label, seed=seed)
+        if lrr_scale not in LRR_SCALES:
+            raise ValueError(f"lrr_scale must be one of {LRR_SCALES}, got {lrr_scale!r}")
+        lrr = streaming.lrr_bases(maps(), num_classes, num_bases=num_bases,
+                                  ignore_label=ignore_label, seed=seed)
+        gain = np.ones((num_classes,), np.float32)
+        if lrr_scale == "flat_field":
+            first = basis_ops.flat_field_gain(lrr)[0]
+            gain = np.where(np.abs(first) > 1e-6, first, 1.0).astype(np.float32)
+        fitted[LRR_BASES], fitted[LRR_BASES_GAIN] = lrr / gain, gain
     if DUPSAMPLING_W in need:
         dim, depth = need[DUPSAMPLING_W]
         ratio = math.isqrt(depth // num_classes)
@@ -128,6 +146,7 @@ def attach(variables, fitted: dict) -> dict:
     Returns:
       New variables (same structure and dtypes); the inputs are not modified.
     """
+    fitted = {k: v for k, v in fitted.items() if k != LRR_BASES_GAIN}
     unknown = sorted(set(fitted) - set(FITTED_NAMES))
     if unknown:
         raise ValueError(f"attach: {unknown} are not fitted constants ({', '.join(FITTED_NAMES)})")

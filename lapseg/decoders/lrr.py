@@ -37,16 +37,16 @@ coefficient per class (K = 1) and the fixed bilinear 8x8 kernel (`bilinear_kerne
 class scores predicted at the feature's resolution and upsampled x4 bilinearly, refined by
 the same masks.
 
-Learning rate: the coefficient convs are "hot". At the reference's basis scale the first
-basis of every class is ~1 over its whole 8x8 tile and each output pixel sums 4 overlapping
-tiles, so a coefficient moves the scores ~4x as much as under bilinear upsampling (~16x in
-effective learning rate), and a 5x5 conv has 25x the fan-in of FCN's 1x1 score layers. The
-reference trains them at 0.1x the base rate and less at finer levels
-(`learning_rate_for_new_vars`); lapseg has one `head_lr_multiplier`, which LRR configs set
-well below 1. Measured on shapes (ResNet-18 from scratch, lr 0.02, 300 steps): head 1x
-diverges (loss 48 -> 1.3e5 by step 150), 0.1x reaches mIoU 0.16, 0.03x 0.18, 0.01x 0.22,
-0.003x 0.19 (the bilinear basis at 0.01x: 0.16; FCN-8s at 1x: 0.26); after 1000 steps 0.01x
-reaches 0.40, 0.1x 0.18.
+Learning rate: the coefficient convs are "hot". The top Hessian eigenvalue of the head's
+loss at initialisation (`python -m benchmarks.lrr_curvature`, shapes, quarter-width ResNet-18)
+is 2910 with the reference-scaled PCA bases against FCN-8s's 24: ~11x from the bases (flat-
+field gain 6-14 instead of the bilinear kernel's 1), the rest from the 5x5 coefficient convs
+(25x the fan-in of a 1x1 score layer) and four summed losses that all flow through the
+coarsest level. Bases at unit flat-field gain (`lapseg.bases`, the default) bring it to 264;
+the configs then train the coefficient convs at 0.1x the base rate, biases 2x, through the
+per-group rates (`config.optimizer.lr_multipliers`, `lapseg.train.recipes.lrr_multipliers`).
+The reference trains them at 0.1, 0.05, 0.0125 and 0.1/512 of its base rate for 32x..4x
+(`learning_rate_for_new_vars`), `recipes.lrr_reference_multipliers`.
 
 Dilation/erosion objectives (Sec. 4.2, `dilation_erosion=True`): at the coarsest level two more
 coefficient convs, reconstructed with the same bases plus a per-class bias (-1, and +1 for
@@ -59,8 +59,9 @@ bottom/right (both are anchored at the top-left pixel), and 'logits' likewise (t
 resizes inputs to multiples of 32 instead).
 
 Deviations: training is end to end with every level's loss at once (the reference trains the
-32x sub-model first, then adds the finer levels), and one head learning-rate multiplier
-replaces the reference's per-level ones (0.1, 0.05, 0.0125 of the base rate for 32x..8x).
+32x sub-model first, then adds the finer levels); the bases are scaled to unit flat-field gain
+(the reference's absolute scale grows as n^(1/4) with the number of patches n, so it is
+arbitrary; `basis.lrr_scale='reference'` restores it).
 
 Outputs: `'logits'` `[N, H, W, C]` (the finest level, cut / upsampled to the input),
 `'level_{s}'` `[N, 4 ceil(H/s), 4 ceil(W/s), C]` for every level stride s (e.g. 'level_32',
@@ -135,11 +136,7 @@ class LRR(nn.Module):
             raise ValueError(f"LRR: basis must be one of {BASIS_KINDS}, got {self.basis!r}")
         if self.upsample < 2 or self.upsample % 2:
             raise ValueError(f"LRR: upsample must be even and >= 2, got {self.upsample}")
-        info = self.backbone.feature_info()
-        missing = [name for name in self.features if name not in info]
-        if missing:
-            raise ValueError(f"LRR: backbone has no features {missing}; it has {list(info)}")
-        strides = [info[name].stride for name in self.features]
+        strides = backbones.feature_strides(self.backbone, self.features, "LRR")
         halving = all(coarse == 2 * fine for coarse, fine in zip(strides, strides[1:]))
         if not halving or strides[-1] % self.upsample:
             raise ValueError(
@@ -158,13 +155,17 @@ class LRR(nn.Module):
         coefficients = coefficients.reshape(n, h, w, self.num_classes, num_bases).swapaxes(3, 4)
         return basis_ops.reconstruct(coefficients, basis)
 
-    @nn.compact
     def __call__(self, images: jnp.ndarray, train: bool = False) -> dict[str, jnp.ndarray]:
         """`images`: `[N, H, W, 3]`; `train`: BN batch statistics and dropout (rng 'dropout')."""
         chex.assert_rank(images, 4)
         chex.assert_axis_dimension(images, 3, 3)
+        return self.decode(self.backbone(images, train), images.shape[1:3], train)
+
+    @nn.compact
+    def decode(self, features: dict, size: tuple[int, int],
+               train: bool = False) -> dict[str, jnp.ndarray]:
+        """The pyramid on backbone `features` (a dict by name); 'logits' at `size` `(H, W)`."""
         strides = self._strides()
-        features = self.backbone(images, train)
         basis = self._basis().astype(self.dtype)
         mask_size = self.mask_size or 2 * self.upsample + 1
 
@@ -197,7 +198,7 @@ class LRR(nn.Module):
         factor = strides[-1] // self.upsample
         if factor > 1:
             prediction = basis_ops.bilinear_upsample(prediction, factor)
-        outputs["logits"] = prediction[:, : images.shape[1], : images.shape[2]]
+        outputs["logits"] = prediction[:, : size[0], : size[1]]
         return outputs
 
 

@@ -2,8 +2,12 @@
 
 - Every pyramid level's prediction gets a masked softmax cross-entropy against the labels
   resized by nearest to its resolution (the reference's `objective_32x` .. `objective_4x`,
-  `SegmentationLoss('softmaxlog')` with labels `imresize(.., 'nearest')`), weighted by
-  `loss_config.weights` (default `DEFAULT_WEIGHTS`, all 1 as in the reference).
+  `SegmentationLoss('softmaxlog')`), weighted by `loss_config.weights` (default
+  `DEFAULT_WEIGHTS`, all 1 as in the reference). Coarse labels are sampled at block centres
+  (`loss_config.label_sampling='center'`, the default): a level at stride f predicts f x f
+  blocks with half-pixel centres (its reconstruction and the final bilinear upsampling put
+  them there), and the reference (`getBatch.m`) samples coarse labels near block centres
+  too. 'corner' (the top-left pixel, PyTorch 'nearest') shifts the 1/8 targets by 3.5 pixels.
 - Optional (`loss_config.dilation_erosion`, off by default; the model needs
   `dilation_erosion=True`): at the coarsest level, logistic losses on the dilated and eroded
   class masks (`obj_dil_seg32x`, `obj_ero_seg32x`, `SegmentationLossLogistic`): per class c
@@ -48,7 +52,7 @@ def _disk_count(x: jnp.ndarray, radius: int) -> jnp.ndarray:
         feature_group_count=channels, precision=lax.Precision.HIGHEST)
 
 
-def dilation_erosion_targets(labels, size, *, num_classes: int, radius: int):
+def dilation_erosion_targets(labels, size, *, num_classes: int, radius: int, centered: bool = True):
     """Targets of the dilation and erosion objectives, each f32 `[N, h, w, C]` in {-1, +1}.
 
     Args:
@@ -56,8 +60,9 @@ def dilation_erosion_targets(labels, size, *, num_classes: int, radius: int):
       size: `(h, w)`, the objective's resolution; labels are resized by nearest to it.
       num_classes: C.
       radius: disk radius at that resolution (0: the class masks themselves).
+      centered: sample labels at block centres (see the module docstring).
     """
-    small = resize.resize_nearest(labels, size)
+    small = resize.resize_nearest(labels, size, centered=centered)
     inside = jax.nn.one_hot(small, num_classes, dtype=jnp.float32)
     dilated = _disk_count(inside, radius) > 0.5
     eroded = _disk_count(1.0 - inside, radius) < 0.5
@@ -71,8 +76,8 @@ def logistic_loss(logits: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndarray:
 
 def loss_for_config(loss_config, *, ignore_label: int):
     """LRR's loss from `loss_config` fields: `weights` (output key -> weight),
-    `class_weights`, `dilation_erosion` (bool), `dilation_erosion_weight` (1.0),
-    `dilation_erosion_radius` (32 input pixels).
+    `class_weights`, `label_sampling` ('center', or 'corner'), `dilation_erosion` (bool),
+    `dilation_erosion_weight` (1.0), `dilation_erosion_radius` (32 input pixels).
 
     Returns:
       `loss_fn(outputs, labels, batch) -> (loss, metrics)` with `'loss/<key>'` per term.
@@ -82,11 +87,12 @@ def loss_for_config(loss_config, *, ignore_label: int):
     dilation_erosion = bool(loss_config.get("dilation_erosion", False))
     extra_weight = float(loss_config.get("dilation_erosion_weight", 1.0))
     radius = float(loss_config.get("dilation_erosion_radius", 32))
+    sampling = loss_config.get("label_sampling", "center")
 
     def loss_fn(outputs, labels, batch):
         del batch
         total, metrics = deep_supervision(outputs, labels, weights=weights, ignore_label=ignore_label,
-                                          class_weights=class_weights)
+                                          class_weights=class_weights, label_sampling=sampling)
         if not dilation_erosion:
             return total, metrics
         keys = {kind: [k for k in outputs if k.startswith(f"{kind}_")] for kind in KINDS}
@@ -98,7 +104,8 @@ def loss_for_config(loss_config, *, ignore_label: int):
         n, h, w, num_classes = logits["dilation"].shape
         level_radius = int(round(radius * h / labels.shape[1]))
         targets = dict(zip(KINDS, dilation_erosion_targets(labels, (h, w), num_classes=num_classes,
-                                                           radius=level_radius)))
+                                                           radius=level_radius,
+                                                           centered=sampling == "center")))
         for kind in KINDS:
             term = logistic_loss(logits[kind], targets[kind])
             metrics[f"loss/{keys[kind][0]}"] = term

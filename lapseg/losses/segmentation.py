@@ -54,12 +54,19 @@ def masked_cross_entropy(
     return (nll * weight).sum() / jnp.maximum(weight.sum(), 1e-12)
 
 
-def labels_like(labels: jnp.ndarray, logits: jnp.ndarray) -> jnp.ndarray:
-    """`labels` `[N, H, W]` resized by nearest to the spatial size of `logits` `[N, h, w, C]`."""
+LABEL_SAMPLING = ("corner", "center")
+
+
+def labels_like(labels: jnp.ndarray, logits: jnp.ndarray, sampling: str = "corner") -> jnp.ndarray:
+    """`labels` `[N, H, W]` resized by nearest to the spatial size of `logits` `[N, h, w, C]`:
+    sampling each block's top-left pixel ('corner', PyTorch 'nearest') or its centre ('center',
+    'nearest-exact'; see `ops.resize.resize_nearest`)."""
+    if sampling not in LABEL_SAMPLING:
+        raise ValueError(f"label sampling must be one of {LABEL_SAMPLING}, got {sampling!r}")
     size = logits.shape[1:3]
     if tuple(labels.shape[1:3]) == tuple(size):
         return labels
-    return resize.resize_nearest(labels, size)
+    return resize.resize_nearest(labels, size, centered=sampling == "center")
 
 
 def deep_supervision(
@@ -69,6 +76,7 @@ def deep_supervision(
     weights: Mapping[str, float],
     ignore_label: int,
     class_weights: Optional[Sequence[float]] = None,
+    label_sampling: str = "corner",
 ):
     """Weighted sum of masked CE over the named outputs.
 
@@ -78,6 +86,7 @@ def deep_supervision(
       weights: output key -> loss weight, e.g. `{'logits': 1.0, 'aux': 0.4}`.
       ignore_label: label value excluded from every term.
       class_weights: optional `[C]` per-class weights.
+      label_sampling: how labels are downsampled to a coarser output (`labels_like`).
 
     Returns:
       `(loss, metrics)`: the f32 total and `{'loss/<key>': term}` for every key.
@@ -92,7 +101,7 @@ def deep_supervision(
     metrics = {}
     for key, weight in weights.items():
         term = masked_cross_entropy(
-            outputs[key], labels_like(labels, outputs[key]),
+            outputs[key], labels_like(labels, outputs[key], label_sampling),
             ignore_label=ignore_label, class_weights=class_weights)
         metrics[f"loss/{key}"] = term
         total = total + weight * term

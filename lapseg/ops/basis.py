@@ -134,6 +134,19 @@ def cosine_bases(size: int, num_bases: int, num_classes: int) -> np.ndarray:
     return np.broadcast_to(bases, (size, size, num_bases, num_classes)).astype(np.float32)
 
 
+def flat_field_gain(bases: np.ndarray) -> np.ndarray:
+    """Flat-field gain of every basis image, `[P, P, K, C] -> [K, C]`.
+
+    The reconstruction of a constant unit coefficient field: tiles of size P placed every P/2
+    pixels overlap four-fold, so each output pixel of the period sums four tile pixels and the
+    mean over a period is `4 sum(B) / P^2`. The bilinear kernel's gain is 1; LRR's
+    reference-scaled PCA bases have gains of 6-14 on `shapes`. Resizing a tile by block
+    averages keeps its gain.
+    """
+    bases = np.asarray(bases, np.float64)
+    return (4.0 * bases.sum((0, 1)) / (bases.shape[0] * bases.shape[1])).astype(np.float32)
+
+
 def bilinear_deconv_weight(size: int, channels: int) -> np.ndarray:
     """`[size, size, C, C]` kernel with `bilinear_kernel(size)` on the class diagonal, 0 elsewhere.
 

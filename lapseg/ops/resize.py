@@ -132,27 +132,37 @@ def adaptive_avg_pool(x: jnp.ndarray, bins: Size) -> jnp.ndarray:
     return _separable(x, adaptive_average_matrix(in_h, bins_h), adaptive_average_matrix(in_w, bins_w))
 
 
-def nearest_indices(in_size: int, out_size: int) -> np.ndarray:
-    """Source index of each output index for PyTorch `F.interpolate(mode='nearest')`.
+def nearest_indices(in_size: int, out_size: int, *, centered: bool = False) -> np.ndarray:
+    """Source index of each output index for PyTorch `F.interpolate(mode='nearest')`, or with
+    `centered` for `mode='nearest-exact'`.
 
-    `src = min(floor(d * scale), in - 1)` with `scale = in / out`, both evaluated in float32
-    exactly as PyTorch's `nearest_neighbor_compute_source_index` does, so that the rare
-    ratios where float32 rounding moves the floor agree too.
+    `src = min(floor((d + c) * scale), in - 1)` with `scale = in / out` and `c = 0` ('nearest':
+    the top-left pixel of each block) or `c = 1/2` ('nearest-exact': the pixel nearest the
+    block's centre), evaluated in float32 as PyTorch's `nearest_neighbor_compute_source_index`
+    / `nearest_neighbor_exact_compute_source_index` do, so that the rare ratios where float32
+    rounding moves the floor agree too.
     """
     scale = np.float32(in_size) / np.float32(out_size)
-    src = np.floor(np.arange(out_size, dtype=np.float32) * scale).astype(np.int64)
+    offset = np.float32(0.5 if centered else 0.0)
+    src = np.floor((np.arange(out_size, dtype=np.float32) + offset) * scale).astype(np.int64)
     return np.minimum(src, in_size - 1)
 
 
-def resize_nearest(labels: jnp.ndarray, size: Size) -> jnp.ndarray:
-    """Nearest-neighbour resize of label maps, equal to PyTorch `F.interpolate(mode='nearest')`.
+def resize_nearest(labels: jnp.ndarray, size: Size, *, centered: bool = False) -> jnp.ndarray:
+    """Nearest-neighbour resize of label maps, equal to PyTorch `F.interpolate(mode='nearest')`
+    (or, `centered`, `mode='nearest-exact'`).
 
-    `Y[n, p, q] = X[n, src_h(p), src_w(q)]` with `src(d) = floor(d * in / out)` (see
-    `nearest_indices`). Labels are always resized this way, never bilinearly.
+    `Y[n, p, q] = X[n, src_h(p), src_w(q)]` with `src(d) = floor(d * in / out)`, the top-left
+    pixel of each block, or `floor((d + 1/2) * in / out)`, the pixel at the block's centre
+    (see `nearest_indices`). A map downsampled by an integer factor f for an output whose
+    pixels are f x f blocks with half-pixel centres (what `bilinear_upsample` and LRR's
+    reconstruction assume) wants the centre: the top-left pixel is (f - 1) / 2 pixels off.
+    Labels are always resized this way, never bilinearly.
 
     Args:
       labels: `[N, H, W]` of any dtype (integer class ids in practice).
       size: output `(h, w)` (or one int for both).
+      centered: sample block centres instead of top-left corners.
 
     Returns:
       `[N, h, w]` in labels' dtype.
@@ -160,6 +170,6 @@ def resize_nearest(labels: jnp.ndarray, size: Size) -> jnp.ndarray:
     chex.assert_rank(labels, 3)
     out_h, out_w = _pair(size, "resize_nearest: size")
     _, in_h, in_w = labels.shape
-    rows = nearest_indices(in_h, out_h)
-    cols = nearest_indices(in_w, out_w)
+    rows = nearest_indices(in_h, out_h, centered=centered)
+    cols = nearest_indices(in_w, out_w, centered=centered)
     return labels[:, rows[:, None], cols[None, :]]

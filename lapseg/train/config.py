@@ -42,7 +42,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Label-fitted constants (LRR bases, the DUpsampling matrix; `lapseg.bases`): fitted from
     # the training labels before step 0 and kept in `path`, or `<workdir>/basis.npz` when
     # empty; an existing file is reused. `num_batches` caps the label batches read (0: all).
-    config.basis = ml_collections.ConfigDict({"path": "", "num_batches": 20})
+    # `lrr_scale`: LRR bases at unit flat-field gain ('flat_field') or the reference's scale.
+    config.basis = ml_collections.ConfigDict({"path": "", "num_batches": 20,
+                                              "lrr_scale": "flat_field"})
 
     # Data: `lapseg.data.create_loader(config.data, ...)`; the defaults are the loader's own.
     config.data = data_pipeline.default_config()
@@ -55,10 +57,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.optimizer.weight_decay = 1e-4
     config.optimizer.warmup_steps = 50
     config.optimizer.lr_power = 0.9
-    # Non-backbone parameters train at `head_lr_multiplier` x the rate (PSPNet/DUpsampling
-    # recipes: 10 for a new head on a pretrained backbone; LRR: well below 1).
-    config.optimizer.head_lr_multiplier = 1.0
-    config.optimizer.backbone_prefixes = ("backbone",)
+    # Per-parameter-group learning rates: ordered (path pattern, multiplier), first match wins,
+    # unmatched parameters 1x (`lapseg.train.optim`), e.g. (('backbone/*', 1.0), ('*', 10.0)).
+    config.optimizer.lr_multipliers = ()
 
     # Loss (`lapseg.losses.for_model`): output key -> weight (LRR: 'level_32' ... 'level_4').
     config.loss = ml_collections.ConfigDict()

@@ -107,7 +107,7 @@ def ensure(config, workdir) -> str | None:
     start = time.perf_counter()
     fitted = bases.fit_required(need, lambda: label_maps(config),
                        num_classes=info.num_classes, ignore_label=info.ignore_label,
-                       seed=config.seed)
+                       seed=config.seed, lrr_scale=config.basis.get("lrr_scale", "flat_field"))
     bases.save(path, fitted, num_classes=info.num_classes)
     if bases.LRR_BASES in fitted:
         picture = os.path.splitext(path)[0] + ".png"

@@ -74,6 +74,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     image_shape = (1, *crop, 3)
 
     abstract = state_lib.abstract_train_state(model, tx, image_shape)
+    if is_main:
+        log.info("learning-rate groups:\n%s",
+                 optim.describe_groups(abstract.params, config.optimizer.lr_multipliers))
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
     train_iter = iter(loader("train", train=True))

@@ -1,11 +1,24 @@
-"""Optimiser of the papers' recipes: SGD + momentum, poly LR with warm-up, per-group LR
-multipliers (new head x10, as in PSPNet / DUpsampling), weight decay without BN and bias.
+"""Optimiser of the papers' recipes: SGD + momentum, poly LR with warm-up, per-parameter-group
+learning-rate multipliers, weight decay on kernels only.
 
 `lr(t) = base_lr * (1 - t / T) ** power` after a linear warm-up over `warmup_steps`
-(semseg `poly_learning_rate`, power 0.9). Parameters whose path starts with one of
-`config.backbone_prefixes` (the pretrained encoder) use the base LR, every other
-parameter (the newly initialised decoder) `head_lr_multiplier * lr`.
+(semseg `poly_learning_rate`, power 0.9).
+
+Parameter groups (`config.lr_multipliers`): an ordered sequence of `(pattern, multiplier)`.
+A parameter's path is its keys joined by '/', e.g. `backbone/layer1_0/conv1/conv/kernel` or
+`coefficients_res5/conv/bias`; it takes the multiplier of the FIRST pattern that matches
+(`fnmatch`: `*` matches across '/'), and 1 when none does. Examples:
+
+- a new head at 10x on a pretrained backbone (PSPNet, DUpsampling):
+  `(('backbone/*', 1.0), ('*', 10.0))`;
+- biases at twice their layer's rate (FCN, LRR): `('coefficients_res5/*/bias', 0.2)` before
+  `('coefficients_res5/*', 0.1)`.
+
+`resolve_multipliers(params, rules)` gives every parameter's multiplier; `describe_groups`
+summarises them (logged at the start of training).
 """
+
+import fnmatch
 
 import jax
 import optax
@@ -24,11 +37,51 @@ def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
     return optax.join_schedules([ramp, poly], [warmup])
 
 
-def _path_labels(params, backbone_prefixes):
-    """'backbone' or 'head' for every leaf, by the first path component."""
-    flat = traverse_util.flatten_dict(params)
-    labels = {k: "backbone" if k[0] in backbone_prefixes else "head" for k in flat}
-    return traverse_util.unflatten_dict(labels)
+def _paths(params) -> dict:
+    """`{key tuple: 'a/b/c'}` for every leaf of `params`."""
+    return {key: "/".join(map(str, key)) for key in traverse_util.flatten_dict(params)}
+
+
+def check_rules(rules) -> tuple:
+    """`rules` as a tuple of `(pattern: str, multiplier: float)`, or ValueError naming the bad entry."""
+    checked = []
+    for index, rule in enumerate(rules or ()):
+        if (not isinstance(rule, (tuple, list)) or len(rule) != 2 or not isinstance(rule[0], str)
+                or not isinstance(rule[1], (int, float)) or rule[1] < 0):
+            raise ValueError(f"optimizer.lr_multipliers[{index}] = {rule!r}: each entry must be "
+                             f"(path pattern, multiplier >= 0), e.g. ('backbone/*', 1.0)")
+        checked.append((rule[0], float(rule[1])))
+    return tuple(checked)
+
+
+def resolve_multipliers(params, rules) -> dict:
+    """`{'a/b/c': multiplier}` for every parameter: the first matching rule's, else 1."""
+    rules = check_rules(rules)
+    resolved = {}
+    for path in _paths(params).values():
+        resolved[path] = next((m for pattern, m in rules if fnmatch.fnmatchcase(path, pattern)), 1.0)
+    return resolved
+
+
+def describe_groups(params, rules) -> str:
+    """One line per distinct multiplier: the multiplier, how many arrays and values, examples."""
+    rules = check_rules(rules)
+    sizes = {"/".join(map(str, k)): int(getattr(v, "size", 0))
+             for k, v in traverse_util.flatten_dict(params).items()}
+    groups = {}
+    for path, multiplier in resolve_multipliers(params, rules).items():
+        groups.setdefault(multiplier, []).append(path)
+    lines = []
+    for multiplier in sorted(groups, reverse=True):
+        paths = groups[multiplier]
+        shown = ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
+        lines.append(f"lr x{multiplier:g}: {len(paths)} arrays, {sum(sizes[p] for p in paths):,} "
+                     f"values ({shown})")
+    unused = [pattern for pattern, _ in rules
+              if not any(fnmatch.fnmatchcase(p, pattern) for p in sizes)]
+    if unused:
+        lines.append(f"lr_multipliers patterns matching no parameter: {', '.join(unused)}")
+    return "\n".join(lines)
 
 
 def weight_decay_mask(params):
@@ -37,12 +90,14 @@ def weight_decay_mask(params):
 
 
 def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
-    """SGD-momentum with decoupled-from-BN L2 weight decay and per-group learning rates.
+    """SGD-momentum with L2 weight decay on kernels and per-group learning rates.
 
-    Weight decay is added to the gradient before momentum (as torch.optim.SGD does),
-    masked to kernels only.
+    Weight decay is added to the gradient before momentum (as torch.optim.SGD does), masked
+    to kernels only; a group's multiplier scales its learning rate (so its decay step too,
+    as in Caffe's `lr_mult`).
     """
     schedule = learning_rate_schedule(config, total_steps)
+    rules = check_rules(config.get("lr_multipliers", ()))
 
     def sgd(multiplier):
         return optax.chain(
@@ -51,9 +106,11 @@ def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
                       nesterov=config.get("nesterov", False)),
         )
 
-    prefixes = tuple(config.get("backbone_prefixes", ("backbone",)))
-    head_multiplier = config.get("head_lr_multiplier", 1.0)
-    return optax.multi_transform(
-        {"backbone": sgd(1.0), "head": sgd(head_multiplier)},
-        lambda p: _path_labels(p, prefixes),
-    )
+    multipliers = sorted({1.0, *(m for _, m in rules)})
+
+    def labels(params):
+        resolved = resolve_multipliers(params, rules)
+        flat = {key: str(resolved[path]) for key, path in _paths(params).items()}
+        return traverse_util.unflatten_dict(flat)
+
+    return optax.multi_transform({str(m): sgd(m) for m in multipliers}, labels)

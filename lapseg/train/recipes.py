@@ -2,15 +2,22 @@
 
 PSPNet, RefineNet, GCN, DUpsampling and DSRL all fine-tune an ImageNet-pretrained backbone
 with SGD (momentum 0.9), poly learning rate (power 0.9) without warm-up, the new head at
-10x the base rate (`head_lr_multiplier`), and random scaling + cropping + flips. `configs/*.py` call `finetune`
-with what differs (model, dataset, crop, batch, rate, steps) and then set their extras:
+10x the base rate (`NEW_HEAD_10X`, per-group rates in `config.optimizer.lr_multipliers`), and
+random scaling + cropping + flips. `configs/*.py` call `finetune` with what differs (model, dataset, crop, batch, rate, steps) and then set their extras:
 
     config = recipes.finetune("gcn", {...}, dataset="camvid", crop_size=(360, 480),
                               batch_size=8, learning_rate=0.01, num_train_steps=4600,
                               weight_decay=5e-4)
+
+The LRR configs share `lrr`: the paper's objective (every pyramid level, weights 1, plus
+the optional dilation/erosion objectives), SGD momentum 0.9, weight decay 5e-4.
 """
 
+from lapseg.losses.lrr import DEFAULT_WEIGHTS as LRR_LEVEL_WEIGHTS
 from lapseg.train.config import base_config
+
+# A new head on a pretrained backbone at 10x the base rate (PSPNet, RefineNet, GCN, DUpsampling).
+NEW_HEAD_10X = (("backbone/*", 1.0), ("*", 10.0))
 
 # Evaluation / checkpoint cadence per dataset: CamVid every 460 steps (10 epochs of its 367
 # training images at batch 8); the large datasets every 5000 steps, checkpoints every 2000.
@@ -25,11 +32,11 @@ def finetune(model: str, model_kwargs: dict, *, dataset: str, crop_size: tuple[i
              batch_size: int, learning_rate: float, num_train_steps: int,
              weight_decay: float = 1e-4, scale_range: tuple[float, float] = (0.5, 2.0),
              eval_size: tuple[int, int] | None = None, loss_weights: dict | None = None,
-             head_lr_multiplier: float = 10.0):
+             lr_multipliers: tuple = NEW_HEAD_10X):
     """`base_config()` set to the shared fine-tuning recipe (see the module docstring).
 
     `loss_weights` defaults to `{'logits': 1.0}`; `eval_size` to the schema's default (the
-    image size rounded up to 32).
+    image size rounded up to 32); `lr_multipliers` to the new head at 10x.
     """
     config = base_config()
     config.model = model
@@ -42,7 +49,7 @@ def finetune(model: str, model_kwargs: dict, *, dataset: str, crop_size: tuple[i
         config.data.eval_size = tuple(eval_size)
     config.optimizer.update({"learning_rate": learning_rate, "momentum": 0.9,
                              "weight_decay": weight_decay, "warmup_steps": 0, "lr_power": 0.9,
-                             "head_lr_multiplier": head_lr_multiplier})
+                             "lr_multipliers": tuple(lr_multipliers)})
     config.loss.weights = dict(loss_weights or {"logits": 1.0})
     config.num_train_steps = num_train_steps
     config.update(CADENCE.get(dataset, {}))
@@ -76,4 +83,57 @@ def dsrl_pspnet50(*, dataset: str, crop_size: tuple[int, int], eval_size: tuple[
         loss_weights={"logits": 1.0, "aux": 0.4})
     config.loss.update({"mse_weight": 0.1, "fa_weight": 1.0, "fa_subsample": 8, "fa_p": 2.0,
                         "fa_q": 1.0})
+    return config
+
+
+# LRR's pyramid levels, coarse to fine, on ResNet (the coefficient convs are
+# `coefficients_<feature>`; the dilation/erosion heads `<kind>_coefficients_<coarsest>`).
+LRR_FEATURES = ("res5", "res4", "res3", "res2")
+# golnazghiasi/LRR `LRR4xTrainVGG16Pascal.m` (`learning_rate_for_new_vars`): the coefficient
+# convs of the 32x, 16x, 8x and 4x levels at these fractions of the base rate, biases at 2x.
+LRR_REFERENCE_LEVEL_RATES = (0.1, 0.05, 0.0125, 0.1 / 512)
+
+
+def lrr_multipliers(level_rates=(1.0, 1.0, 1.0, 1.0), *, bias: float = 2.0,
+                    features=LRR_FEATURES) -> tuple:
+    """`config.optimizer.lr_multipliers` for LRR: each level's coefficient convs (and, at the
+    coarsest, the dilation/erosion heads) at `level_rates`, their biases at `bias` x that; the
+    backbone and everything else at 1x."""
+    rules = []
+    for feature, rate in zip(features, level_rates):
+        rules += [(f"*coefficients_{feature}/*/bias", bias * rate),
+                  (f"*coefficients_{feature}/*", rate)]
+    return tuple(rules)
+
+
+def lrr_reference_multipliers(features=LRR_FEATURES) -> tuple:
+    """The reference's per-level rates and 2x biases (`LRR_REFERENCE_LEVEL_RATES`)."""
+    return lrr_multipliers(LRR_REFERENCE_LEVEL_RATES, features=features)
+
+
+def lrr(model_kwargs: dict, *, dataset: str, crop_size: tuple[int, int],
+        scale_range: tuple[float, float], normalize: str, batch_size: int,
+        learning_rate: float, warmup_steps: int, lr_multipliers: tuple,
+        dilation_erosion: bool, num_train_steps: int):
+    """`base_config()` set to LRR's recipe (Ghiasi & Fowlkes, golnazghiasi/LRR).
+
+    `model_kwargs` are the `lrr` factory's (backbone, basis, num_bases ...); with
+    `dilation_erosion` the model gets the dilation/erosion heads and the loss their
+    objectives (weight 1, radius 32 input pixels, the reference's strel radius). Every
+    pyramid level is supervised with weight 1 (`lapseg.losses.lrr.DEFAULT_WEIGHTS`); SGD
+    momentum 0.9, weight decay 5e-4 (the reference's); random scaling, crops and flips.
+    """
+    config = base_config()
+    config.model = "lrr"
+    config.model_kwargs = {**model_kwargs, "dilation_erosion": dilation_erosion}
+    config.data.update({"dataset": dataset, "crop_size": tuple(crop_size),
+                        "scale_range": tuple(scale_range), "flip": True,
+                        "normalize": normalize, "batch_size": batch_size})
+    config.optimizer.update({"learning_rate": learning_rate, "momentum": 0.9,
+                             "weight_decay": 5e-4, "warmup_steps": warmup_steps,
+                             "lr_multipliers": tuple(lr_multipliers)})
+    config.loss.weights = dict(LRR_LEVEL_WEIGHTS)
+    config.loss.update({"dilation_erosion": dilation_erosion, "dilation_erosion_weight": 1.0,
+                        "dilation_erosion_radius": 32})
+    config.num_train_steps = num_train_steps
     return config

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from lapseg import bases as bases_lib
-from lapseg.ops import pca
+from lapseg.ops import basis, pca
 
 IGNORE = 255
 
@@ -308,3 +308,21 @@ def test_large_dupsampling_matrix_spans_numpy_svd():
     assert _principal_angle(w, directions) < 1e-3
     np.testing.assert_allclose(mean, patches.mean(0), atol=1e-6, rtol=0)
     np.testing.assert_allclose(w @ w.T, np.eye(16), atol=1e-5, rtol=0)
+
+
+def test_flat_field_scaling_gives_unit_gain_and_records_the_divisor():
+    # fit(lrr_scale='flat_field') = the reference-scaled bases divided, per class, by the flat-field
+    # gain of their first basis; that divisor is kept as lrr_bases_gain (and attach skips it).
+    labels = _synthetic_labels(2, 8, 48, 4)
+    need = {"lrr_bases": (8, 8, 3, 4)}
+    scaled = bases_lib.fit_required(need, [labels], num_classes=4, ignore_label=IGNORE)
+    reference = bases_lib.fit_required(need, [labels], num_classes=4, ignore_label=IGNORE,
+                                       lrr_scale="reference")
+    gain = basis.flat_field_gain(reference["lrr_bases"])[0]
+    assert np.abs(gain - 1).max() > 1  # the reference scale is not unit gain
+    np.testing.assert_allclose(scaled["lrr_bases_gain"], gain, rtol=1e-5)
+    np.testing.assert_allclose(scaled["lrr_bases"], reference["lrr_bases"] / gain, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(basis.flat_field_gain(scaled["lrr_bases"])[0], 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(reference["lrr_bases_gain"], 1.0)
+    with pytest.raises(ValueError, match="lrr_scale"):
+        bases_lib.fit_required(need, [labels], num_classes=4, lrr_scale="unit")

@@ -26,6 +26,7 @@ from lapseg.backbones import FeatureInfo
 from lapseg.losses import lrr as lrr_loss
 from lapseg.ops import basis as basis_ops
 from lapseg.ops import pca
+from tests.references import upsample_filt
 from tests.training import loss_curve
 
 NUM_CLASSES = 3
@@ -47,14 +48,6 @@ class TinyBackbone(nn.Module):
         for i in (3, 4, 5):
             features[f"res{i}"] = nn.relu(nn.Conv(8, (3, 3), strides=2, padding=1)(features[f"res{i - 1}"]))
         return features
-
-
-def upsample_filt(size):
-    """fcn.berkeleyvision.org surgery.py (= LRR's bilinear_u.m)."""
-    factor = (size + 1) // 2
-    center = factor - 1 if size % 2 == 1 else factor - 0.5
-    og = np.ogrid[:size, :size]
-    return (1 - abs(og[0] - center) / factor) * (1 - abs(og[1] - center) / factor)
 
 
 def scatter_deconv(x, kernel, stride, crop):
@@ -181,10 +174,13 @@ def test_default_bases_and_attach(fitted_bases):
         jax.eval_shape(model.init, jax.random.key(0), images)
 
 
-def _nearest(labels, size):
-    rows = np.floor(np.arange(size[0]) * labels.shape[1] / size[0]).astype(int)
-    cols = np.floor(np.arange(size[1]) * labels.shape[2] / size[1]).astype(int)
-    return labels[:, rows[:, None], cols[None, :]]
+def _nearest(labels, size, centered=True):
+    """Numpy reference: an f x f block's centre pixel `f i + f // 2` (centered), or its top-left
+    pixel `f i`, for integer factors f."""
+    factor = labels.shape[1] // size[0]
+    assert labels.shape[1] == factor * size[0] and labels.shape[2] == factor * size[1]
+    start = factor // 2 if centered else 0
+    return labels[:, start::factor, start::factor]
 
 
 def _numpy_cross_entropy(logits, labels, ignore):
@@ -213,6 +209,10 @@ def test_loss_is_the_sum_of_level_cross_entropies_plus_dilation_erosion():
     for key, value in expected.items():
         np.testing.assert_allclose(parts[f"loss/{key}"], value, rtol=1e-5)
     np.testing.assert_allclose(loss, sum(config.weights[k] * v for k, v in expected.items()), rtol=1e-5)
+    corner = ml_collections.ConfigDict({**config.to_dict(), "label_sampling": "corner"})
+    _, corner_parts = lrr_loss.loss_for_config(corner, ignore_label=255)(outputs, labels, None)
+    np.testing.assert_allclose(corner_parts["loss/level_32"], _numpy_cross_entropy(
+        outputs["level_32"], _nearest(labels, (8, 8), centered=False), 255), rtol=1e-5)
 
     config.dilation_erosion, config.dilation_erosion_radius = True, 16  # 2 pixels at 1/8
     loss2, parts2 = lrr_loss.loss_for_config(config, ignore_label=255)(outputs, labels, None)

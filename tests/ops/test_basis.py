@@ -7,7 +7,9 @@ import pytest
 from jax import lax
 from jax.test_util import check_grads
 
+from benchmarks.kernels import grouped_conv_transpose
 from lapseg.ops import basis
+from tests.references import upsample_filt
 
 RECONSTRUCT_CASES = [  # (s, K, C, H, W)
     (2, 1, 1, 3, 3),
@@ -21,38 +23,15 @@ def _random(rng, *shape):
     return rng.standard_normal(shape).astype(np.float32)
 
 
-def _grouped_conv_transpose(x, kernel, stride, padding):
-    """`conv_transpose2d(kernel [k, k, K, C], groups=C)` in `jax.lax`, NHWC, x `[N, H, W, K, C]`.
-
-    The transposed convolution written as the convolution it is the adjoint of: dilate
-    the input by the stride, pad `k - 1 - padding`, correlate with the spatially flipped
-    kernel, one group per class (`feature_group_count=C`).
-    """
-    n, h, w, num_bases, channels = x.shape
-    size = kernel.shape[0]
-    lhs = jnp.swapaxes(x, 3, 4).reshape(n, h, w, channels * num_bases)  # channel c*K + k
-    rhs = jnp.flip(kernel, (0, 1)).reshape(size, size, num_bases, channels)  # HWIO, I per group
-    edge = size - 1 - padding
-    return lax.conv_general_dilated(
-        lhs,
-        rhs,
-        window_strides=(1, 1),
-        padding=((edge, edge), (edge, edge)),
-        lhs_dilation=(stride, stride),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=channels,
-        precision=lax.Precision.HIGHEST,
-    )
-
-
 @pytest.mark.parametrize("s,k,c,h,w", RECONSTRUCT_CASES)
 def test_reconstruct_matches_grouped_lax_conv(s, k, c, h, w):
     # Reference: XLA's own grouped convolution with input dilation (what
-    # lax.conv_transpose lowers to), built from the textbook transposed-conv identity.
+    # lax.conv_transpose lowers to), built from the textbook transposed-conv identity
+    # (kernel 2s, stride s, padding s/2: the benchmark's baseline).
     rng = np.random.default_rng(s * 100 + k)
     x, b = _random(rng, 2, h, w, k, c), _random(rng, 2 * s, 2 * s, k, c)
     got = basis.reconstruct(x, b)
-    want = _grouped_conv_transpose(x, b, s, s // 2)
+    want = grouped_conv_transpose(x, b, precision=lax.Precision.HIGHEST)
     assert got.shape == (2, s * h, s * w, c)
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 
@@ -128,13 +107,7 @@ def test_reconstruct_rejects_bad_shapes(coeffs_shape, basis_shape, match):
 @pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 8, 16, 64])
 def test_bilinear_kernel_is_fcn_upsample_filt(size):
     # Reference: upsample_filt from fcn.berkeleyvision.org surgery.py, written out verbatim.
-    factor = (size + 1) // 2
-    if size % 2 == 1:
-        center = factor - 1
-    else:
-        center = factor - 0.5
-    og = np.ogrid[:size, :size]
-    want = (1 - abs(og[0] - center) / factor) * (1 - abs(og[1] - center) / factor)
+    want = upsample_filt(size)
     np.testing.assert_allclose(basis.bilinear_kernel(size), want, atol=1e-7, rtol=0)
 
 
@@ -197,3 +170,18 @@ def test_bilinear_upsample_matches_torch_deconv(factor):
 def test_bilinear_upsample_rejects_bad_factor(factor):
     with pytest.raises(ValueError, match="factor"):
         basis.bilinear_upsample(jnp.zeros((1, 2, 2, 1)), factor)
+
+
+def test_flat_field_gain_is_the_reconstruction_of_unit_coefficients():
+    # Reference: reconstruct a constant unit coefficient field with the op itself and average
+    # one interior period; the bilinear kernel's gain is 1.
+    rng = np.random.default_rng(0)
+    tiles = rng.normal(size=(8, 8, 3, 2)).astype(np.float32)
+    gain = basis.flat_field_gain(tiles)
+    for k in range(3):
+        only_k = np.zeros((1, 6, 6, 3, 2), np.float32)
+        only_k[..., k, :] = 1.0
+        out = np.asarray(basis.reconstruct(jnp.asarray(only_k), jnp.asarray(tiles)))
+        np.testing.assert_allclose(out[0, 8:12, 8:12].mean((0, 1)), gain[k], rtol=1e-5)
+    np.testing.assert_allclose(basis.flat_field_gain(basis.bilinear_kernel(8)[:, :, None, None]), 1.0,
+                               rtol=1e-6)

@@ -83,6 +83,19 @@ def test_resize_nearest_matches_torch(in_hw, out_hw):
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("in_hw,out_hw", [((64, 96), (8, 12)), ((96, 96), (24, 24)), ((33, 45), (9, 11))])
+def test_centered_resize_nearest_samples_block_centres(in_hw, out_hw):
+    # References: torch F.interpolate(mode='nearest-exact'); for integer factors f, the numpy
+    # block centre `f i + f // 2` (the pixel nearest the centre f i + (f - 1) / 2, ties down-right).
+    labels = np.random.default_rng(1).integers(0, 12, (2, *in_hw), dtype=np.uint8)
+    got = resize.resize_nearest(labels, out_hw, centered=True)
+    want = F.interpolate(torch.from_numpy(labels)[:, None], size=out_hw, mode="nearest-exact")[:, 0]
+    np.testing.assert_array_equal(got, want.numpy())
+    fh, fw = in_hw[0] // out_hw[0], in_hw[1] // out_hw[1]
+    if (fh * out_hw[0], fw * out_hw[1]) == in_hw:
+        np.testing.assert_array_equal(got, labels[:, fh // 2 :: fh, fw // 2 :: fw])
+
+
 def test_nearest_indices_match_torch_float32_rounding():
     # Reference: torch nearest on an index ramp, for every in/out size pair up to 64; catches the
     # float32-vs-exact floor differences (15 pairs here, e.g. in=26, out=22) an exact formula misses.

@@ -20,7 +20,7 @@ IGNORE = 255
 def _optimizer_config():
     return ml_collections.ConfigDict({
         "learning_rate": 0.1, "momentum": 0.9, "weight_decay": 1e-3, "warmup_steps": 2,
-        "lr_power": 0.9, "head_lr_multiplier": 10.0, "backbone_prefixes": ("backbone",)})
+        "lr_power": 0.9, "lr_multipliers": (("backbone/*", 1.0), ("*", 10.0))})
 
 
 def _batch(seed=0, n=8, size=8):

@@ -1,0 +1,97 @@
+"""FCN-8s against LRR (PCA bases) and LRR (bilinear basis, the paper's ablation) on `shapes`.
+
+    python -m benchmarks.decoders_shapes [--steps 6500] [--batch_size 16] [--models fcn8s,lrr,lrr_bilinear]
+        [--workdir benchmarks_out/decoders_shapes]
+
+Every model trains from scratch with the main job's data, backbone, steps and batch
+(`configs/default.py`, `configs/shapes_lrr.py`, and the latter with `basis='bilinear'`),
+one after the other in this process, in its own kept work dir (`<workdir>/<model>`, so that
+`lapseg eval --workdir` can evaluate it again on any split). Each is then evaluated by
+`lapseg eval` on the whole validation split at full resolution. The table gives val mIoU,
+trimap (boundary) accuracy at w = 1, 2, 4, 8, training minutes, and each number's ratio to
+FCN-8s's.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import pathlib
+import time
+
+from lapseg import cli
+from lapseg.train import config as config_lib
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+WIDTHS = ("1", "2", "4", "8")
+
+
+def load_config(name: str):
+    spec = importlib.util.spec_from_file_location(name, CONFIGS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def model_config(model: str):
+    """The shapes configs of `model`: 'fcn8s', 'lrr' (PCA bases) or 'lrr_bilinear'."""
+    if model == "fcn8s":
+        return load_config("default")
+    config = load_config("shapes_lrr")
+    if model == "lrr_bilinear":
+        config.model_kwargs.basis = "bilinear"
+    return config
+
+
+def run(config, workdir: str, *, steps: int, eval_flags=()) -> dict:
+    """Trains `config` for `steps` in `workdir` (kept), then `lapseg eval --workdir` on the whole
+    validation split; returns val mIoU, per-class IoU, trimap accuracy by width, minutes."""
+    config.num_train_steps = steps
+    config.eval_every_steps = config.checkpoint_every_steps = steps
+    if os.path.exists(os.path.join(workdir, "checkpoints")):
+        raise SystemExit(f"{workdir} holds a run already: pass another --workdir")
+    from lapseg.train import loop  # pylint: disable=import-outside-toplevel
+
+    start = time.perf_counter()
+    loop.train_and_evaluate(config, workdir)
+    minutes = (time.perf_counter() - start) / 60
+    if cli.main(["eval", f"--workdir={workdir}", *eval_flags]) != 0:
+        raise SystemExit(f"lapseg eval failed on {workdir}")
+    with open(os.path.join(workdir, "eval_validation.json"), encoding="utf-8") as f:
+        result = json.load(f)
+    return {"miou": result["miou"], "per_class_iou": result["per_class_iou"], "minutes": minutes,
+            **{f"w{w}": result["trimap_accuracy"][w] for w in WIDTHS}}
+
+
+def print_table(results: dict, title: str) -> None:
+    """Markdown table of `run` results, with ratios to FCN-8s's where it ran."""
+    base = results.get("fcn8s")
+    keys = ["miou", *(f"w{w}" for w in WIDTHS)]
+    print(f"\n{title} (ratios to FCN-8s in brackets)")
+    print("| model | val mIoU | " + " | ".join(f"trimap w={w}" for w in WIDTHS) + " | minutes |")
+    print("|---" * (len(keys) + 2) + "|")
+    for model, result in results.items():
+        cells = [f"{result[k]:.4f}" + (f" ({result[k] / base[k]:.3f})" if base else "") for k in keys]
+        print(f"| {model} | " + " | ".join(cells) + f" | {result['minutes']:.1f} |")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=config_lib.default_job().num_train_steps)
+    parser.add_argument("--batch_size", type=int, default=config_lib.default_job().data.batch_size)
+    parser.add_argument("--models", default="fcn8s,lrr,lrr_bilinear")
+    parser.add_argument("--workdir", default="benchmarks_out/decoders_shapes")
+    parser.add_argument("--data_dir", default=None)
+    args = parser.parse_args()
+    results = {}
+    for model in args.models.split(","):
+        config = model_config(model)
+        config.data.batch_size = args.batch_size
+        if args.data_dir:
+            config.data.data_dir = args.data_dir
+        results[model] = run(config, os.path.join(args.workdir, model), steps=args.steps)
+    print_table(results, f"shapes, {args.steps} steps of batch {args.batch_size}, val at full "
+                         f"resolution")
+
+if __name__ == "__main__":
+    main()
