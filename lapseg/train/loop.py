@@ -22,6 +22,7 @@ from lapseg import models
 from lapseg.train import checkpoint as checkpoint_lib
 from lapseg.train import config as config_lib
 from lapseg.train import fitted as fitted_lib
+from lapseg.train import init as init_lib
 from lapseg.train import logging as log_lib
 from lapseg.train import optim
 from lapseg.train import state as state_lib
@@ -86,15 +87,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if checkpointer.latest_step() is not None:
         state = checkpointer.restore(abstract, meta=identity, data_iterator=train_iter)
         log.info("resumed from step %d", int(state.step))
-    else:  # Fresh start: initialise, then attach the label-fitted constants (fitted if missing).
-        path = fitted_lib.ensure(config, workdir)
+    else:  # Fresh start: initialise, apply `config.init`, attach the label-fitted constants.
+        init = jax.jit(lambda rng: state_lib.init_variables(model, rng, image_shape),
+                       out_shardings=replicated)
+        variables = init(jax.random.key(config.seed))
+        if init_lib.requested(config):  # on host copies: every process reads the files
+            variables = init_lib.apply(config, jax.device_get(variables),
+                                       arch=init_lib.backbone_arch(model))
+        path = fitted_lib.ensure(config, workdir)  # fitted if missing
         fitted = bases.load(path, num_classes=num_classes) if path else {}
 
-        def create(rng):
-            variables = bases.attach(state_lib.init_variables(model, rng, image_shape), fitted)
-            return state_lib.create_train_state(variables, tx)
+        def create(variables):
+            return state_lib.create_train_state(bases.attach(variables, fitted), tx)
 
-        state = jax.jit(create, out_shardings=replicated)(jax.random.key(config.seed))
+        state = jax.jit(create, out_shardings=replicated)(variables)
 
     train_step = step_lib.jit_train_step(mesh, model=model, tx=tx, loss_fn=loss_fn,
                                          ignore_label=ignore_label)
