@@ -90,7 +90,8 @@ def default_job() -> ml_collections.ConfigDict:
 
     It must reach >= 0.85 val mIoU on `shapes` in < 10 min on a 2-core CPU: `lapseg train`
     reached 0.868 after these 6500 steps (the same before and after the wave-2 restructuring,
-    `lapseg train` at 538b3e9 and now), in about 7.5 min with the dataset build (~16 steps/s).
+    `lapseg train` at 538b3e9 and now; wave 1 timed it at 7 min 27 s with the dataset build,
+    ~16 steps/s, on an idle 2-core CPU).
     LRR on the same backbone learns more slowly per second: configs/shapes_lrr.py.
     """
     config = base_config()
