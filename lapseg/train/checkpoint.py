@@ -141,6 +141,32 @@ def _check_tree(saved, target, where):
         raise CheckpointError("\n".join(lines))
 
 
+def partial_reader(directory) -> ocp.CheckpointManager:
+    """A read-only manager of `directory` whose `state` item can be read in part (close it).
+
+    `StandardCheckpointHandler` writes the PyTree format, so the PyTree handler reads any
+    subtree of it (the variables without the optimiser state); the data item is known but
+    never read.
+    """
+    return ocp.CheckpointManager(
+        directory, options=ocp.CheckpointManagerOptions(create=False),
+        item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                       "data": grain.checkpoint.CheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()})
+
+
+def existing_step(manager, step, directory, what: str = "") -> int:
+    """`step` (default: the latest) if `manager` holds it, else `CheckpointError` (prefixed
+    by `what`, e.g. the config field that named the directory)."""
+    prefix = f"{what}: " if what else ""
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise CheckpointError(f"{prefix}no checkpoint in {directory}")
+    if step not in manager.all_steps():
+        raise CheckpointError(f"{prefix}no checkpoint of step {step} in {directory}")
+    return step
+
+
 def read_variables(directory, abstract_variables, *, meta, step=None):
     """A model's variables from a checkpoint of `Checkpointer`, for inference.
 
@@ -163,18 +189,9 @@ def read_variables(directory, abstract_variables, *, meta, step=None):
     directory = os.path.abspath(directory)
     if not os.path.isdir(directory):
         raise CheckpointError(f"no checkpoint in {directory} (it does not exist)")
-    # `StandardCheckpointHandler` writes the PyTree format: the PyTree handler reads part of it.
-    manager = ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(create=False),
-        item_handlers={"state": ocp.PyTreeCheckpointHandler(),
-                       "data": grain.checkpoint.CheckpointHandler(),  # known, never read
-                       "meta": ocp.JsonCheckpointHandler()})
+    manager = partial_reader(directory)
     try:
-        step = manager.latest_step() if step is None else step
-        if step is None:
-            raise CheckpointError(f"no checkpoint in {directory}")
-        if step not in manager.all_steps():
-            raise CheckpointError(f"no checkpoint of step {step} in {directory}")
+        step = existing_step(manager, step, directory)
         where = f"{directory}/{step}"
         _check_meta(manager, step, meta, where, "this model")
         variables = dict(abstract_variables)

@@ -29,7 +29,6 @@ import logging
 import os
 
 import flax
-import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -231,18 +230,9 @@ def read_checkpoint(directory, step=None):
     """
     root, found = _locate(directory)
     step = found if step is None else step
-    manager = ocp.CheckpointManager(
-        root, options=ocp.CheckpointManagerOptions(create=False),
-        item_handlers={"state": ocp.PyTreeCheckpointHandler(),
-                       "data": grain.checkpoint.CheckpointHandler(),  # known, never read
-                       "meta": ocp.JsonCheckpointHandler()})
+    manager = checkpoint_lib.partial_reader(root)
     try:
-        step = manager.latest_step() if step is None else step
-        if step is None:
-            raise checkpoint_lib.CheckpointError(f"config.init.checkpoint: no checkpoint in {root}")
-        if step not in manager.all_steps():
-            raise checkpoint_lib.CheckpointError(
-                f"config.init.checkpoint: no checkpoint of step {step} in {root}")
+        step = checkpoint_lib.existing_step(manager, step, root, "config.init.checkpoint")
         saved = manager.item_metadata(step)["state"]
         saved = getattr(saved, "tree", saved)
         # Only the variables: the optimiser state is neither needed nor read. Empty

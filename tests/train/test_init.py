@@ -13,7 +13,6 @@ import logging
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import traverse_util
@@ -25,7 +24,7 @@ from lapseg.train import init as init_lib
 from lapseg.train import loop
 from lapseg.train import state as state_lib
 from lapseg.train import step as step_lib
-from lapseg.train.config import base_config
+from tests.train import toy
 
 NUM_CLASSES = 5  # the shapes dataset
 FULL_R18 = {"backbone": "resnet18", "backbone_kwargs": {"output_stride": 32}}
@@ -84,17 +83,7 @@ def resnet18_pth(tmp_path_factory):
 
 
 def _config(data_dir, model, model_kwargs, steps=1, learning_rate=0.0):
-    config = base_config()
-    config.model = model
-    config.model_kwargs = ml_collections.ConfigDict(model_kwargs)
-    config.data.data_dir = data_dir
-    config.data.dataset = "shapes"
-    config.data.crop_size = (32, 32)
-    config.data.batch_size = 8
-    config.data.eval_size = (96, 96)
-    config.num_train_steps = steps
-    config.log_every_steps = 1
-    config.eval_every_steps = 1000
+    config = toy.tiny_config(data_dir, model=model, model_kwargs=model_kwargs, steps=steps)
     config.checkpoint_every_steps = 1
     config.optimizer.learning_rate = learning_rate
     config.optimizer.warmup_steps = 0

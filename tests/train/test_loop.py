@@ -5,7 +5,6 @@ included) and the loop's outputs (metrics JSON lines, best/last checkpoints)."""
 
 import json
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
@@ -13,8 +12,8 @@ from lapseg import models
 from lapseg.train import loop
 from lapseg.train import step as step_lib
 from lapseg.train import checkpoint as checkpoint_lib
+from tests.train import toy
 
-from lapseg.train.config import base_config
 
 
 @pytest.fixture(autouse=True)
@@ -28,18 +27,7 @@ def data_dir(tmp_path_factory):
 
 
 def _config(data_dir, steps=6):
-    config = base_config()
-    config.model = "toy"
-    config.model_kwargs = ml_collections.ConfigDict({"width": 4})
-    config.loss.weights = {"logits": 1.0}
-    config.data.data_dir = data_dir
-    config.data.dataset = "shapes"
-    config.data.crop_size = (32, 32)
-    config.data.batch_size = 8
-    config.data.eval_size = (96, 96)
-    config.num_train_steps = steps
-    config.log_every_steps = 1
-    config.eval_every_steps = 1000
+    config = toy.tiny_config(data_dir, steps=steps)
     config.checkpoint_every_steps = 3
     config.optimizer.warmup_steps = 2
     return config

@@ -50,3 +50,23 @@ def config_file(data_dir: str | None = None) -> str:
     """The text of the toy config file; `data_dir`: its `config.data.data_dir` (None: the
     default)."""
     return _CONFIG_FILE.format(data_dir=data_dir)
+
+
+def tiny_config(data_dir, *, model="toy", model_kwargs=None, steps=6):
+    """A training config sized for tests: `model` (default the toy, width 4) on 32 x 32 shapes
+    crops, batch 8, evaluation at 96 x 96 only at the end, logs every step."""
+    import ml_collections  # pylint: disable=import-outside-toplevel
+
+    from lapseg.train.config import base_config  # pylint: disable=import-outside-toplevel
+
+    config = base_config()
+    config.model = model
+    config.model_kwargs = ml_collections.ConfigDict(model_kwargs or {"width": 4})
+    config.data.data_dir = data_dir
+    config.data.crop_size = (32, 32)
+    config.data.batch_size = 8
+    config.data.eval_size = (96, 96)
+    config.num_train_steps = steps
+    config.log_every_steps = 1
+    config.eval_every_steps = 1000
+    return config
