@@ -1,6 +1,6 @@
 """FCN-8s against LRR (PCA bases) and LRR (bilinear basis) on CamVid, from scratch, on a CPU.
 
-    python -m benchmarks.decoders_camvid [--camvid_dir ../shared/data/camvid] [--steps 3000]
+    python -m benchmarks.decoders_camvid [--camvid_dir ../shared/data/camvid] [--steps 2000]
         [--batch_size 8] [--width 0.25] [--workdir benchmarks_out/decoders_camvid]
 
 The shapes comparison (`benchmarks/decoders_shapes.py`) on real street scenes, sized for a
@@ -39,7 +39,7 @@ def camvid_config(model: str, args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--camvid_dir", type=pathlib.Path, default=DEFAULT_DIR)
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--models", default="fcn8s,lrr,lrr_bilinear")

@@ -15,7 +15,7 @@
 """
 
 from lapseg.bases.constants import (DUPSAMPLING_MEAN, DUPSAMPLING_W, FITTED_NAMES, LRR_BASES,
-                                    attach, fit, fit_required, required)
+                                    attach, fit, fit_required, required, span_gain)
 from lapseg.bases.streaming import LRR_PATCH, dupsampling_matrix, lrr_bases
 from lapseg.bases.io import load, save
 from lapseg.bases.oracle import bilinear_reconstruction_miou, reconstruction_miou

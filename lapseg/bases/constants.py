@@ -17,9 +17,13 @@ model's tile, `ops.pca.resize_bases`), `dupsampling_w` `[L, r*r*C]` and
 LRR's bases come out of the PCA at the reference's absolute scale (`(n lambda)^(1/4)` times
 unit eigenvectors), which grows with the number of patches n and so is arbitrary; with
 `lrr_scale='flat_field'` (the default) each class's bases are divided by the flat-field
-gain of its first basis (`ops.basis.flat_field_gain`), so that a unit coefficient field
-reconstructs a unit score, as the bilinear kernel does. The divisor is kept beside the bases
-as `lrr_bases_gain` `[C]` (metadata: `attach` skips it).
+gain of their span (`span_gain`: the largest flat-field response of a unit-norm coefficient
+vector, `sqrt(sum_k g_k^2)` over the bases' gains `g_k`, `ops.basis.flat_field_gain`, signed
+as the largest of them), so that a unit coefficient field reconstructs at most a unit
+score, as the bilinear kernel does. The divisor is kept beside the bases as `lrr_bases_gain`
+`[C]` (metadata: `attach` skips it). Not the first basis's gain alone: the first principal
+direction of a thin class (CamVid's poles) can be odd, with a gain near 0, and dividing by
+it blew that class's bases up to 1e4 and the training to NaN.
 """
 
 import math
@@ -101,10 +105,7 @@ def fit_required(need: dict, label_maps: Iterable | Callable[[], Iterable], *, n
             raise ValueError(f"lrr_scale must be one of {LRR_SCALES}, got {lrr_scale!r}")
         lrr = streaming.lrr_bases(maps(), num_classes, num_bases=num_bases,
                                   ignore_label=ignore_label, seed=seed)
-        gain = np.ones((num_classes,), np.float32)
-        if lrr_scale == "flat_field":
-            first = basis_ops.flat_field_gain(lrr)[0]
-            gain = np.where(np.abs(first) > 1e-6, first, 1.0).astype(np.float32)
+        gain = span_gain(lrr) if lrr_scale == "flat_field" else np.ones((num_classes,), np.float32)
         fitted[LRR_BASES], fitted[LRR_BASES_GAIN] = lrr / gain, gain
     if DUPSAMPLING_W in need:
         dim, depth = need[DUPSAMPLING_W]
@@ -116,6 +117,19 @@ def fit_required(need: dict, label_maps: Iterable | Callable[[], Iterable], *, n
                                              ignore_label=ignore_label)
         fitted[DUPSAMPLING_W], fitted[DUPSAMPLING_MEAN] = w, mean
     return fitted
+
+
+def span_gain(bases: np.ndarray) -> np.ndarray:
+    """Flat-field gain of each class's span of bases, `[P, P, K, C] -> [C]` (see the docstring).
+
+    `sqrt(sum_k g_k^2)`, signed as the largest `g_k`; 1 for a class whose bases have no flat-field
+    response at all (< 1e-6), which leaves them as they are.
+    """
+    gains = np.asarray(basis_ops.flat_field_gain(bases), np.float64)
+    norm = np.sqrt((gains**2).sum(0))
+    dominant = np.take_along_axis(gains, np.abs(gains).argmax(0)[None], 0)[0]
+    sign = np.where(dominant < 0, -1.0, 1.0)
+    return np.where(norm > 1e-6, sign * norm, 1.0).astype(np.float32)
 
 
 def _check_classes(name, classes, num_classes):

@@ -298,6 +298,20 @@ def test_fits_take_camvid_360x480_maps(camvid_dir, ratio):
     assert lrr.shape == (32, 32, 4, 11) and np.isfinite(lrr).all()
 
 
+def test_span_gain_survives_an_odd_first_basis():
+    # CamVid's pole class: its first principal direction is odd (flat-field gain ~1e-4), and
+    # dividing by that gain alone blew its bases up 1e4-fold. The span's gain is set by the
+    # even basis; a class with no flat-field response at all keeps its bases (divisor 1).
+    ramp = np.linspace(-1, 1, 8)
+    odd = np.broadcast_to(ramp[None, :], (8, 8))  # sums to 0
+    even = np.full((8, 8), 0.5)  # gain 4 * 32 / 64 = 2
+    bases = np.zeros((8, 8, 2, 2))
+    bases[:, :, 0, 0], bases[:, :, 1, 0] = odd, even
+    bases[:, :, 0, 1], bases[:, :, 1, 1] = odd, -odd
+    np.testing.assert_allclose(basis.flat_field_gain(bases)[0], 0.0, atol=1e-6)
+    np.testing.assert_allclose(bases_lib.span_gain(bases), [2.0, 1.0], rtol=1e-6)
+
+
 def test_large_dupsampling_matrix_spans_numpy_svd():
     # D = 16*16*8 = 2048 with dim 16 takes the Lanczos path (few of many eigenpairs); the
     # reference is the same float64 numpy SVD as for the small cases.
@@ -312,17 +326,20 @@ def test_large_dupsampling_matrix_spans_numpy_svd():
 
 def test_flat_field_scaling_gives_unit_gain_and_records_the_divisor():
     # fit(lrr_scale='flat_field') = the reference-scaled bases divided, per class, by the flat-field
-    # gain of their first basis; that divisor is kept as lrr_bases_gain (and attach skips it).
+    # gain of their span; that divisor is kept as lrr_bases_gain (and attach skips it).
     labels = _synthetic_labels(2, 8, 48, 4)
     need = {"lrr_bases": (8, 8, 3, 4)}
     scaled = bases_lib.fit_required(need, [labels], num_classes=4, ignore_label=IGNORE)
     reference = bases_lib.fit_required(need, [labels], num_classes=4, ignore_label=IGNORE,
                                        lrr_scale="reference")
-    gain = basis.flat_field_gain(reference["lrr_bases"])[0]
-    assert np.abs(gain - 1).max() > 1  # the reference scale is not unit gain
-    np.testing.assert_allclose(scaled["lrr_bases_gain"], gain, rtol=1e-5)
-    np.testing.assert_allclose(scaled["lrr_bases"], reference["lrr_bases"] / gain, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(basis.flat_field_gain(scaled["lrr_bases"])[0], 1.0, rtol=1e-5)
+    gains = basis.flat_field_gain(reference["lrr_bases"]).astype(np.float64)  # [K, C]
+    dominant = gains[np.abs(gains).argmax(0), np.arange(4)]
+    span = np.sign(dominant) * np.sqrt((gains**2).sum(0))
+    assert np.abs(span - 1).max() > 1  # the reference scale is not unit gain
+    np.testing.assert_allclose(scaled["lrr_bases_gain"], span, rtol=1e-5)
+    np.testing.assert_allclose(scaled["lrr_bases"], reference["lrr_bases"] / span, rtol=1e-5, atol=1e-7)
+    unit = basis.flat_field_gain(scaled["lrr_bases"]).astype(np.float64)
+    np.testing.assert_allclose(np.sqrt((unit**2).sum(0)), 1.0, rtol=1e-5)
     np.testing.assert_array_equal(reference["lrr_bases_gain"], 1.0)
     with pytest.raises(ValueError, match="lrr_scale"):
         bases_lib.fit_required(need, [labels], num_classes=4, lrr_scale="unit")
