@@ -28,4 +28,4 @@ def get_config(size: str = "360x480"):
         "icnet", {**ICNET50, "pooling": "adaptive"}, dataset="camvid", crop_size=(height, width),
         batch_size=batch_size, eval_size=(height, width), learning_rate=0.01,
         num_train_steps=200 * 367 // batch_size, loss_weights=recipes.ICNET_LOSS_WEIGHTS,
-        lr_multipliers=())
+        lr_multipliers=(), pretrained=False)

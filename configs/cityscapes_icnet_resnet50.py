@@ -20,4 +20,4 @@ def get_config():
     return recipes.finetune(
         "icnet", {**ICNET50, "pooling": "fixed", **CITYSCAPES_POOLING}, dataset="cityscapes",
         crop_size=(1024, 2048), batch_size=16, eval_size=(1024, 2048), learning_rate=0.01,
-        num_train_steps=30000, loss_weights=recipes.ICNET_LOSS_WEIGHTS, lr_multipliers=())
+        num_train_steps=30000, loss_weights=recipes.ICNET_LOSS_WEIGHTS, lr_multipliers=(), pretrained=False)

@@ -13,6 +13,7 @@ helped); Caffe VGG-16 weights, hence 'caffe' input normalisation (BGR, 0-255 min
 Skips scaled by 0.01 / 0.0001 ('fcn8s_atonce'), upsampling fixed to bilinear.
 """
 
+from lapseg.train import recipes
 from lapseg.train.config import base_config
 
 
@@ -20,6 +21,7 @@ def get_config():
     config = base_config()
     config.model = "fcn8s_atonce"
     config.model_kwargs = {"backbone": "vgg16", "backbone_kwargs": {"pad100": True}}
+    config.init.backbone_weights = recipes.imagenet_weights("vgg16_caffe")
 
     config.data.dataset = "camvid"
     config.data.crop_size = (360, 480)  # whole CamVid images

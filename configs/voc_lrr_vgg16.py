@@ -29,6 +29,6 @@ def get_config():
         dataset="camvid", crop_size=(384, 384), scale_range=(0.75, 1.83), normalize="caffe",
         batch_size=16, learning_rate=1e-3, warmup_steps=0,
         lr_multipliers=recipes.lrr_reference_multipliers(VGG_LEVELS), dilation_erosion=True,
-        num_train_steps=8000)
+        num_train_steps=8000, backbone_weights="vgg16_caffe")
     config.basis.lrr_scale = "reference"
     return config

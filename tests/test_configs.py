@@ -52,3 +52,34 @@ def test_finetune_recipe_sets_the_shared_fields():
     unknown = recipes.finetune("gcn", {}, dataset="shapes", crop_size=(96, 96), batch_size=2,
                                learning_rate=0.1, num_train_steps=10)
     assert unknown.eval_every_steps == config_lib.base_config().eval_every_steps
+
+
+# The paper configs start from ImageNet weights (ICNet: no half-width weights exist; the
+# shapes jobs train from scratch). The expected file per config, by IMAGENET_WEIGHTS key:
+PRETRAINED = {
+    "ade20k_pspnet_resnet50": "resnet50_deep_stem", "camvid_pspnet_resnet50": "resnet50_deep_stem",
+    "camvid_dsrl_pspnet": "resnet50_deep_stem", "cityscapes_dsrl_pspnet": "resnet50_deep_stem",
+    "camvid_dupsampling_resnet50": "resnet50", "cityscapes_dupsampling_resnet50": "resnet50",
+    "camvid_gcn_resnet50": "resnet50", "cityscapes_gcn_resnet101": "resnet101",
+    "camvid_lrr_resnet50": "resnet50", "camvid_refinenet_resnet101": "resnet101",
+    "cityscapes_refinenet_resnet101": "resnet101", "voc_fcn8s_vgg16": "vgg16_caffe",
+    "voc_lrr_vgg16": "vgg16_caffe",
+    "camvid_icnet_resnet50": None, "cityscapes_icnet_resnet50": None, "default": None,
+    "shapes_lrr": None,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_paper_configs_start_from_imagenet_weights(path, tmp_path, monkeypatch):
+    monkeypatch.setenv(recipes.WEIGHTS_DIR_ENV, str(tmp_path))
+    name = PRETRAINED[path.stem]  # a new config must say here where it starts from
+    expected = str(tmp_path / f"{name}.npz") if name else None
+    assert load_config(path).init.backbone_weights == expected
+
+
+def test_imagenet_weights_default_dir_and_unknown_name(monkeypatch):
+    monkeypatch.delenv(recipes.WEIGHTS_DIR_ENV, raising=False)
+    path = recipes.imagenet_weights("resnet101")
+    assert path.endswith("/.cache/lapseg/weights/resnet101.npz") and "~" not in path
+    with pytest.raises(ValueError, match="resnet7"):
+        recipes.imagenet_weights("resnet7")

@@ -25,10 +25,13 @@ def main(argv) -> int:
     if positional:
         common.fail(argv[0], f"unexpected arguments {' '.join(positional)}", "see --help")
     common.quiet_logging()
-    from lapseg.train import loop  # pylint: disable=import-outside-toplevel
+    from lapseg.train import init, loop  # pylint: disable=import-outside-toplevel
 
     workdir = flag_values.workdir
-    result = loop.train_and_evaluate(flag_values.config, workdir)
+    try:
+        result = loop.train_and_evaluate(flag_values.config, workdir)
+    except init.InitError as err:  # config.init names a missing or unfitting file or run
+        common.fail(argv[0], str(err).replace("\n", " "))
     print(f"final mIoU {result['miou']:.4f} at step {result['step']} (workdir {workdir})")
     return 0
 

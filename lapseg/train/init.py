@@ -23,6 +23,7 @@ therefore wins over constants copied from a checkpoint); a resumed run restores 
 checkpoint and never re-applies `config.init`. Every process reads the files itself.
 """
 
+import contextlib
 import dataclasses
 import fnmatch
 import logging
@@ -43,6 +44,15 @@ log = logging.getLogger(__name__)
 BACKBONE = "backbone"  # the backbone's module name in every model's variables
 _WEIGHT_COLLECTIONS = ("params", "batch_stats")  # what `load_torch_weights` fills
 _MAX_LISTED = 12  # paths (or groups) listed per category in the logged summary
+
+
+WEIGHTS_HINT = ("convert torchvision's weights with `lapseg convert-weights` (README: Starting "
+                "from ImageNet weights) and put them there, or pass "
+                "--config.init.backbone_weights='' to train from scratch")
+
+
+class InitError(ValueError):
+    """`config.init` names a file or run that is missing or does not fit the model."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,7 +206,7 @@ def from_backbone_weights(variables, path, arch: str, *, ignore=None):
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"config.init.backbone_weights: {path} does not exist")
+        raise InitError(f"config.init.backbone_weights: {path} does not exist; {WEIGHTS_HINT}")
     state_dict = backbones.read_state_dict(path)
     return from_state_dict(variables, state_dict, arch, source=f"backbone weights {path} ({arch})",
                            ignore=ignore)
@@ -299,6 +309,10 @@ def apply(config, variables, *, arch: str | None = None):
       variables: the model's freshly initialised variables.
       arch: the backbone's arch (`backbone_arch(model)`); default
         `config.model_kwargs.backbone`.
+
+    Raises:
+      InitError: a file or run that is missing, unreadable or does not fit the model (the
+        message names it and, for the weights, the keys).
     """
     if not requested(config):
         return variables
@@ -306,11 +320,25 @@ def apply(config, variables, *, arch: str | None = None):
     if init.get("backbone_weights"):
         arch = arch or config.model_kwargs.get("backbone")
         if not isinstance(arch, str):
-            raise ValueError("config.init.backbone_weights needs the backbone's arch: set "
-                             "config.model_kwargs.backbone (e.g. 'resnet50')")
-        variables, report = from_backbone_weights(variables, init.backbone_weights, arch)
+            raise InitError("config.init.backbone_weights needs the backbone's arch: set "
+                            "config.model_kwargs.backbone (e.g. 'resnet50')")
+        with _as_init_error("config.init.backbone_weights"):
+            variables, report = from_backbone_weights(variables, init.backbone_weights, arch)
         _log(report)
     if init.get("checkpoint"):
-        variables, report = from_checkpoint(variables, init.checkpoint)
+        with _as_init_error("config.init.checkpoint"):
+            variables, report = from_checkpoint(variables, init.checkpoint)
         _log(report)
     return variables
+
+
+@contextlib.contextmanager
+def _as_init_error(field: str):
+    """Re-raises what reading and fitting a user's file raises (OSError, ValueError) as an
+    `InitError` naming `field`; an `InitError` passes through."""
+    try:
+        yield
+    except InitError:
+        raise
+    except (OSError, ValueError) as err:
+        raise InitError(f"{field}: {err}") from err

@@ -13,8 +13,41 @@ The LRR configs share `lrr`: the paper's objective (every pyramid level, weights
 the optional dilation/erosion objectives), SGD momentum 0.9, weight decay 5e-4.
 """
 
+import os
+
 from lapseg.losses.lrr import DEFAULT_WEIGHTS as LRR_LEVEL_WEIGHTS
 from lapseg.train.config import base_config
+
+# Where the configs find ImageNet weights: `$LAPSEG_WEIGHTS/<name>.npz` (default directory
+# ~/.cache/lapseg/weights). lapseg never downloads them; README "Starting from ImageNet
+# weights" says how to make each file (`lapseg convert-weights`):
+IMAGENET_WEIGHTS = {
+    "resnet50": "torchvision resnet50(weights='IMAGENET1K_V1')",
+    "resnet101": "torchvision resnet101(weights='IMAGENET1K_V1')",
+    "resnet50_deep_stem": "semseg's resnet50_v2.pth (hszhao/semseg, the PSPNet release's backbone)",
+    "vgg16": "torchvision vgg16(weights='IMAGENET1K_V1')",
+    "vgg16_caffe": "Caffe's VGG_ILSVRC_16_layers in torchvision's vgg16 layout (BGR, 0-255)",
+}
+WEIGHTS_DIR_ENV = "LAPSEG_WEIGHTS"
+DEFAULT_WEIGHTS_DIR = os.path.join("~", ".cache", "lapseg", "weights")
+
+
+def imagenet_weights(name: str) -> str:
+    """The path the configs give `config.init.backbone_weights` for ImageNet weights `name`
+    (a key of `IMAGENET_WEIGHTS`): `$LAPSEG_WEIGHTS/<name>.npz`, `~/.cache/lapseg/weights`
+    when the variable is unset. Training fails before step 0, saying how to make the file,
+    when it is missing; `--config.init.backbone_weights=''` trains from scratch instead."""
+    if name not in IMAGENET_WEIGHTS:
+        raise ValueError(f"no ImageNet weights named {name!r}; known: {', '.join(IMAGENET_WEIGHTS)}")
+    directory = os.environ.get(WEIGHTS_DIR_ENV) or DEFAULT_WEIGHTS_DIR
+    return os.path.join(os.path.expanduser(directory), f"{name}.npz")
+
+
+def backbone_weights_name(model_kwargs: dict) -> str:
+    """`IMAGENET_WEIGHTS` key of a model's backbone: its arch, `_deep_stem` for a deep stem."""
+    deep_stem = dict(model_kwargs.get("backbone_kwargs", {})).get("deep_stem", False)
+    return model_kwargs["backbone"] + ("_deep_stem" if deep_stem else "")
+
 
 # A new head on a pretrained backbone at 10x the base rate (PSPNet, RefineNet, GCN, DUpsampling).
 NEW_HEAD_10X = (("backbone/*", 1.0), ("*", 10.0))
@@ -32,11 +65,13 @@ def finetune(model: str, model_kwargs: dict, *, dataset: str, crop_size: tuple[i
              batch_size: int, learning_rate: float, num_train_steps: int,
              weight_decay: float = 1e-4, scale_range: tuple[float, float] = (0.5, 2.0),
              eval_size: tuple[int, int] | None = None, loss_weights: dict | None = None,
-             lr_multipliers: tuple = NEW_HEAD_10X):
+             lr_multipliers: tuple = NEW_HEAD_10X, pretrained: bool = True):
     """`base_config()` set to the shared fine-tuning recipe (see the module docstring).
 
     `loss_weights` defaults to `{'logits': 1.0}`; `eval_size` to the schema's default (the
-    image size rounded up to 32); `lr_multipliers` to the new head at 10x.
+    image size rounded up to 32); `lr_multipliers` to the new head at 10x. With `pretrained`
+    (and `model_kwargs` naming a backbone) the backbone starts from its ImageNet weights (`config.init.backbone_weights =
+    imagenet_weights(backbone_weights_name(model_kwargs))`).
     """
     config = base_config()
     config.model = model
@@ -53,6 +88,8 @@ def finetune(model: str, model_kwargs: dict, *, dataset: str, crop_size: tuple[i
     config.loss.weights = dict(loss_weights or {"logits": 1.0})
     config.num_train_steps = num_train_steps
     config.update(CADENCE.get(dataset, {}))
+    if pretrained and "backbone" in model_kwargs:
+        config.init.backbone_weights = imagenet_weights(backbone_weights_name(model_kwargs))
     return config
 
 
@@ -114,10 +151,12 @@ def lrr_reference_multipliers(features=LRR_FEATURES) -> tuple:
 def lrr(model_kwargs: dict, *, dataset: str, crop_size: tuple[int, int],
         scale_range: tuple[float, float], normalize: str, batch_size: int,
         learning_rate: float, warmup_steps: int, lr_multipliers: tuple,
-        dilation_erosion: bool, num_train_steps: int):
+        dilation_erosion: bool, num_train_steps: int, backbone_weights: str | None = None):
     """`base_config()` set to LRR's recipe (Ghiasi & Fowlkes, golnazghiasi/LRR).
 
-    `model_kwargs` are the `lrr` factory's (backbone, basis, num_bases ...); with
+    `model_kwargs` are the `lrr` factory's (backbone, basis, num_bases ...);
+    `backbone_weights` (an `IMAGENET_WEIGHTS` key, default the backbone's) names the ImageNet
+    weights the backbone starts from (`imagenet_weights`); with
     `dilation_erosion` the model gets the dilation/erosion heads and the loss their
     objectives (weight 1, radius 32 input pixels, the reference's strel radius). Every
     pyramid level is supervised with weight 1 (`lapseg.losses.lrr.DEFAULT_WEIGHTS`); SGD
@@ -136,4 +175,6 @@ def lrr(model_kwargs: dict, *, dataset: str, crop_size: tuple[int, int],
     config.loss.update({"dilation_erosion": dilation_erosion, "dilation_erosion_weight": 1.0,
                         "dilation_erosion_radius": 32})
     config.num_train_steps = num_train_steps
+    config.init.backbone_weights = imagenet_weights(
+        backbone_weights or backbone_weights_name(model_kwargs))
     return config

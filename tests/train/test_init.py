@@ -288,7 +288,7 @@ def get_config():
 
 def test_wrong_architecture_fails_before_step_0(data_dir, tmp_path, monkeypatch):
     """`lapseg train --config.init.backbone_weights=...` with a deep-stem ResNet-18's file
-    for a plain ResNet-18: a ValueError naming the keys, before any step."""
+    for a plain ResNet-18: one line naming the keys, before any step."""
     torch = pytest.importorskip("torch")
     path = tmp_path / "deep_stem_resnet18.pth"
     torch.save(_torch_state_dict(deep_stem=True), path)
@@ -296,13 +296,28 @@ def test_wrong_architecture_fails_before_step_0(data_dir, tmp_path, monkeypatch)
     workdir = tmp_path / "run"
     steps = []
     monkeypatch.setattr(step_lib, "jit_train_step", lambda *a, **k: steps.append(1))
-    with pytest.raises(ValueError) as raised:
+    with pytest.raises(SystemExit) as raised:
         cli.main(["train", f"--config={tmp_path / 'config.py'}", f"--workdir={workdir}",
                   f"--config.data.data_dir={data_dir}", f"--config.init.backbone_weights={path}"])
-    message = str(raised.value)
+    message = str(raised.value.code)
+    assert message.startswith("lapseg train: config.init.backbone_weights: ") and "\n" not in message
     assert "state dict does not fit the resnet18 variables" in message
     assert "unexpected" in message and "conv2.weight" in message and "bn3.running_mean" in message
     assert "mis-shaped" in message and "conv1.weight" in message
     assert steps == []
     assert checkpoint_lib.Checkpointer(workdir / "checkpoints").latest_step() is None
     assert config_lib.load(workdir).init.backbone_weights == str(path)
+
+
+def test_missing_weights_file_is_one_line_with_the_remedy(data_dir, tmp_path, monkeypatch):
+    (tmp_path / "config.py").write_text(_CONFIG_FILE.format(kwargs=PSPNET_R18))
+    steps = []
+    monkeypatch.setattr(step_lib, "jit_train_step", lambda *a, **k: steps.append(1))
+    missing = tmp_path / "weights" / "resnet18.npz"
+    with pytest.raises(SystemExit) as raised:
+        cli.main(["train", f"--config={tmp_path / 'config.py'}", f"--workdir={tmp_path / 'run'}",
+                  f"--config.data.data_dir={data_dir}", f"--config.init.backbone_weights={missing}"])
+    message = str(raised.value.code)
+    assert message.startswith(f"lapseg train: config.init.backbone_weights: {missing} does not exist")
+    assert "lapseg convert-weights" in message and "backbone_weights=''" in message
+    assert "\n" not in message and steps == []
