@@ -231,7 +231,7 @@ def restore_model(config, workdir, *, best: bool = False, step=None):
       its variables `{'params': ..., 'batch_stats': ..., ...}` on the default device, the
       dataset's `DatasetInfo` (classes, palette, ignore label) and the restored step.
     """
-    info = data_lib.dataset_info(config.data.dataset)
+    info = data_lib.dataset_info(config.data.dataset, config.data.get("source_dir"))
     model = models.from_config(config, info.num_classes)
     crop = config.data.get("crop_size", None)
     image_shape = (1, *(tuple(crop) if crop else DEFAULT_INIT_SIZE), 3)

@@ -90,8 +90,9 @@ def main(argv) -> int:
     try:
         source = data.load_source(config.data.dataset, split, data_dir=config.data.data_dir,
                                   source_dir=config.data.source_dir)
-    except ValueError as err:
-        common.fail(program, str(err), "pass a --split the dataset has")
+    except (ValueError, OSError) as err:  # a missing split, or data that does not build
+        common.fail(program, str(err),
+                    "pass a --split the dataset has" if "has no split" in str(err) else None)
     widths = metrics.TRIMAP_WIDTHS
 
     @jax.jit  # One compilation per image size.

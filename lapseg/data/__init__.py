@@ -7,7 +7,8 @@
 
 Datasets are tfds builders writing ArrayRecord, read through tfds data sources and
 grain without TensorFlow: `shapes` (generated, the default), `camvid` (local directory
-or download) and prepared tfds catalog datasets (`catalog.CATALOG`).
+or download), `folder` (your own images and masks, `lapseg.data.folder`) and prepared
+tfds catalog datasets (`catalog.CATALOG`).
 """
 
 from lapseg.data.info import DatasetInfo

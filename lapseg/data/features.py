@@ -1,4 +1,4 @@
-"""The tfds features of lapseg's own builders (`shapes`, `camvid`)."""
+"""The tfds features of lapseg's own builders (`shapes`, `camvid`, `folder`)."""
 
 import tensorflow_datasets as tfds
 

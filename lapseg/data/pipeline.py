@@ -27,9 +27,10 @@ def default_config() -> ml_collections.ConfigDict:
     """Input-pipeline settings with their defaults: the one source of data defaults (the
     training config's `config.data` is this). `create_loader` reads these fields.
 
-    dataset: a name of `lapseg.data.names()`.
+    dataset: a name of `lapseg.data.names()` ('folder': your own data in source_dir).
     data_dir: tfds data directory (None: ~/tensorflow_datasets); datasets are built there.
-    source_dir: camvid only: local raw directory (None: download).
+    source_dir: camvid: local raw directory (None: download); folder: the directory of
+      images/, masks/ and classes.json (required, see `lapseg.data.folder`).
     crop_size: (h, w) of training crops; None: the dataset's image size.
     scale_range: (low, high) of the uniform random scale factor (0.5-2, the papers' range).
     flip: random horizontal flips.
@@ -98,7 +99,7 @@ def create_loader(
             f"unknown normalize {settings['normalize']!r}; "
             f"choose from {', '.join(normalization.CONVENTIONS)}"
         )
-    info = sources.dataset_info(settings["dataset"])
+    info = sources.dataset_info(settings["dataset"], settings["source_dir"])
     source = sources.load_source(
         settings["dataset"], split, data_dir=data_dir, source_dir=settings["source_dir"]
     )

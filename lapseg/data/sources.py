@@ -1,29 +1,36 @@
-"""Datasets by name: `dataset_info(name)` and `load_source(name, split, ...)`.
+"""Datasets by name: `dataset_info(name, source_dir)` and `load_source(name, split, ...)`.
 
-Names: `shapes` (or `shapes/<config>`, see `lapseg.data.shapes`), `camvid`, and the
-tfds catalog adapters of `lapseg.data.catalog` (`cityscapes`, `oxford_iiit_pet`,
+Names: `shapes` (or `shapes/<config>`, see `lapseg.data.shapes`), `camvid`, `folder`
+(your own images and masks in `source_dir`, see `lapseg.data.folder`), and the tfds
+catalog adapters of `lapseg.data.catalog` (`cityscapes`, `oxford_iiit_pet`,
 `scene_parse150`).
 """
 
 import grain
 import numpy as np
 
-from lapseg.data import camvid, catalog, shapes
+from lapseg.data import camvid, catalog, folder, shapes
 from lapseg.data import info as info_lib
 
 
 def names() -> tuple[str, ...]:
     """The dataset names `load_source` accepts (besides `shapes/<config>`)."""
-    return ("shapes", "camvid", *catalog.CATALOG)
+    return ("shapes", "camvid", "folder", *catalog.CATALOG)
 
 
-def dataset_info(name: str) -> info_lib.DatasetInfo:
-    """Classes, ignore label, palette and typical image size of dataset `name`."""
+def dataset_info(name: str, source_dir=None) -> info_lib.DatasetInfo:
+    """Classes, ignore label, palette and typical image size of dataset `name`.
+
+    `source_dir`: `folder` reads its `classes.json` (required there); others ignore it,
+    so callers may always pass `config.data.source_dir`.
+    """
     base, _, config = name.partition("/")
     if base == "shapes":
         return shapes.dataset_info(config or None)
     if name == "camvid":
         return camvid.dataset_info()
+    if name == "folder":
+        return folder.dataset_info(source_dir)
     if name in catalog.CATALOG:
         return catalog.CATALOG[name].info
     raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(names())}")
@@ -32,8 +39,9 @@ def dataset_info(name: str) -> info_lib.DatasetInfo:
 def load_source(name: str, split: str, *, data_dir, source_dir=None) -> grain.MapDataset:
     """Random-access source of one split, built into `data_dir` on first use.
 
-    `shapes` is generated and `camvid` converted from `source_dir` (downloaded when None)
-    into ArrayRecord files under `data_dir` the first time; later calls only open them.
+    `shapes` is generated, `camvid` converted from `source_dir` (downloaded when None) and
+    `folder` from `source_dir` into ArrayRecord files under `data_dir` the first time;
+    later calls only open them (`folder` rebuilds when the folder's files change).
     Catalog datasets must already be prepared in `data_dir` (see `lapseg.data.catalog`).
 
     Args:
@@ -41,21 +49,24 @@ def load_source(name: str, split: str, *, data_dir, source_dir=None) -> grain.Ma
       split: `'train'`, `'validation'` or `'test'` (what the dataset has); tfds slices
         such as `'train[:100]'` work too.
       data_dir: tfds data directory.
-      source_dir: camvid only: local directory with the raw CamVid PNGs.
+      source_dir: camvid: local directory with the raw CamVid PNGs (optional); folder:
+        the directory of images/, masks/ and classes.json (required).
 
     Returns:
       A `grain.MapDataset` (len, indexing) of dicts `{'image': uint8 [H, W, 3],
       'label': uint8 [H, W]}`, labels holding class ids and the dataset's ignore label.
     """
-    dataset_info(name)  # Rejects unknown names.
-    if source_dir is not None and name != "camvid":
-        raise ValueError(f"source_dir is for camvid only, not {name!r}")
+    dataset_info(name, source_dir)  # Rejects unknown names and a bad classes.json.
+    if source_dir is not None and name not in ("camvid", "folder"):
+        raise ValueError(f"source_dir is for camvid and folder only, not {name!r}")
     if name in catalog.CATALOG:
         source, entry = catalog.open_source(name, split, data_dir)
         return grain.MapDataset.source(source).map(entry.standardize)
     base, _, config = name.partition("/")
     if base == "shapes":
         builder = shapes.builder(data_dir, config or None)
+    elif name == "folder":
+        builder = folder.builder(data_dir, source_dir)
     else:
         builder = camvid.builder(data_dir, source_dir)
     builder.download_and_prepare(file_format="array_record")

@@ -96,7 +96,7 @@ def ensure(config, workdir) -> str | None:
     Raises:
       ValueError: an existing file does not fit the model (the message says to delete it).
     """
-    info = data_lib.dataset_info(config.data.dataset)
+    info = data_lib.dataset_info(config.data.dataset, config.data.source_dir)
     need = required(config, info.num_classes)
     if not need:
         return None

@@ -54,7 +54,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
-    info = data_lib.dataset_info(config.data.dataset)
+    info = data_lib.dataset_info(config.data.dataset, config.data.source_dir)
     num_classes, ignore_label = info.num_classes, info.ignore_label
     data_dir = config.data.data_dir
 

@@ -46,5 +46,5 @@ def test_unprepared_dataset_says_how_to_prepare(tmp_path):
 def test_unknown_name_and_misplaced_source_dir(tmp_path):
     with pytest.raises(ValueError, match="unknown dataset 'voc'.*camvid"):
         data.load_source("voc", "train", data_dir=tmp_path)
-    with pytest.raises(ValueError, match="source_dir is for camvid only"):
+    with pytest.raises(ValueError, match="source_dir is for camvid and folder only"):
         data.load_source("shapes", "train", data_dir=tmp_path, source_dir=tmp_path)
