@@ -13,8 +13,9 @@ cotangent, timed after a warm-up call as the median of `--repeats` runs (with
   `feature_group_count=C`: what `lax.conv_transpose` lowers to (it has no groups argument).
 - `lapseg.ops.dupsample.dupsample` (`[N, h, w, L] x [L, r*r*C]`) against a 1x1
   convolution followed by `depth_to_space`.
-- `lapseg.ops.boundary.boundary_mask` (LRR's `maxpool(p) + maxpool(-p)`, separable pools)
-  against the same mask from fused `size x size` `reduce_window` max-pools.
+- `lapseg.ops.boundary.boundary_mask` (LRR's `maxpool(p) + maxpool(-p)`, separable pools as
+  shifted-slice maxima) against the same mask from fused `size x size` `reduce_window`
+  max-pools, and from separable `reduce_window` pools.
 
 Achieved bandwidth = bytes of inputs + cotangent + outputs + gradients / time, next to
 the machine's copy bandwidth measured in the same run (`x + 1` on a large array: one
@@ -119,6 +120,20 @@ def fused_boundary_mask(prob, size):
     return pool(prob) + pool(-prob)
 
 
+def separable_reduce_window_mask(prob, size):
+    """Second baseline for `boundary_mask`: a `size x 1` then a `1 x size` `reduce_window`
+    max-pool per sign (lapseg's implementation before the shifted-slice maxima)."""
+    pad = size // 2
+
+    def pool(x):
+        for window in ((1, size, 1, 1), (1, 1, size, 1)):
+            padding = tuple((pad, pad) if w > 1 else (0, 0) for w in window)
+            x = lax.reduce_window(x, -jnp.inf, lax.max, window, (1, 1, 1, 1), padding)
+        return x
+
+    return pool(prob) + pool(-prob)
+
+
 def copy_bandwidth(megabytes, repeats):
     """Bytes per second of `x + 1` on a `megabytes` f32 array (one read, one write)."""
     x = jnp.zeros((megabytes * 2**20 // 4,), jnp.float32)
@@ -191,6 +206,15 @@ def main():
         "boundary_mask",
         lambda p: boundary.boundary_mask(p, size),
         lambda p: fused_boundary_mask(p, size),
+        (jax.nn.softmax(normal(n, h, w, c), axis=-1),),
+        normal(n, h, w, c),
+        args.repeats,
+        bandwidth,
+    )
+    compare(
+        "boundary_mask vs separable reduce_window",
+        lambda p: boundary.boundary_mask(p, size),
+        lambda p: separable_reduce_window_mask(p, size),
         (jax.nn.softmax(normal(n, h, w, c), axis=-1),),
         normal(n, h, w, c),
         args.repeats,

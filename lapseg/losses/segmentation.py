@@ -45,7 +45,9 @@ def masked_cross_entropy(
     valid = labels != ignore_label
     safe_labels = jnp.where(valid, labels, 0)
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(log_probs, safe_labels[..., None], axis=-1)[..., 0]
+    # A one-hot product, not take_along_axis: the gather's gradient is a scatter-add, which
+    # XLA on CPU runs unfused (benchmarks/train_step.py); iota == label fuses into the sum.
+    nll = -(log_probs * jax.nn.one_hot(safe_labels, num_classes, dtype=jnp.float32)).sum(-1)
     weight = valid.astype(jnp.float32)
     if class_weights is not None:
         class_weights = jnp.asarray(class_weights, jnp.float32)

@@ -18,20 +18,40 @@ import jax.numpy as jnp
 from jax import lax
 
 
+def _window_max(x: jnp.ndarray, size: int, axis: int) -> jnp.ndarray:
+    """Stride-1 max over `size` consecutive entries along `axis`, centred, -inf padded.
+
+    Doubling ("sparse table"): `m_w[i] = max(x[i : i + w])` for w = 1, 2, 4, ... up to the
+    largest power of two `w <= size`, then two overlapping windows of width w cover one of
+    width `size`: `max(m_w[i], m_w[i + size - w])`. That is log2(size) + 1 elementwise maxima
+    of shifted slices, which XLA fuses, forward and backward.
+    """
+    pad = size // 2
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (pad, pad)
+    m = jnp.pad(x, widths, constant_values=-jnp.inf)
+    width = 1
+    while 2 * width <= size:
+        length = m.shape[axis] - width
+        m = jnp.maximum(lax.slice_in_dim(m, 0, length, axis=axis),
+                        lax.slice_in_dim(m, width, width + length, axis=axis))
+        width *= 2
+    n = x.shape[axis]
+    return jnp.maximum(lax.slice_in_dim(m, 0, n, axis=axis),
+                       lax.slice_in_dim(m, size - width, size - width + n, axis=axis))
+
+
 def _max_pool_same(x: jnp.ndarray, size: int) -> jnp.ndarray:
     """Stride-1 `size x size` max-pool of `[N, H, W, C]` with -inf padding `size // 2`.
 
-    Computed separably, a `size x 1` pool then a `1 x size` pool: the max over a rectangle is
-    the max over its rows' maxima, so the values equal the 2-D pool's exactly, while each
-    output reads 2 size inputs instead of size^2. On CPU the fused 9x9 pool's forward+backward
-    is ~7x slower (`python -m benchmarks.kernels`), and it dominated LRR's train step.
+    Computed separably, a `size x 1` pool then a `1 x size` pool (the max over a rectangle is
+    the max over its rows' maxima, so the values equal the 2-D pool's exactly), each as
+    elementwise maxima of shifted slices (`_window_max`) rather than `lax.reduce_window`:
+    on CPU, reduce_window's backward (select_and_scatter) made the masks half of LRR's train
+    step (`python -m benchmarks.kernels`). Gradients at ties differ only in how they are split
+    among the tied inputs (jnp.maximum halves them, select_and_scatter picks one).
     """
-    pad = size // 2
-    for window in ((1, size, 1, 1), (1, 1, size, 1)):
-        padding = tuple((pad, pad) if w > 1 else (0, 0) for w in window)
-        x = lax.reduce_window(x, -jnp.inf, lax.max, window_dimensions=window,
-                              window_strides=(1, 1, 1, 1), padding=padding)
-    return x
+    return _window_max(_window_max(x, size, 1), size, 2)
 
 
 def boundary_mask(prob: jnp.ndarray, size: int) -> jnp.ndarray:

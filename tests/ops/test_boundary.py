@@ -23,7 +23,7 @@ def _window_range(p, size):
     return out
 
 
-@pytest.mark.parametrize("size,h,w", [(1, 4, 5), (3, 5, 4), (5, 6, 7), (9, 7, 11)])
+@pytest.mark.parametrize("size,h,w", [(1, 4, 5), (3, 5, 4), (5, 6, 7), (7, 9, 6), (9, 7, 11), (15, 20, 18)])
 def test_boundary_mask_matches_sliding_window(size, h, w):
     # Reference: direct numpy sliding-window max - min, borders clipped to the image.
     logits = np.random.default_rng(size).standard_normal((2, h, w, 3)).astype(np.float32)
