@@ -22,6 +22,7 @@ RUNTIME = [
     "pillow",
     "safetensors",
     "tensorboardX",  # TensorBoard event files without TensorFlow (always written)
+    "flatbuffers",  # jax.export's serialization (`lapseg export`, lapseg.export)
 ]
 
 setuptools.setup(

@@ -18,8 +18,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("backbones", "bases", "data", "decoders", "infer", "layers", "losses", "metrics",
-               "models", "ops", "train", "visualize")
+_SUBMODULES = ("backbones", "bases", "data", "decoders", "export", "infer", "layers", "losses",
+               "metrics", "models", "ops", "train", "visualize")
 
 
 def __getattr__(name):

@@ -21,6 +21,8 @@ COMMANDS = {
     "eval": ("lapseg.cli.eval",
              "evaluate a work dir's checkpoint: per-class IoU, mIoU, pixel and trimap accuracy"),
     "predict": ("lapseg.cli.predict", "write label and overlay PNGs for images"),
+    "export": ("lapseg.cli.export",
+               "write a run's model as a jax.export (StableHLO) artifact for serving"),
     "basis": ("lapseg.cli.basis",
               "fit the label-fitted constants (LRR bases, DUpsampling matrix) of a config"),
     "convert-weights": ("lapseg.cli.convert_weights",

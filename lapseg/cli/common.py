@@ -219,8 +219,9 @@ def inference_options(program: str, flag_values) -> dict:
             "scales": scales, "flip": flag_values.flip, "bucket": flag_values.bucket}
 
 
-def restore_predictor(program: str, config, workdir: str, options: dict, *, best: bool):
-    """`(Predictor, DatasetInfo, step)` of `workdir`'s latest (or best) checkpoint.
+def restore_model(program: str, config, workdir: str, *, best: bool):
+    """`lapseg.infer.restore_model`'s `(model, variables, DatasetInfo, step)` of `workdir`'s
+    latest (or best) checkpoint.
 
     A work dir without such a checkpoint, or one of another model, is a one-line exit.
     """
@@ -242,6 +243,15 @@ def restore_predictor(program: str, config, workdir: str, options: dict, *, best
     except (TypeError, ValueError) as err:  # the config's model does not build
         fail(program, f"cannot build the model of the config: {err}",
              "pass the --config the run was trained with")
+    return model, variables, info, step
+
+
+def restore_predictor(program: str, config, workdir: str, options: dict, *, best: bool):
+    """`(Predictor, DatasetInfo, step)` of `workdir`'s latest (or best) checkpoint
+    (`restore_model`'s one-line exits)."""
+    from lapseg import infer  # pylint: disable=import-outside-toplevel
+
+    model, variables, info, step = restore_model(program, config, workdir, best=best)
     predictor = infer.Predictor(model, variables, normalization=config.data.normalize,
                                 **options)
     return predictor, info, step

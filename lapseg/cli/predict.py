@@ -6,18 +6,27 @@ the image. The model is a training run's (`lapseg train --workdir W`), restored 
 latest checkpoint or with --best from its best-mIoU one; its config is the run's own
 `<workdir>/config.json`, or --config for runs without one.
 
+IMAGES are files, directories (their *.png, *.jpg and *.jpeg files, any case, not
+hidden, not recursive, sorted) and quoted glob patterns (`'photos/*.jpg'`, expanded
+here, sorted); an image named twice is predicted once. A directory or pattern that
+matches no image is an error naming it.
+
 Inference flags, shared with `lapseg eval`:
   --scales=0.75,1,1.25 --flip   multi-scale and mirrored views, probabilities averaged
   --tile_size=512,512           sliding window (overlap --tile_overlap, default 1/3)
   --bucket=128                  pad images to multiples of this: one compile per bucket
 """
 
+import glob
 import os
 import sys
 
 from absl import flags
 
 from lapseg.cli import common
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # of the images a directory gives
+GLOB_CHARACTERS = "*?["  # an argument with one of these (and no such file) is a pattern
 
 
 def _define(flag_values):
@@ -28,13 +37,45 @@ def _define(flag_values):
                        flag_values=flag_values)
 
 
-def _image_stems(program, paths) -> dict:
-    """stem -> path; missing files and two images with one stem are one-line exits."""
-    if not paths:
-        common.fail(program, "no images given", "pass one or more image files")
-    missing = [p for p in paths if not os.path.isfile(p)]
+def image_paths(program, args) -> list[str]:
+    """The image files that `args` name, in order, each once.
+
+    An existing file is itself; a directory gives its `IMAGE_SUFFIXES` files (any case,
+    not hidden, not recursive) sorted; an argument with `GLOB_CHARACTERS` gives the
+    files that match, sorted. A directory or pattern without a match and a missing file
+    are one-line exits naming them. Duplicates (the same file twice, however spelt) are
+    dropped, the first kept.
+    """
+    paths, missing = [], []
+    for arg in args:
+        if os.path.isfile(arg):
+            paths.append(arg)
+        elif os.path.isdir(arg):
+            found = sorted(os.path.join(arg, name) for name in os.listdir(arg)
+                           if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")
+                           and os.path.isfile(os.path.join(arg, name)))
+            if not found:
+                common.fail(program, f"no {'/'.join(IMAGE_SUFFIXES)} images in directory {arg}")
+            paths += found
+        elif any(c in arg for c in GLOB_CHARACTERS):
+            found = sorted(p for p in glob.glob(arg) if os.path.isfile(p))
+            if not found:
+                common.fail(program, f"no image files match {arg!r}")
+            paths += found
+        else:
+            missing.append(arg)
     if missing:
         common.fail(program, f"no such image file: {', '.join(missing)}")
+    unique = {}
+    for path in paths:
+        unique.setdefault(os.path.realpath(path), path)
+    return list(unique.values())
+
+
+def _image_stems(program, paths) -> dict:
+    """stem -> path; two images with one stem are a one-line exit."""
+    if not paths:
+        common.fail(program, "no images given", "pass image files, directories or patterns")
     stems = {}
     for path in paths:
         stem = os.path.splitext(os.path.basename(path))[0]
@@ -48,7 +89,7 @@ def _image_stems(program, paths) -> dict:
 def main(argv) -> int:
     program = argv[0]
     flag_values, paths = common.parse_run_flags(argv, __doc__, bucket=128, define=_define)
-    stems = _image_stems(program, paths)
+    stems = _image_stems(program, image_paths(program, paths))
     options = common.inference_options(program, flag_values)
     common.quiet_logging()
     # pylint: disable=import-outside-toplevel  (JAX only once the flags are good)

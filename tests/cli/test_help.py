@@ -13,6 +13,7 @@ COMMAND_FLAGS = {
     "train": "--workdir",
     "eval": "--split",
     "predict": "--output_dir",
+    "export": "--output",
     "basis": "--workdir",
     "convert-weights": "--arch",
 }

@@ -1,0 +1,142 @@
+"""`lapseg export`: the artifact of a tiny trained FCN-8s run gives `lapseg predict`'s labels,
+at any batch size; its one-line errors.
+
+The run is the default job (FCN-8s, ResNet-18) at an eighth of the width, trained for 40
+steps on 32 x 32 crops of the shapes data (the dataset is built once per session): enough
+that it predicts more than the background (after 20 steps it does not), so that equal
+labels mean something.
+"""
+
+import os
+
+import jax
+import numpy as np
+import PIL.Image
+import pytest
+
+from lapseg.ops.normalize import normalize
+from lapseg.train import config as config_lib
+from tests.cli.helpers import run
+
+# The default job made tiny: FCN-8s, as `lapseg train` without --config, narrower and shorter.
+TINY_DEFAULT_JOB = '''
+from lapseg.train.config import default_job
+
+
+def get_config():
+    config = default_job()
+    config.model_kwargs.backbone_kwargs.width = 0.125
+    config.data.data_dir = {data_dir!r}
+    config.data.crop_size = (32, 32)
+    config.data.batch_size = 8
+    config.num_train_steps = 40
+    config.optimizer.warmup_steps = 1
+    return config
+'''
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, data_dir):
+    """A work dir of the tiny default job trained by `lapseg train`."""
+    root = tmp_path_factory.mktemp("fcn8s")
+    (root / "tiny.py").write_text(TINY_DEFAULT_JOB.format(data_dir=str(data_dir)))
+    assert run("train", f"--config={root / 'tiny.py'}", "--workdir", root / "w") == 0
+    assert config_lib.load(root / "w" / "config.json").model == "fcn8s"
+    return root / "w"
+
+
+def _shapes_images(count, size, seed=0):
+    """uint8 `[count, H, W, 3]`: noisy backgrounds with a bright rectangle and a disc."""
+    rng = np.random.default_rng(seed)
+    height, width = size
+    images = rng.integers(0, 80, (count, height, width, 3)).astype(np.uint8)
+    yy, xx = np.mgrid[:height, :width]
+    for image in images:
+        y, x = rng.integers(0, height // 2), rng.integers(0, width // 2)
+        image[y:y + height // 3, x:x + width // 3] = rng.integers(120, 256, 3)
+        cy, cx, r = rng.integers(height // 4, 3 * height // 4), rng.integers(0, width), height // 6
+        image[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.integers(120, 256, 3)
+    return images
+
+
+def test_the_artifact_gives_the_labels_of_predict(workdir, tmp_path, capsys):
+    output = tmp_path / "out" / "fcn8s.jaxexport"
+    assert run("export", "--workdir", workdir, "--output", output) == 0
+    summary = capsys.readouterr().out.strip()
+    # shapes' image size (96 x 96) by default; the summary names the normalisation.
+    assert summary.startswith(f"{output}: f32[n,96,96,3] -> f32[n,96,96,5], ")
+    assert " MB (fcn8s, step 40 latest; inputs normalised 'torch'; cpu,cuda,tpu)" in summary
+    assert "\n" not in summary and os.listdir(output.parent) == ["fcn8s.jaxexport"]
+
+    images = _shapes_images(3, (96, 96))
+    (tmp_path / "images").mkdir()
+    for i, image in enumerate(images):
+        PIL.Image.fromarray(image).save(tmp_path / "images" / f"im{i}.png")
+    # --bucket=32: predict pads as the artifact does (96 is a multiple of 32: not at all).
+    assert run("predict", "--workdir", workdir, "--bucket=32", f"--output_dir={tmp_path / 'pred'}",
+               tmp_path / "images") == 0
+    predicted = []
+    for i in range(3):
+        with PIL.Image.open(tmp_path / "pred" / f"im{i}_label.png") as png:
+            predicted.append(np.asarray(png))
+
+    with open(output, "rb") as file:
+        exported = jax.export.deserialize(file.read())
+    logits = np.asarray(exported.call(normalize(images, "torch")))  # one call, batch 3
+    assert logits.shape == (3, 96, 96, 5)
+    labels = logits.argmax(-1)
+    assert len(np.unique(labels)) > 1  # not all background: the comparison means something
+    # Two compilations of one computation may differ in the last bits: only near-ties
+    # (top-2 margin under 1e-4) could flip, and there must be next to none.
+    top2 = np.sort(logits, -1)[..., -2:]
+    decided = top2[..., 1] - top2[..., 0] > 1e-4
+    assert decided.mean() > 0.99
+    np.testing.assert_array_equal(labels[decided], np.stack(predicted)[decided])
+    # And one image alone (batch 1) gives the same logits.
+    np.testing.assert_allclose(exported.call(normalize(images[1:2], "torch")), logits[1:2],
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_size_platforms_and_best(workdir, tmp_path, capsys):
+    output = tmp_path / "m.bin"
+    assert run("export", f"--workdir={workdir}", f"--output={output}", "--size=40,56",
+               "--platforms=cpu", "--best") == 0
+    assert "f32[n,40,56,3] -> f32[n,40,56,5]" in capsys.readouterr().out
+    exported = jax.export.deserialize(output.read_bytes())
+    assert exported.platforms == ("cpu",)
+    images = normalize(_shapes_images(2, (40, 56), seed=1), "torch")
+    assert exported.call(images).shape == (2, 40, 56, 5)
+
+
+# --- one-line errors -----------------------------------------------------------------------
+
+def _one_line(message, *patterns):
+    assert isinstance(message, str), message  # sys.exit(str): status 1, message on stderr
+    assert "\n" not in message and message.startswith("lapseg export: "), message
+    for pattern in patterns:
+        assert pattern in message, message
+
+
+def test_a_missing_work_dir_or_checkpoint(tmp_path):
+    out = f"--output={tmp_path / 'm.bin'}"
+    _one_line(run("export", "--workdir", tmp_path / "nowhere", out), "does not exist")
+    config_lib.save(config_lib.base_config(), tmp_path / "w")
+    _one_line(run("export", "--workdir", tmp_path / "w", out), "no checkpoint in",
+              "lapseg train --workdir")
+    _one_line(run("export", "--workdir", tmp_path / "w", out, "--best"), "no best checkpoint")
+    assert not (tmp_path / "m.bin").exists()
+
+
+@pytest.mark.parametrize("size", ["0,32", "96", "96,96,3", "a,b", "-8,8"])
+def test_a_bad_size(tmp_path, size):
+    config_lib.save(config_lib.base_config(), tmp_path / "w")
+    _one_line(run("export", "--workdir", tmp_path / "w", f"--output={tmp_path / 'm'}",
+                  f"--size={size}"), "--size takes 'H,W'", size)
+
+
+def test_no_output_an_unknown_platform_and_stray_arguments(tmp_path):
+    config_lib.save(config_lib.base_config(), tmp_path / "w")
+    workdir = f"--workdir={tmp_path / 'w'}"
+    _one_line(run("export", workdir), "no --output")
+    _one_line(run("export", workdir, "--output=m", "--platforms=cpu,gpu"), "unknown gpu", "cuda")
+    _one_line(run("export", workdir, "--output=m", "extra"), "unexpected arguments extra")
