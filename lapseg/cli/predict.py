@@ -93,10 +93,10 @@ def main(argv) -> int:
     options = common.inference_options(program, flag_values)
     common.quiet_logging()
     # pylint: disable=import-outside-toplevel  (JAX only once the flags are good)
-    import numpy as np
     import PIL.Image
 
     from lapseg import visualize
+    from lapseg.data import images
 
     predictor, info, _ = common.restore_predictor(program, flag_values.config,
                                                   flag_values.workdir, options,
@@ -116,7 +116,7 @@ def main(argv) -> int:
     for stem, path in stems.items():
         try:
             with PIL.Image.open(path) as image:
-                image = np.asarray(image.convert("RGB"))
+                image = images.rgb_array(image, path)
         except (OSError, ValueError) as err:
             common.fail(program, f"cannot read image {path}: {err}")
         pred = predictor(image)

@@ -32,6 +32,7 @@ import PIL.Image
 import tensorflow_datasets as tfds
 
 from lapseg.data import fingerprint as fingerprint_lib
+from lapseg.data import images
 from lapseg.data import info as info_lib
 from lapseg.data.features import image_label_features
 
@@ -231,7 +232,10 @@ def read_pair(image_path, mask_path, info: info_lib.DatasetInfo) -> tuple[bytes,
               f"0..{info.num_classes - 1} and the ignore label {info.ignore_label}",
               "fix the mask or classes.json")
     if image.mode != "RGB":
-        image_bytes = _png(np.asarray(image.convert("RGB")))
+        try:
+            image_bytes = _png(images.rgb_array(image, f"image {image_path}"))
+        except ValueError as err:
+            _fail(str(err), "convert it")
     if mask.mode != "L":
         mask_bytes = _png(values.astype(np.uint8))
     return image_bytes, mask_bytes

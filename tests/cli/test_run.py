@@ -81,6 +81,19 @@ def test_predict_without_config(workdir, tmp_path, capsys):
     assert "noise_label.png" in capsys.readouterr().out
 
 
+def test_predict_of_a_16_bit_png_equals_its_8_bit_version(workdir, tmp_path):
+    # PIL's convert('RGB') clips 16-bit gray at 255 (a white image, wrong labels).
+    gray = np.random.default_rng(1).integers(0, 256, (40, 50), np.uint8)
+    PIL.Image.fromarray(gray).save(tmp_path / "eight.png")
+    PIL.Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "sixteen.png")
+    assert run("predict", "--workdir", workdir, f"--output_dir={tmp_path / 'out'}",
+               tmp_path / "eight.png", tmp_path / "sixteen.png") == 0
+    for kind in ("label", "overlay"):  # the overlay shows the image the model was given
+        eight, sixteen = (np.asarray(PIL.Image.open(tmp_path / "out" / f"{n}_{kind}.png"))
+                          for n in ("eight", "sixteen"))
+        np.testing.assert_array_equal(eight, sixteen)
+
+
 # --- one-line errors -----------------------------------------------------------------------
 
 def _one_line(message, *patterns):
