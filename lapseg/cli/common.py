@@ -119,6 +119,24 @@ def _message(err) -> str:
     return " ".join(lines)
 
 
+def _missing_field(err, argv) -> str | None:
+    """For an override naming a field the config lacks (`--config.model_kwargs.foo.width`):
+    `'--config.model_kwargs.foo.width: the config has no field model_kwargs.foo'`, else None."""
+    while err.args and isinstance(err.args[0], BaseException):
+        err = err.args[0]
+    if not isinstance(err, (KeyError, AttributeError)) or not err.args:
+        return None
+    key = str(err.args[0]).split()[0].strip("'\"")
+    for arg in argv[1:]:
+        name = arg.split("=", 1)[0].lstrip("-")
+        parts = name.split(".")
+        if parts[0] == "config" and key in parts[1:]:
+            field = ".".join(parts[1:parts.index(key, 1) + 1])
+            hint = " ".join(str(err.args[0]).split()[1:])  # ml_collections' "Did you mean ..."
+            return f"--{name}: the config has no field {field}" + (f" ({hint})" if hint else "")
+    return None
+
+
 def parse_flags(argv, doc: str, *, config_default: str, config_help: str, define=None):
     """Defines `--config` (+ overrides) and `define(flag_values)`'s flags, then parses `argv`.
 
@@ -155,8 +173,9 @@ def parse_flags(argv, doc: str, *, config_default: str, config_help: str, define
             flag_values.config.get("model")  # a config file that failed to load raises here
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as err:
         what = _message(err)
-        fail(program, what if what.startswith("cannot load") else f"bad flag: {what}",
-             "see --help")
+        if not what.startswith("cannot load"):
+            what = f"bad flag: {_missing_field(err, argv) or what}"
+        fail(program, what, "see --help")
     if asks_help:
         print_help(doc, flag_values)
         sys.exit(0)

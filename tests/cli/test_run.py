@@ -126,7 +126,10 @@ def test_eval_of_an_unknown_split(workdir):
 
 
 def test_misspelt_config_field_and_missing_config_file(tmp_path):
-    _one_line(run("train", "--config.data.batchsize=4", f"--workdir={tmp_path}"), "batchsize")
+    _one_line(run("train", "--config.data.batchsize=4", f"--workdir={tmp_path}"),
+              "--config.data.batchsize: the config has no field data.batchsize", "batch_size")
+    _one_line(run("train", "--config.model_kwargs.foo.width=0.5", f"--workdir={tmp_path}"),
+              "--config.model_kwargs.foo.width: the config has no field model_kwargs.foo")
     _one_line(run("train", f"--config={tmp_path / 'nope.py'}"), "nope.py", "does not exist")
     assert not os.listdir(tmp_path)  # nothing trained
 
