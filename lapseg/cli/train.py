@@ -7,6 +7,11 @@ generated shapes data). The work dir receives the resolved config (`config.json`
 `lapseg eval` / `lapseg predict --workdir W` read), checkpoints, `metrics.jsonl` and
 TensorBoard events.
 
+A non-finite loss or gradient norm stops training with one line naming the step, before
+anything of it is saved (the checkpoints and best/ stay as they were); with
+--config.nonfinite=skip such steps are skipped and counted instead. A latest checkpoint
+that cannot be read is moved aside with a warning, and the run resumes from the previous.
+
   lapseg train --config configs/shapes_lrr.py --workdir runs/lrr --config.num_train_steps=500
 """
 
@@ -25,14 +30,30 @@ def main(argv) -> int:
     if positional:
         common.fail(argv[0], f"unexpected arguments {' '.join(positional)}", "see --help")
     common.quiet_logging()
-    from lapseg.train import init, loop  # pylint: disable=import-outside-toplevel
+    # pylint: disable=import-outside-toplevel
+    from lapseg.train import checkpoint, init, loop, step
 
-    workdir = flag_values.workdir
+    config, workdir = flag_values.config, flag_values.workdir
+    if config.nonfinite not in step.NONFINITE_MODES:
+        common.fail(argv[0], f"--config.nonfinite must be one of "
+                    f"{', '.join(step.NONFINITE_MODES)}, got {config.nonfinite!r}", "see --help")
     try:
-        result = loop.train_and_evaluate(flag_values.config, workdir)
+        result = loop.train_and_evaluate(config, workdir)
     except init.InitError as err:  # config.init names a missing or unfitting file or run
         common.fail(argv[0], str(err).replace("\n", " "))
-    print(f"final mIoU {result['miou']:.4f} at step {result['step']} (workdir {workdir})")
+    except loop.DivergenceError as err:
+        common.fail(argv[0], str(err),
+                    f"lower --config.optimizer.learning_rate (now "
+                    f"{config.optimizer.learning_rate:g}) or set --config.nonfinite=skip; "
+                    f"rerunning resumes from the last checkpoint, which is from before step "
+                    f"{err.step}")
+    except checkpoint.CheckpointError as err:  # the work dir's checkpoints do not restore
+        common.fail(argv[0], str(err).replace("\n", " "),
+                    "pass the --config the run was trained with, or another --workdir")
+    skipped = f", {result['skipped_steps']} non-finite steps skipped" if result.get(
+        "skipped_steps") else ""
+    print(f"final mIoU {result['miou']:.4f} at step {result['step']} "
+          f"(workdir {workdir}{skipped})")
     return 0
 
 

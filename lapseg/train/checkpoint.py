@@ -6,14 +6,23 @@ iterator state, so a resumed run sees exactly the batches it would have seen) an
 and renames it when complete, so a run killed mid-save leaves the previous checkpoint
 intact. Restoring takes the *current* mesh's shardings as targets, so a checkpoint
 written on 8 devices restores onto 2 (or 1).
+
+A resumed run restores the newest *readable* checkpoint: when the latest one cannot be
+read (a truncated or garbled file: a full disk, a copy cut short), `Checkpointer.restore`
+warns naming its step, restores the newest older one that reads, and moves the unreadable
+ones aside to `<directory>.unreadable/<step>` (kept, not deleted), so that the resumed
+run can save those steps again.
 """
 
+import logging
 import os
 
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -44,6 +53,10 @@ class Checkpointer:
     def latest_step(self):
         return self._manager.latest_step()
 
+    def all_steps(self) -> list:
+        """The steps of the checkpoints on disk, oldest first."""
+        return sorted(self._manager.all_steps())
+
     def save(self, step, state, *, meta, data_iterator=None, force=False):
         items = {"state": ocp.args.StandardSave(state),
                  "meta": ocp.args.JsonSave({**meta, "step": int(step)})}
@@ -52,21 +65,47 @@ class Checkpointer:
         return self._manager.save(int(step), args=ocp.args.Composite(**items), force=force)
 
     def restore(self, abstract_state, *, meta, step=None, data_iterator=None):
-        """Restores `step` (default latest) onto the shardings of `abstract_state`.
+        """Restores `step` (default: the newest readable) onto the shardings of `abstract_state`.
 
         Args:
           abstract_state: `jax.ShapeDtypeStruct` pytree with `.sharding` set (the target).
           meta: this run's identity (`model`, `num_classes`); a checkpoint of another
             model raises `CheckpointError` naming both.
+          step: the step to restore; None: the latest, or where it cannot be read, the
+            newest older one that can (a warning names each unreadable step, which is moved
+            aside, see the module docstring). No readable checkpoint is a `CheckpointError`.
           data_iterator: a grain iterator whose state is restored in place (if given and
             the checkpoint has one).
 
         Returns:
           The restored state.
         """
-        step = self.latest_step() if step is None else step
-        if step is None:
+        if step is not None:
+            return self._restore(step, abstract_state, meta, data_iterator)
+        steps = self.all_steps()[::-1]
+        if not steps:
             raise CheckpointError(f"no checkpoint in {self.directory}")
+        unreadable = []  # (step, error), newest first
+        for candidate in steps:
+            try:
+                state = self._restore(candidate, abstract_state, meta, data_iterator)
+            except Exception as err:  # pylint: disable=broad-except
+                # orbax, tensorstore and json each raise their own types (tensorstore a
+                # bare Exception) for a truncated or garbled file; a garbled metadata file
+                # can even read as another tree (CheckpointError).
+                unreadable.append((candidate, err))
+                continue
+            self._set_aside(unreadable, candidate)
+            return state
+        # Nothing read: blame this run (another model, a bug), not the files; move nothing.
+        newest = unreadable[0][1]
+        if isinstance(newest, CheckpointError):
+            raise newest
+        raise CheckpointError(
+            f"no readable checkpoint in {self.directory}: "
+            + "; ".join(f"step {s}: {_first_line(err)}" for s, err in unreadable)) from newest
+
+    def _restore(self, step, abstract_state, meta, data_iterator):
         where = f"{self.directory}/{step}"
         _check_meta(self._manager, step, meta, where, "this run")
         _check_tree(self._manager.item_metadata(step)["state"], abstract_state, where)
@@ -74,6 +113,28 @@ class Checkpointer:
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         return self._manager.restore(step, args=ocp.args.Composite(**items))["state"]
+
+    def _set_aside(self, unreadable, restored_step):
+        """Warns about and moves aside the `unreadable` steps, newer than `restored_step`.
+
+        Only once an older checkpoint has been read with the same code is a failure blamed
+        on the files. Moved, not deleted (a flaky file system may be the cause), and out of
+        the step folders so the resumed run can save these steps again.
+        """
+        if not unreadable:
+            return
+        moves = [(step, _free_path(os.path.join(f"{self.directory}.unreadable", str(step))))
+                 for step, _ in unreadable]
+        for (step, err), (_, target) in zip(unreadable, moves):
+            log.warning("checkpoint step %d in %s is unreadable (%s): resuming from step %d; "
+                        "moved it to %s", step, self.directory, _first_line(err),
+                        restored_step, target)
+        if jax.process_index() == 0:
+            for step, target in moves:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                os.replace(os.path.join(self.directory, str(step)), target)
+        ocp.multihost.sync_global_processes("lapseg_checkpoint_set_aside")
+        self._manager.reload()  # forget the moved steps
 
     def read(self, step=None):
         """The saved state as a plain pytree (dicts of arrays), without a target or checks.
@@ -95,6 +156,22 @@ class Checkpointer:
 
     def close(self):
         self._manager.close()
+
+
+def _free_path(path) -> str:
+    """`path`, or `path-1`, `path-2`, ... if taken (a step unreadable twice keeps both)."""
+    candidate, n = path, 1
+    while os.path.exists(candidate):
+        candidate, n = f"{path}-{n}", n + 1
+    return candidate
+
+
+def _first_line(err, limit=200) -> str:
+    """`'Type: first line of the message'`, at most `limit` characters (tensorstore's
+    messages run to a page of JSON)."""
+    text = str(err).strip().splitlines()
+    line = f"{type(err).__name__}: {text[0] if text else ''}"
+    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 def _key_name(key):

@@ -81,6 +81,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval_every_steps = 1000
     config.checkpoint_every_steps = 1000
     config.keep_checkpoints = 2
+    # A step whose loss or gradient norm is not finite (`lapseg.train.step.NONFINITE_MODES`):
+    # 'stop' raises `lapseg.train.loop.DivergenceError` before any checkpoint, `best/` or
+    # evaluation of the diverged state; 'skip' drops that step's update and goes on, logging
+    # the count as `skipped_steps`. Either way no non-finite state is ever saved.
+    config.nonfinite = "stop"
     config.distributed = False  # call jax.distributed.initialize() (multi-host)
     return config
 

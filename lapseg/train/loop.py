@@ -3,6 +3,15 @@
 Set-up (dataset, model, optimiser, mesh, state or the latest checkpoint), then a plain
 loop: next batch -> jitted step -> log / eval / checkpoint. Everything stateful lives
 here; the step itself (`lapseg.train.step`) is a pure function.
+
+Divergence guard: a non-finite loss or gradient norm must never reach the disk, yet a
+host sync per step would stall the device. So each step's two scalars wait on the device
+(`FiniteGuard`) and are read where the loop syncs anyway (a logging step) and before
+anything reads or writes the state (evaluation, `best/`, a checkpoint). A divergence
+between two log steps is thus still found, and named by its step, before the next write;
+with `config.nonfinite = 'stop'` it raises `DivergenceError`. The check comes before
+`checkpointer.save` because orbax deletes the oldest checkpoint (`keep_checkpoints`)
+inside the save.
 """
 
 import json
@@ -31,6 +40,72 @@ from lapseg.train import step as step_lib
 log = logging.getLogger(__name__)
 
 
+class DivergenceError(RuntimeError):
+    """Training reached a non-finite loss or gradient norm (`config.nonfinite='stop'`), or
+    a non-finite state (either mode).
+
+    Raised before anything was evaluated or written from the diverged state: every
+    checkpoint and `best/` on disk is from an earlier, finite step. `step` is the first
+    non-finite step (with `in_state`: the step whose state was found non-finite after
+    finite losses and gradient norms); `loss` and `grad_norm` its (last) values.
+    """
+
+    def __init__(self, step, loss, grad_norm, *, in_state=False):
+        self.step, self.loss, self.grad_norm = int(step), float(loss), float(grad_norm)
+        values = f"loss {self.loss:.4g}, grad_norm {self.grad_norm:.4g}"
+        super().__init__(
+            f"training diverged by step {self.step} (non-finite train state; last {values})"
+            if in_state else f"training diverged at step {self.step} ({values})")
+
+
+class FiniteGuard:
+    """Watches each step's loss and gradient norm without a host sync per step.
+
+    `record` keeps the step's scalars as device arrays; `check` fetches all of them at
+    once and looks for the first non-finite step: in 'stop' mode it raises
+    `DivergenceError`, in 'skip' mode (the step already dropped the update) it counts it in
+    `skipped`. `check_state` adds a test of the state itself before it is written.
+    """
+
+    def __init__(self, mode):
+        self.mode = mode
+        self.skipped = 0
+        self._pending = []  # (step, loss, grad_norm), the scalars on the device
+        self._last = (0, 0.0, 0.0)  # the last step read, for messages
+        self._state_checked = None  # the step whose state `check_state` last passed
+
+    def record(self, step, metrics):
+        self._pending.append((step, metrics["loss"], metrics["grad_norm"]))
+
+    def check(self):
+        """Reads the recorded steps (they are computed by now at a log step: no stall)."""
+        pending, self._pending = jax.device_get(self._pending), []
+        bad = [(step, loss, norm) for step, loss, norm in pending
+               if not (np.isfinite(loss) and np.isfinite(norm))]
+        if bad and self.mode == "stop":
+            raise DivergenceError(*bad[0])
+        if bad:
+            self.skipped += len(bad)
+            log.warning("skipped %d non-finite step(s), the first at step %d (loss %.4g, "
+                        "grad_norm %.4g); %d in this run", len(bad), *bad[0], self.skipped)
+        if pending:
+            self._last = pending[-1]
+
+    def check_state(self, step, state):
+        """`check`, then that `state` is finite: before `state` is evaluated or written.
+
+        The flags cover the loss and the gradients; an update can still overflow to inf
+        from finite ones. One device reduction, once per step however many writes follow.
+        """
+        self.check()
+        if self._state_checked == step:
+            return
+        if not bool(step_lib.all_finite(state)):
+            _, loss, grad_norm = self._last
+            raise DivergenceError(step, loss, grad_norm, in_state=True)
+        self._state_checked = step
+
+
 def _run_identity(config, info):
     return {"model": config.model, "num_classes": int(info.num_classes),
             "dataset": config.data.dataset}
@@ -47,8 +122,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
     """Trains `config` in `workdir`, resuming from its latest checkpoint if any.
 
     Returns:
-      The final evaluation: `{'miou', 'per_class_iou', 'pixel_accuracy', 'step'}`.
+      The final evaluation: `{'miou', 'per_class_iou', 'pixel_accuracy', 'step'}`, and
+      `skipped_steps` (non-finite steps skipped by this process, `config.nonfinite='skip'`).
+
+    Raises:
+      DivergenceError: a non-finite step with `config.nonfinite == 'stop'` (nothing of it
+        was saved), or a non-finite state in either mode.
     """
+    if config.nonfinite not in step_lib.NONFINITE_MODES:
+        raise ValueError(f"config.nonfinite must be one of {step_lib.NONFINITE_MODES}, "
+                         f"got {config.nonfinite!r}")
     if config.distributed:
         jax.distributed.initialize()
     workdir = os.path.abspath(workdir)
@@ -103,13 +186,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
         state = jax.jit(create, out_shardings=replicated)(variables)
 
     train_step = step_lib.jit_train_step(mesh, model=model, tx=tx, loss_fn=loss_fn,
-                                         ignore_label=ignore_label)
+                                         ignore_label=ignore_label,
+                                         nonfinite=config.nonfinite)
     eval_step = step_lib.jit_eval_step(mesh, model=model, num_classes=num_classes,
                                        ignore_label=ignore_label)
     writer = log_lib.MetricWriter(workdir, enabled=is_main)
     progress = log_lib.Progress(total_steps, config.data.batch_size, enabled=is_main)
     step_rng = jax.random.key(config.seed + 1)
     best_miou = _read_best(workdir)
+    guard = FiniteGuard(config.nonfinite)
     result = None
     wait_time = step_time = 0.0
 
@@ -121,14 +206,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
             waited = time.perf_counter()
             state, train_metrics = train_step(state, step_lib.shard_batch(batch, mesh), step_rng)
             step += 1
+            guard.record(step, train_metrics)
             if step % config.log_every_steps == 0 or step == total_steps:
                 train_metrics = jax.device_get(train_metrics)  # syncs: step time is real here
+                guard.check()
+                if config.nonfinite == "skip":
+                    train_metrics["skipped_steps"] = guard.skipped
                 writer.write(step, "train", train_metrics)
                 progress.update(step, float(train_metrics["loss"]),
                                 wait_time / max(wait_time + step_time, 1e-9))
             wait_time += waited - start
             step_time += time.perf_counter() - waited
             if step % config.eval_every_steps == 0 or step == total_steps:
+                guard.check_state(step, state)  # also covers best/ below
                 result = evaluate(state, eval_step, mesh, loader("validation", train=False),
                                   num_classes)
                 writer.write(step, "eval", {"miou": result["miou"],
@@ -139,6 +229,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             preempted = checkpointer.reached_preemption(step)
             if (step % config.checkpoint_every_steps == 0 or step == total_steps
                     or preempted):
+                guard.check_state(step, state)  # before the save deletes an old checkpoint
                 checkpointer.save(step, state, meta=identity, data_iterator=train_iter,
                                   force=True)
             if preempted:
@@ -153,6 +244,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if result is None:  # restored at the last step: evaluate what was restored
         result = evaluate(state, eval_step, mesh, loader("validation", train=False), num_classes)
     result["step"] = step
+    result["skipped_steps"] = guard.skipped
     if is_main:
         print(log_lib.summary_table(result, info.class_names))
     return result
