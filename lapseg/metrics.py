@@ -10,14 +10,17 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from lapseg.ops import labels as label_ops
+
 
 def confusion_matrix(pred, labels, num_classes: int, ignore_label: int) -> jnp.ndarray:
     """Counts `M[t, p]` = pixels with label t predicted as p.
 
     Args:
       pred: int `[...]` predicted class ids.
-      labels: int `[...]`, same shape; pixels equal to `ignore_label` (or outside
-        `[0, num_classes)`) are not counted.
+      labels: int `[...]`, same shape; pixels equal to `ignore_label` are not counted.
+        Other ids outside `[0, num_classes)` raise a ValueError on concrete labels
+        (`ops.labels.check_labels`); under `jit` they are not counted.
       num_classes: C.
       ignore_label: label value to skip.
 
@@ -25,6 +28,7 @@ def confusion_matrix(pred, labels, num_classes: int, ignore_label: int) -> jnp.n
       int32 `[C, C]`, rows = ground truth, columns = prediction.
     """
     chex.assert_equal_shape([pred, labels])
+    label_ops.check_labels(labels, num_classes, ignore_label)
     labels = labels.astype(jnp.int32)
     valid = (labels != ignore_label) & (labels >= 0) & (labels < num_classes)
     index = jnp.where(valid, labels * num_classes + pred.astype(jnp.int32), num_classes * num_classes)

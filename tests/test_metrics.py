@@ -77,3 +77,18 @@ def test_boundary_band_of_constant_labels_is_empty():
 def test_boundary_band_rejects_bad_width():
     with pytest.raises(ValueError, match="width must be >= 1"):
         metrics.boundary_band(np.zeros((1, 4, 4), np.int32), 0)
+
+
+def test_confusion_matrix_rejects_ids_outside_the_classes_when_concrete():
+    # -1 (with ignore label 255) and C are neither classes nor ignored: an error naming the id.
+    pred = np.zeros((1, 2, 3), np.int32)
+    labels = np.array([[[0, 1, 2], [255, 1, -1]]], np.int32)
+    with pytest.raises(ValueError, match="labels hold id -1: expected class ids 0..2"):
+        metrics.confusion_matrix(pred, labels, 3, 255)
+    with pytest.raises(ValueError, match="hold id 3"):
+        metrics.confusion_matrix(pred, np.where(labels < 0, 3, labels), 3, 255)
+    good = np.where(labels < 0, 255, labels)
+    np.testing.assert_array_equal(metrics.confusion_matrix(pred, good, 3, 255).sum(1), [1, 2, 1])
+    # Under jit nothing is checked (no host sync); the bad pixels are not counted.
+    jitted = jax.jit(lambda p, l: metrics.confusion_matrix(p, l, 3, 255))(pred, labels)
+    np.testing.assert_array_equal(jitted.sum(1), [1, 2, 1])
