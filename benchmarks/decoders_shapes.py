@@ -1,13 +1,15 @@
 """FCN-8s against LRR (PCA bases) and LRR (bilinear basis, the paper's ablation) on `shapes`.
 
-    python -m benchmarks.decoders_shapes [--steps 6500] [--batch_size 16] [--models fcn8s,lrr,lrr_bilinear]
-        [--workdir benchmarks_out/decoders_shapes]
+    python -m benchmarks.decoders_shapes [--steps 6500] [--batch_size 16]
+        [--models fcn8s,lrr,lrr_bilinear[,lrr_staged]] [--workdir benchmarks_out/decoders_shapes]
 
 Every model trains from scratch with the main job's data, backbone, steps and batch
 (`configs/default.py`, `configs/shapes_lrr.py`, and the latter with `basis='bilinear'`),
 one after the other in this process, in its own kept work dir (`<workdir>/<model>`, so that
 `lapseg eval --workdir` can evaluate it again on any split). Each is then evaluated by
-`lapseg eval` on the whole validation split at full resolution. The table gives val mIoU,
+`lapseg eval` on the whole validation split at full resolution. `lrr_staged` is the
+reference's schedule (configs/shapes_lrr.py): half the steps on the 32x level alone, then
+every level at lr / 16 from that run, in `<workdir>/lrr_staged_coarse` and `lrr_staged`. The table gives val mIoU,
 trimap (boundary) accuracy at w = 1, 2, 4, 8, training minutes, and each number's ratio to
 FCN-8s's.
 """
@@ -26,21 +28,33 @@ CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 WIDTHS = ("1", "2", "4", "8")
 
 
-def load_config(name: str):
+def load_config(name: str, *args):
     spec = importlib.util.spec_from_file_location(name, CONFIGS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    return module.get_config(*args)
 
 
-def model_config(model: str):
-    """The shapes configs of `model`: 'fcn8s', 'lrr' (PCA bases) or 'lrr_bilinear'."""
+def model_config(model: str, stage: str = "all"):
+    """The shapes configs of `model`: 'fcn8s', 'lrr' (PCA bases), 'lrr_bilinear', or
+    'lrr_staged' (`stage` 'coarse' or 'refine' of configs/shapes_lrr.py)."""
     if model == "fcn8s":
         return load_config("default")
-    config = load_config("shapes_lrr")
+    config = load_config("shapes_lrr", stage if model == "lrr_staged" else "all")
     if model == "lrr_bilinear":
         config.model_kwargs.basis = "bilinear"
     return config
+
+
+def run_staged(configure, workdir: str, *, steps: int, eval_flags=()) -> dict:
+    """The staged LRR schedule: `steps // 2` of the 32x level alone (`<workdir>_coarse`), then
+    the rest with every level at lr / 16 from that run; `configure(config)` sets the data."""
+    coarse = configure(model_config("lrr_staged", "coarse"))
+    first = run(coarse, f"{workdir}_coarse", steps=steps // 2, eval_flags=eval_flags)
+    refine = configure(model_config("lrr_staged", "refine"))
+    refine.init.checkpoint = os.path.abspath(f"{workdir}_coarse")
+    result = run(refine, workdir, steps=steps - steps // 2, eval_flags=eval_flags)
+    return {**result, "minutes": first["minutes"] + result["minutes"]}
 
 
 def run(config, workdir: str, *, steps: int, eval_flags=()) -> dict:
@@ -83,13 +97,19 @@ def main():
     parser.add_argument("--workdir", default="benchmarks_out/decoders_shapes")
     parser.add_argument("--data_dir", default=None)
     args = parser.parse_args()
-    results = {}
-    for model in args.models.split(","):
-        config = model_config(model)
+    def configure(config):
         config.data.batch_size = args.batch_size
         if args.data_dir:
             config.data.data_dir = args.data_dir
-        results[model] = run(config, os.path.join(args.workdir, model), steps=args.steps)
+        return config
+
+    results = {}
+    for model in args.models.split(","):
+        workdir = os.path.join(args.workdir, model)
+        if model == "lrr_staged":
+            results[model] = run_staged(configure, workdir, steps=args.steps)
+        else:
+            results[model] = run(configure(model_config(model)), workdir, steps=args.steps)
     print_table(results, f"shapes, {args.steps} steps of batch {args.batch_size}, val at full "
                          f"resolution")
 
