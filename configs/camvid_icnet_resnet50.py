@@ -9,8 +9,11 @@ Network as the Cityscapes model (half-width deep-stem ResNet-50 at output stride
 128), but the pyramid pools with adaptive bins: the prototxt's fixed Caffe kernels are
 sized for a 32 x 64 conv5_3, while CamVid gives 12 x 15 (360 x 480) or 23 x 30 (720 x 960).
 Recipe of the paper (Sec. 5): SGD momentum 0.9, lr 0.01 poly 0.9, weight decay 1e-4,
-random mirror and resize 0.5-2; about 200 epochs of the 367 training images. Cascade label
-guidance `0.16 L_sub4 + 0.4 L_sub24 + 1.0 L_sub124`.
+random mirror and resize 0.5-2; about 200 epochs of the 367 training images (the paper:
+10K iterations at batch 16, `--config.num_train_steps=10000`). Cascade label guidance
+`0.4 L_sub4 + 0.4 L_sub24 + 1.0 L_sub124`, each branch at its own resolution
+(`recipes.ICNET_LOSS_WEIGHTS`). Initialisation: `$LAPSEG_ICNET_PSPNET_RUN`, a PSPNet run with
+this backbone's shape, as in `cityscapes_icnet_resnet50.py`; unset, from scratch.
 """
 
 from lapseg.train import recipes
@@ -24,8 +27,10 @@ def get_config(size: str = "360x480"):
         raise ValueError(f"camvid_icnet_resnet50: size must be one of {sorted(SIZES)}, got {size!r}")
     (height, width), batch_size = SIZES[size]
     # No pretrained half-width backbone: one learning rate for every parameter.
-    return recipes.finetune(
+    config = recipes.finetune(
         "icnet", {**ICNET50, "pooling": "adaptive"}, dataset="camvid", crop_size=(height, width),
         batch_size=batch_size, eval_size=(height, width), learning_rate=0.01,
         num_train_steps=200 * 367 // batch_size, loss_weights=recipes.ICNET_LOSS_WEIGHTS,
         lr_multipliers=(), pretrained=False)
+    config.init.checkpoint = recipes.pspnet_checkpoint()
+    return config

@@ -5,10 +5,17 @@ ResNet-50 (32..1024 channels) at output stride 8, the summed pyramid with the pr
 Caffe pooling kernels (valid for the 32 x 64 conv5_3 of a 1024 x 2048 input, hence
 full-size crops), CFF width 128. Paper Sec. 5 recipe: batch 16, SGD momentum 0.9, lr 0.01
 poly 0.9, weight decay 1e-4, 30K iterations, random mirror and resize 0.5-2. Cascade label
-guidance `0.16 L_sub4 + 0.4 L_sub24 + 1.0 L_sub124` (labels resized by nearest).
+guidance `0.4 L_sub4 + 0.4 L_sub24 + 1.0 L_sub124`, each branch scored at its own
+resolution (1/16, 1/8 and the 1/4 `conv6_cls` map; labels resized by nearest); the final
+x4 upsampling runs at test time only (`recipes.ICNET_LOSS_WEIGHTS`).
 
-The released model was pruned from a trained PSPNet-50; there is no ImageNet checkpoint of
-the half-width ResNet-50, so this trains it from the initialisation lapseg gives it.
+Initialisation: the paper builds ICNet from a trained PSPNet-50. `config.init.checkpoint`
+is `$LAPSEG_ICNET_PSPNET_RUN` (`recipes.pspnet_checkpoint`), a PSPNet run whose backbone has
+this config's shape (`lapseg train --config configs/cityscapes_pspnet_resnet50.py
+--config.model_kwargs.backbone_kwargs.width=0.5`, or a full-width PSPNet-50 with
+`--config.model_kwargs.backbone_kwargs.width=1.0` here, the paper's network before its
+compression). Unset, ICNet trains from lapseg's initialisation. There is no ImageNet
+checkpoint of the half-width ResNet-50, so `backbone_weights` stays unset.
 """
 
 from lapseg.decoders.icnet import CITYSCAPES_POOLING
@@ -17,7 +24,10 @@ from lapseg.train.recipes import ICNET50
 
 
 def get_config():
-    return recipes.finetune(
+    config = recipes.finetune(
         "icnet", {**ICNET50, "pooling": "fixed", **CITYSCAPES_POOLING}, dataset="cityscapes",
         crop_size=(1024, 2048), batch_size=16, eval_size=(1024, 2048), learning_rate=0.01,
-        num_train_steps=30000, loss_weights=recipes.ICNET_LOSS_WEIGHTS, lr_multipliers=(), pretrained=False)
+        num_train_steps=30000, loss_weights=recipes.ICNET_LOSS_WEIGHTS, lr_multipliers=(),
+        pretrained=False)
+    config.init.checkpoint = recipes.pspnet_checkpoint()
+    return config

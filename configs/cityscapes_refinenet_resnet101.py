@@ -1,13 +1,30 @@
 """RefineNet-101 on Cityscapes (19 classes), guosheng/refinenet's training recipe.
 
 4-cascaded RefineNet on a standard ResNet-101 (OS 32), adapt channels 512/256/256/256,
-2 adapt RCUs, 4-stage CRP (pool then conv), 3 output RCUs; loss on the 1/4-resolution
+2 adapt RCUs, 4-stage CRP (pool then conv), 3 output RCUs; the image enlarged x1.2 before
+the ResNet (`input_scale`, `gen_featnet_config_resnet_custom(..., 1.2, 4, 1)` in
+`main/gen_net_opts_model_type1.m`), in training and evaluation; loss on the 1/4-resolution
 scores against nearest-resized labels (`coarse_logits`, as `cnn_layer_dense_softmaxloss`).
-Optimiser as `gen_net_opts_model_type*.m`: SGD momentum 0.9, weight decay 5e-4, head lr
-5e-4 with the ResNet at 0.1x (here: base lr 5e-5, head x10), crops 600 x 600 for
-Cityscapes (`demo_refinenet_train.m`), scales 0.7-1.3, flips. Deviations: the original
-trains with batch 1 at a fixed rate, lowered by hand; here batch 8 and poly decay over
-90,000 steps. Prepare the data with `tfds build cityscapes/semantic_segmentation` (needs TF).
+Optimiser as `gen_net_opts_model_type1.m`: SGD momentum 0.9, weight decay 5e-4, head lr
+5e-4 with the ResNet at 0.1x (`input_featnet_lr_multiplier`; here: base lr 5e-5, head x10),
+crops 600 x 600 for Cityscapes (`demo_refinenet_train.m`), scales 0.7-1.3, flips.
+
+Deviations (docs/recipes.md):
+- batch 8 at the reference's per-step rates, where the reference trains with batch 1
+  (`train_opts.batch_size=1`) at a fixed 5e-4, lowered by hand to 5e-5 once validation
+  stalls (`demo_refinenet_train_reduce_learning_rate.m`). Both losses are per-pixel means,
+  so a batch-8 step has the reference step's expected size with 1/8 of its gradient
+  variance; the rates are not scaled with the batch (the linear scaling rule is a
+  heuristic the reference never used), and poly decay over 90,000 steps replaces the
+  manual drop, which needs a person watching the validation curve;
+- uniform random crops and image order, where the reference samples both by class
+  (`gen_crop_point_type='class_sample'`: crops centred on a pixel of a sampled class;
+  `epoch_task_gen_type_train='class_sample'`, at most 100 images per class and epoch, 1000-2000
+  images per epoch): lapseg's data pipeline has no class-aware sampler, and adding one is a
+  change to `lapseg/data`, outside the model recipe;
+- bilinear x1.2 enlargement after normalisation, not MATLAB's bicubic `imresize` of the
+  uint8 image (`lapseg/decoders/refinenet.py`).
+Prepare the data with `tfds build cityscapes/semantic_segmentation` (needs TF).
 """
 
 from lapseg.train import recipes

@@ -8,8 +8,15 @@ on CamVid; set `--config.data.source_dir=/path/to/CamVid`.
 Recipe: SGD momentum 0.99, weight decay 5e-4, fixed learning rate 1e-10 on the loss
 *summed* over the pixels of one image (Caffe's `normalize: false`, batch 1). lapseg's loss
 is the mean over pixels, so the same step is lr = 1e-10 x pixels per image; the batch of 8
-(one image per device) averages 8 such gradients. No augmentation (the paper found none
-helped); Caffe VGG-16 weights, hence 'caffe' input normalisation (BGR, 0-255 minus mean).
+(one image per device) averages 8 such gradients. Caffe adds the decay to that summed
+gradient (`base_lr (grad_sum + 5e-4 w)`), so under the mean loss the decay must shrink by
+the same pixel count: weight decay 5e-4 / (360 x 480) = 2.9e-9 gives the reference's
+`1e-10 x 5e-4 w` per step (`recipes.caffe_sum_loss_weight_decay`); 5e-4 itself would decay
+172,800x harder relative to the gradient step. Biases: lr x2 (`lr_mult: 2`) and no decay
+(`decay_mult: 0`; lapseg decays kernels only). Pixels are the whole crop, the valid
+(non-ignored) ones in the reference; the difference is the ignored fraction of an image.
+No augmentation (the paper found none helped); Caffe VGG-16 weights, hence 'caffe' input
+normalisation (BGR, 0-255 minus mean).
 Skips scaled by 0.01 / 0.0001 ('fcn8s_atonce'), upsampling fixed to bilinear.
 """
 
@@ -30,9 +37,10 @@ def get_config():
     config.data.normalize = "caffe"
     config.data.batch_size = 8
 
-    config.optimizer.learning_rate = 1e-10 * 360 * 480
+    pixels = 360 * 480  # per image: the summed loss's scale
+    config.optimizer.learning_rate = 1e-10 * pixels
     config.optimizer.momentum = 0.99
-    config.optimizer.weight_decay = 5e-4
+    config.optimizer.weight_decay = recipes.caffe_sum_loss_weight_decay(5e-4, pixels)
     config.optimizer.warmup_steps = 0
     config.optimizer.lr_power = 0.0  # fixed learning rate
     config.optimizer.lr_multipliers = (("*/bias", 2.0),)  # the reference's biases at 2x (lr_mult 2)

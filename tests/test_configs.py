@@ -58,6 +58,7 @@ def test_finetune_recipe_sets_the_shared_fields():
 # shapes jobs train from scratch). The expected file per config, by IMAGENET_WEIGHTS key:
 PRETRAINED = {
     "ade20k_pspnet_resnet50": "resnet50_deep_stem", "camvid_pspnet_resnet50": "resnet50_deep_stem",
+    "cityscapes_pspnet_resnet50": "resnet50_deep_stem",
     "camvid_dsrl_pspnet": "resnet50_deep_stem", "cityscapes_dsrl_pspnet": "resnet50_deep_stem",
     "camvid_dupsampling_resnet50": "resnet50", "cityscapes_dupsampling_resnet50": "resnet50",
     "camvid_gcn_resnet50": "resnet50", "cityscapes_gcn_resnet101": "resnet101",
@@ -75,6 +76,25 @@ def test_paper_configs_start_from_imagenet_weights(path, tmp_path, monkeypatch):
     name = PRETRAINED[path.stem]  # a new config must say here where it starts from
     expected = str(tmp_path / f"{name}.npz") if name else None
     assert load_config(path).init.backbone_weights == expected
+
+
+RECIPES_DOC = CONFIG_DIR.parent / "docs" / "recipes.md"
+
+
+def test_every_config_is_in_the_recipe_table():
+    """docs/recipes.md has a row for every configs/*.py, named `configs/<name>.py`."""
+    text = RECIPES_DOC.read_text(encoding="utf-8")
+    missing = [p.name for p in CONFIGS if f"`configs/{p.name}`" not in text]
+    assert not missing, f"docs/recipes.md lacks rows for {missing}"
+
+
+def test_icnet_configs_warm_start_from_the_pspnet_run_in_the_environment(monkeypatch, tmp_path):
+    """`config.init.checkpoint` is `$LAPSEG_ICNET_PSPNET_RUN`, None (from scratch) when unset."""
+    for name in ("cityscapes_icnet_resnet50", "camvid_icnet_resnet50"):
+        monkeypatch.delenv(recipes.PSPNET_RUN_ENV, raising=False)
+        assert load_config(CONFIG_DIR / f"{name}.py").init.checkpoint is None
+        monkeypatch.setenv(recipes.PSPNET_RUN_ENV, str(tmp_path))
+        assert load_config(CONFIG_DIR / f"{name}.py").init.checkpoint == str(tmp_path)
 
 
 def test_imagenet_weights_default_dir_and_unknown_name(monkeypatch):

@@ -22,6 +22,21 @@ block-DCT code (`ops.dupsample.cosine_matrix`) and zero, and the PCA fitted to t
 (`lapseg.bases.dupsampling_matrix`) enters through `lapseg.bases.attach`, as training does
 before step 0. `trainable_w=True` makes W a parameter.
 
+Fused features: `features` defaults to ('res5', 'stem', 'res4'): the deepest map plus the
+stem's output (stride 2, the reference's `conv1_3`) and the last block of res4 (stride 16,
+`conv4_6` of ResNet-50), the low-level pair of the PyTorch re-implementations written from
+the paper, haochange/DUpsampling and LinZhuoChen/DUpsampling `models/dunet.py`
+(`ResNet.forward`: `x_13` after conv1 + BN + ReLU, `x_46` after `layer3`, `x_13` resized to
+`x_46`'s size, `x_low = torch.cat((x_13, x_46))`); the paper's point is that with
+DUpsampling the fused features' resolution no longer sets the output's, so even a stride-2
+feature is fused at the lowest resolution. lapseg formerly fused res2 + res3, a choice with
+no source; Tramac's port fuses res3 + res4 (`c2`, `c3`) and notes that the paper leaves
+details out.
+Deviation kept from Tramac's layout: each low-level feature has its own 1x1 conv to 48
+(+ BN + ReLU) after resizing, where haochange reduces the concatenation `x_low` with one
+1x1 conv (1152 -> 48); per-feature reductions take any list of features and keep each
+feature's BatchNorm statistics separate.
+
 Mean: the PCA is centred, and the best rank-L affine reconstruction of a label patch x
 is `W^T W (x - mean) + mean`; `add_mean=True` (default) adds `mean` back after
 `depth_to_space` as a fixed bias (the tiled r x r x C patch mean), so the network only
@@ -62,7 +77,7 @@ class DUpsampling(nn.Module):
       trainable_w: train W instead of freezing it.
       add_mean: add the PCA patch mean back as a fixed bias (see the module docstring).
       features: backbone features, the deepest first: it is fused at its own resolution
-        (stride r); the others are resized down to it and fused ('res5', 'res2', 'res3').
+        (stride r); the others are resized down to it and fused ('res5', 'stem', 'res4').
       reduce_channels: width of each low-level 1x1 reduction (48).
       channels: width of the two 3x3 convs (256).
       dtype: compute dtype; param_dtype: parameter dtype.
@@ -74,7 +89,7 @@ class DUpsampling(nn.Module):
     dim: int = 256
     trainable_w: bool = False
     add_mean: bool = True
-    features: Sequence[str] = ("res5", "res2", "res3")
+    features: Sequence[str] = ("res5", "stem", "res4")
     reduce_channels: int = 48
     channels: int = 256
     dtype: jnp.dtype = jnp.float32

@@ -11,10 +11,19 @@ Follows hszhao/ICNet `evaluation/prototxt/icnet_cityscapes_bnnomerge.prototxt`:
     CFF(sub4, sub2) -> 1/16, CFF(., sub1) -> 1/8 (`lapseg.layers.cff`)
     upsample x2 (`sub12_sum_interp`) -> conv1x1 classes (`conv6_cls`) -> 1/4 -> upsample x4
 
-Cascade label guidance (Sec. 3.3): training adds the CFF classifiers on the upsampled
-low branches, 'aux_sub4' (1/16) and 'aux_sub24' (1/8); the loss
-`0.16 L_sub4 + 0.4 L_sub24 + 1.0 L_sub124` is `segmentation.deep_supervision` with those
-weights (labels resized by nearest to each output). Eval mode computes neither.
+Cascade label guidance (Sec. 3.3): training scores each branch at its own resolution,
+as the paper's Fig. 2 caption ("the final x4 upsampling in the bottom branch is only used
+during testing") and hellochick/ICNet-tensorflow `train.py` (`create_losses`: `sub4_out`,
+`sub24_out` and `conv6_cls`, each against the labels resized to its size by
+`tf.image.resize_nearest_neighbor`) do. Training mode therefore adds the CFF classifiers
+on the upsampled low branches, 'aux_sub4' (1/16, `sub4_out`) and 'aux_sub24' (1/8,
+`sub24_out`), and the 1/4 map 'coarse_logits' (`conv6_cls`, before the x4 upsampling); the
+loss `0.4 L_sub4 + 0.4 L_sub24 + 1.0 L_sub124` is `segmentation.deep_supervision` over those
+three keys (`lapseg.train.recipes.ICNET_LOSS_WEIGHTS`; labels resized by nearest to each
+output, the top-left pixel of each block, which is what TF1's `resize_nearest_neighbor`
+without align_corners samples). 'logits', the x4-upsampled map, is still returned in
+training (the step's pixel accuracy reads it) but is not scored. Eval mode computes only
+'logits'.
 
 The 1/2 and 1/4 branches share weights *and* computation: the 1/4 branch does not run
 conv1..conv3_1 on a 1/4 image but continues from the 1/2 branch's conv3_1 shrunk by 2
@@ -31,8 +40,9 @@ Caffe's `k * 32 + 1` sizes); lapseg's ResNet strides conv3_1 in its 3x3 conv (v1
 Caffe model in its first 1x1; the pyramid pools with PyTorch's adaptive bins by default
 (any size), `pooling='fixed'` with `CITYSCAPES_POOLING` gives the prototxt's kernels.
 
-Outputs: 'logits' `[N, H, W, C]`; training also 'aux_sub4' `[N, ceil(H/16), ceil(W/16), C]`
-and 'aux_sub24' `[N, ceil(H/8), ceil(W/8), C]`.
+Outputs: 'logits' `[N, H, W, C]`; training also 'aux_sub4' `[N, ceil(H/16), ceil(W/16), C]`,
+'aux_sub24' `[N, ceil(H/8), ceil(W/8), C]` and 'coarse_logits' `[N, 2 ceil(H/8), 2 ceil(W/8), C]`
+(the 1/4 map: twice the 1/8 branch's size).
 """
 
 import functools
@@ -68,7 +78,7 @@ def _shrink(x: jnp.ndarray, factor: int) -> jnp.ndarray:
 
 
 class ICNet(nn.Module):
-    """ICNet: images `[N, H, W, 3]` -> `{'logits'[, 'aux_sub4', 'aux_sub24']}`.
+    """ICNet: images `[N, H, W, 3]` -> `{'logits'[, 'aux_sub4', 'aux_sub24', 'coarse_logits']}`.
 
     Attributes:
       backbone: a lapseg ResNet at output stride 8 (ICNet: ResNet-50, deep stem, width 0.5).
@@ -150,8 +160,8 @@ class ICNet(nn.Module):
         logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
                          name="classifier")(sub124)  # `conv6_cls`, 1/4
         outputs = {"logits": resize.resize_bilinear(logits, images.shape[1:3], align_corners=True)}
-        if aux_sub4 is not None:
-            outputs.update(aux_sub4=aux_sub4, aux_sub24=aux_sub24)
+        if aux_sub4 is not None:  # training: the cascade's three scored outputs
+            outputs.update(aux_sub4=aux_sub4, aux_sub24=aux_sub24, coarse_logits=logits)
         return outputs
 
 

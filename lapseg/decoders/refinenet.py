@@ -14,15 +14,29 @@ The first block has a single input, so no MRF. Dropout (p=0.5, element-wise, as 
 `nn.Dropout`) is applied to the two deepest backbone features (res5, res4) and before the
 classifier. The blocks (RCU, MRF, CRP) are `lapseg.layers.refine`.
 
+Input scale: the released training code enlarges the image by 1.2 before the ResNet
+(guosheng/refinenet `main/gen_net_opts_model_type1.m` `do_config_refinenet`:
+`gen_featnet_config_resnet_custom(train_opts, resnet_layer_num, 1.2, 4, 1)`; the resize is
+`imresize(img, round(size * 1.2))` in `main/my_get_batch_ds_info.m` `gen_net_input_info`,
+in training and at test time). `input_scale` does that inside the model: the normalised
+image is resized to `round(H * s) x round(W * s)` (MATLAB's round, half away from zero),
+'coarse_logits' come out at a quarter of that and 'logits' are resized back to `H x W`.
+Deviation: the resize is bilinear with half-pixel centres (PyTorch `align_corners=False`),
+not MATLAB's default bicubic, because lapseg's resize ops are bilinear and the enlargement
+is mild (x1.2); it runs after normalisation rather than on uint8 pixels (a linear resize
+commutes with the per-channel affine normalisation, up to the uint8 rounding the reference
+has). The default 1.0 is the paper's description (no enlargement); the configs use 1.2.
+
 Loss: the original code scores the 1/4-resolution map against labels resized by nearest
 (`cnn_layer_dense_softmaxloss_forward.m`), i.e. `loss.weights = {'coarse_logits': 1.0}`
 with this library's deep supervision; weighting `'logits'` instead trains at full
 resolution (the common PyTorch practice).
 
 Outputs: `'logits'` `[N, H, W, C]`; `'coarse_logits'` `[N, h, w, C]` at the finest used
-feature's resolution (`ceil(H/4)` for res2).
+feature's resolution (`ceil(round(s H) / 4)` for res2 at input scale s).
 """
 
+import math
 from collections.abc import Sequence
 
 import chex
@@ -33,6 +47,12 @@ from lapseg import backbones
 from lapseg.layers.refine import (ChainedResidualPooling, MultiResolutionFusion,
                                   ResidualConvUnit, conv3x3)
 from lapseg.ops import resize
+
+
+def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    """`round(size * scale)` with MATLAB's rounding (half away from zero), as the reference's
+    `round(org_img_size .* one_scale)`."""
+    return tuple(max(1, math.floor(s * scale + 0.5)) for s in size)
 
 
 class RefineBlock(nn.Module):
@@ -74,6 +94,7 @@ class RefineNet(nn.Module):
       crp_stages: chained pooling stages (4 in the released models; the figure draws 2).
       crp_order: 'pool_conv' (paper, port) or 'conv_pool' (original code's improved version).
       dropout_rate: dropout on the two deepest features and before the classifier (0.5).
+      input_scale: the image is resized by this factor before the backbone (reference: 1.2).
       dtype: compute dtype; param_dtype: parameter dtype.
     """
 
@@ -86,6 +107,7 @@ class RefineNet(nn.Module):
     crp_stages: int = 4
     crp_order: str = "pool_conv"
     dropout_rate: float = 0.5
+    input_scale: float = 1.0
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
@@ -93,12 +115,18 @@ class RefineNet(nn.Module):
         if len(self.features) != len(self.channels) or not self.features:
             raise ValueError(f"RefineNet needs one width per feature, got features {self.features} "
                              f"and channels {self.channels}")
+        if not self.input_scale > 0:
+            raise ValueError(f"RefineNet input_scale must be positive, got {self.input_scale}")
         super().__post_init__()
 
     def __call__(self, images: jnp.ndarray, train: bool = False) -> dict:
         """`images`: `[N, H, W, 3]` normalised; `train`: batch-stat BN, dropout (rng 'dropout')."""
         chex.assert_rank(images, 4)
-        return self.decode(self.backbone(images, train), images.shape[1:3], train)
+        size = images.shape[1:3]
+        scaled = scaled_size(size, self.input_scale)
+        if scaled != tuple(size):
+            images = resize.resize_bilinear(images, scaled, align_corners=False)
+        return self.decode(self.backbone(images, train), size, train)
 
     @nn.compact
     def decode(self, features: dict, size: tuple[int, int], train: bool = False) -> dict:

@@ -7,7 +7,17 @@
 - `L_fa`: feature affinity between FTM(SSSR) and the SISR image, `feature_affinity_loss`.
 
 Config fields (with the paper's defaults): `weights` ({'logits': 1.0}), `class_weights`,
-`mse_weight` (w1 = 0.1), `fa_weight` (w2 = 1.0), `fa_subsample` (8), `fa_p` (2), `fa_q` (1).
+`mse_weight` (w1 = 0.1), `fa_weight` (w2 = 1.0), `fa_subsample` (16), `fa_p` (2), `fa_q` (1).
+
+`fa_subsample` = 16 is the reference's: Dootmaan/DSRL `utils/fa_loss.py`
+`FALoss(subscale=0.0625)` average-pools both maps by `int(1 / subscale)` = 16 before the
+affinity matrices, and its `train.py` calls `FALoss()` with that default, on the SSSR / SISR
+outputs at the original resolution (as here); lapseg's earlier 8 had no source. Subsampling
+keeps the `[hw, hw]` matrices affordable (1024 x 2048: 64 x 128 pixels, 256 MiB per f32
+matrix and image). Deviations from that file, each to follow the paper's Eq. 5: each
+pixel's vector is divided by its p-norm (the reference has those lines commented out), and
+the L1 sum is divided by `N (hw)^2`, not `(hw)^2` (see `feature_affinity_loss`); the
+weights are the paper's 0.1 / 1.0, not the reference's `w_sr = w_fa = 0.5` (`train.py`).
 """
 
 import chex
@@ -34,7 +44,7 @@ def _p_norm(x: jnp.ndarray, p: float) -> jnp.ndarray:
     return jnp.where(positive, jnp.where(positive, total, 1.0) ** (1.0 / p), 0.0)
 
 
-def feature_affinity(features: jnp.ndarray, *, subsample: int = 8, p: float = 2.0) -> jnp.ndarray:
+def feature_affinity(features: jnp.ndarray, *, subsample: int = 16, p: float = 2.0) -> jnp.ndarray:
     """Pairwise affinity of the (subsampled) pixels of a feature map.
 
     `S[n, i, j] = (F_i / ||F_i||_p)^T (F_j / ||F_j||_p)` over the pixels i, j of `F`, the
@@ -57,7 +67,7 @@ def feature_affinity(features: jnp.ndarray, *, subsample: int = 8, p: float = 2.
 
 
 def feature_affinity_loss(seg_features: jnp.ndarray, sr_features: jnp.ndarray, *,
-                          subsample: int = 8, p: float = 2.0, q: float = 1.0) -> jnp.ndarray:
+                          subsample: int = 16, p: float = 2.0, q: float = 1.0) -> jnp.ndarray:
     """`L_fa = mean_{n, i, j} |S_seg[n, i, j] - S_sr[n, i, j]|^q` (Eq. 5; q = 1 is L1).
 
     The reference divides the L1 sum by `(hw)^2` only, i.e. sums over the batch; the mean
@@ -90,7 +100,7 @@ def loss_for_config(loss_config, *, ignore_label: int):
     class_weights = loss_config.get("class_weights", None)
     mse_weight = float(loss_config.get("mse_weight", 0.1))
     fa_weight = float(loss_config.get("fa_weight", 1.0))
-    fa = dict(subsample=int(loss_config.get("fa_subsample", 8)),
+    fa = dict(subsample=int(loss_config.get("fa_subsample", 16)),
               p=float(loss_config.get("fa_p", 2.0)), q=float(loss_config.get("fa_q", 1.0)))
 
     def loss_fn(outputs, labels, batch):

@@ -2,9 +2,12 @@
 
 One parameterised loss serves every decoder whose auxiliary outputs are class scores:
 FCN (`logits`), PSPNet (`logits` + `aux`, weight 0.4), LRR (`logits` + every pyramid
-level), ICNet cascade label guidance (`aux_sub4` 0.16, `aux_sub24` 0.4, `logits` 1.0).
-Each output is compared with the labels resized by NEAREST to its own resolution
-(never bilinear: labels are categorical).
+level), ICNet cascade label guidance (`aux_sub4` 0.4, `aux_sub24` 0.4, `coarse_logits` 1.0,
+each at its branch's resolution; `lapseg.train.recipes.ICNET_LOSS_WEIGHTS`), RefineNet
+(`coarse_logits`). Each output is compared with the labels resized by NEAREST to its own
+resolution (never bilinear: labels are categorical); the default 'corner' sampling takes
+each block's top-left pixel, as PyTorch's `mode='nearest'` and TF1's
+`resize_nearest_neighbor` (ICNet's reference, hellochick/ICNet-tensorflow) do.
 """
 
 from typing import Mapping, Optional, Sequence

@@ -3,7 +3,8 @@
 PSPNet, RefineNet, GCN, DUpsampling and DSRL all fine-tune an ImageNet-pretrained backbone
 with SGD (momentum 0.9), poly learning rate (power 0.9) without warm-up, the new head at
 10x the base rate (`NEW_HEAD_10X`, per-group rates in `config.optimizer.lr_multipliers`), and
-random scaling + cropping + flips. `configs/*.py` call `finetune` with what differs (model, dataset, crop, batch, rate, steps) and then set their extras:
+random scaling + cropping + flips. `configs/*.py` call `finetune` with what differs (model,
+dataset, crop, batch, rate, steps) and then set their extras:
 
     config = recipes.finetune("gcn", {...}, dataset="camvid", crop_size=(360, 480),
                               batch_size=8, learning_rate=0.01, num_train_steps=4600,
@@ -11,6 +12,8 @@ random scaling + cropping + flips. `configs/*.py` call `finetune` with what diff
 
 The LRR configs share `lrr`: the paper's objective (every pyramid level, weights 1, plus
 the optional dilation/erosion objectives), SGD momentum 0.9, weight decay 5e-4.
+
+docs/recipes.md tabulates every config against its paper / reference recipe.
 """
 
 import os
@@ -96,31 +99,83 @@ def finetune(model: str, model_kwargs: dict, *, dataset: str, crop_size: tuple[i
 # Model settings that several configs share.
 PSPNET50 = {"backbone": "resnet50", "backbone_kwargs": {"deep_stem": True, "output_stride": 8},
             "bins": (1, 2, 3, 6), "pooling": "adaptive", "dropout_rate": 0.1}
+# guosheng/refinenet `main/gen_net_opts_model_type1.m` `do_config_refinenet`:
+# `gen_featnet_config_resnet_custom(train_opts, resnet_layer_num, 1.2, 4, 1)`, i.e. the image is
+# enlarged x1.2 before the ResNet (`my_get_batch_ds_info.m` `gen_net_input_info`), in training
+# and at test time; `input_scale` does that inside the model.
 REFINENET101 = {"backbone": "resnet101", "backbone_kwargs": {"output_stride": 32},
-                "channels": (512, 256, 256, 256), "crp_stages": 4, "crp_order": "pool_conv"}
+                "channels": (512, 256, 256, 256), "crp_stages": 4, "crp_order": "pool_conv",
+                "input_scale": 1.2}
 # ICNet (Zhao et al., ECCV 2018) on a half-width deep-stem ResNet-50, and its cascade label
-# guidance weights (lambda = 0.16 / 0.4 / 1 for the 1/16, 1/8 and 1/4 branch outputs).
+# guidance: lambda = 0.4 / 0.4 / 1 for the 1/16, 1/8 and 1/4 branch outputs, as the paper's
+# Sec. 5 (implementation details) sets them (0.4 for lambda_1 and lambda_2, 1 for lambda_3,
+# PSPNet's auxiliary weight), each scored at its own resolution ('coarse_logits' is the 1/4
+# map `conv6_cls`, not the x4-upsampled 'logits'). hellochick/ICNet-tensorflow `train.py` /
+# `utils/config.py` use LAMBDA1 = 0.16 instead (its own tuning, not the paper's).
 ICNET50 = {"backbone": "resnet50",
            "backbone_kwargs": {"deep_stem": True, "output_stride": 8, "width": 0.5},
            "branch_channels": 128, "channels": 256, "bins": (1, 2, 3, 6)}
-ICNET_LOSS_WEIGHTS = {"aux_sub4": 0.16, "aux_sub24": 0.4, "logits": 1.0}
+ICNET_LOSS_WEIGHTS = {"aux_sub4": 0.4, "aux_sub24": 0.4, "coarse_logits": 1.0}
+# ICNet starts from a trained PSPNet-50 (the paper builds ICNet from a PSPNet50 that it
+# compresses by kernel pruning; lapseg does not prune). The ICNet configs read the PSPNet run
+# from this environment variable into `config.init.checkpoint`; unset, they train from
+# lapseg's initialisation.
+PSPNET_RUN_ENV = "LAPSEG_ICNET_PSPNET_RUN"
+
+
+def pspnet_checkpoint() -> str | None:
+    """`config.init.checkpoint` of the ICNet configs: `$LAPSEG_ICNET_PSPNET_RUN` (a PSPNet-50
+    run: its work dir, `checkpoints/` dir or a step dir), or None (train from scratch).
+
+    `lapseg.train.init.from_checkpoint` copies every variable whose path and shape match:
+    ICNet's `params/backbone` and `batch_stats/backbone` take the PSPNet's when both
+    backbones have the same shape, i.e. a PSPNet trained with the ICNet config's
+    `backbone_kwargs` (a half-width PSPNet-50 for the released ICNet, or a full-width
+    PSPNet-50 with `--config.model_kwargs.backbone_kwargs.width=1.0` on the ICNet side, the
+    paper's network before compression). Mismatched shapes are refused and logged, not an
+    error. `--config.init.checkpoint=''` trains from scratch even with the variable set.
+    """
+    return os.environ.get(PSPNET_RUN_ENV) or None
 
 
 def dsrl_pspnet50(*, dataset: str, crop_size: tuple[int, int], eval_size: tuple[int, int],
                   num_train_steps: int, batch_size: int = 8):
     """DSRL around PSPNet-50 (Wang et al., CVPR 2020): the PSPNet recipe (lr 0.01, auxiliary
-    head 0.4) plus `L_mse` (0.1) and the feature-affinity loss (1.0, on 1/8-subsampled maps)."""
+    head 0.4) plus the learned SSSR upsampling module, `L_mse` (0.1) and the feature-affinity
+    loss (1.0, on 1/16-subsampled maps as Dootmaan/DSRL `utils/fa_loss.py`)."""
     config = finetune(
         "dsrl",
         {"base": "pspnet", "backbone": "resnet50",
          "backbone_kwargs": {"deep_stem": True, "output_stride": 8}, "base_kwargs": {},
+         "sssr_upsampling": "deconv", "sssr_channels": 64,
          "sisr_features": ("res2", "res5"), "sisr_channels": 64, "espcn_channels": (64, 32)},
         dataset=dataset, crop_size=crop_size, batch_size=batch_size, eval_size=eval_size,
         learning_rate=0.01, num_train_steps=num_train_steps,
         loss_weights={"logits": 1.0, "aux": 0.4})
-    config.loss.update({"mse_weight": 0.1, "fa_weight": 1.0, "fa_subsample": 8, "fa_p": 2.0,
+    config.loss.update({"mse_weight": 0.1, "fa_weight": 1.0, "fa_subsample": 16, "fa_p": 2.0,
                         "fa_q": 1.0})
     return config
+
+
+# GCN's kernel size per dataset, the paper's rule (Peng et al., CVPR 2017): k about the size
+# of the final (stride-32) feature map, so that the GCN covers it. Sec. 4.1 (PASCAL VOC,
+# 512 x 512 inputs, 16 x 16 res5) uses k = 15; Sec. 4.3 (Cityscapes, 800 x 800 crops) raises
+# it to 25, the size of the final 25 x 25 feature map. CamVid (not in the paper): 360 x 480
+# gives a 12 x 15 res5, hence 15.
+GCN_KERNEL_SIZE = {"voc": 15, "cityscapes": 25, "camvid": 15}
+
+
+def caffe_sum_loss_weight_decay(weight_decay: float, pixels: int) -> float:
+    """`config.optimizer.weight_decay` matching a Caffe solver's `weight_decay` on a loss
+    summed over `pixels` (`normalize: false`) when lapseg trains on the per-pixel mean at
+    `lr = base_lr * pixels`.
+
+    Caffe's step is `base_lr (grad_sum + wd w)`; lapseg's `lr (grad_mean + wd' w)` equals it
+    with `lr = base_lr * pixels` (since `grad_mean = grad_sum / pixels`) only if
+    `wd' = wd / pixels`: the unscaled `wd` would decay `pixels` times harder (172,800x for
+    a 360 x 480 image).
+    """
+    return weight_decay / pixels
 
 
 # LRR's pyramid levels, coarse to fine, on ResNet (the coefficient convs are

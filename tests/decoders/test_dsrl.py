@@ -1,4 +1,5 @@
-"""DSRL: feature-affinity loss against numpy, outputs, inference cost, training, configs."""
+"""DSRL: the learned SSSR upsampling module against PyTorch, feature-affinity loss against
+numpy, outputs, inference cost, training, configs."""
 
 import ast
 import math
@@ -13,7 +14,7 @@ from flax import traverse_util
 
 import lapseg
 from lapseg import models
-from lapseg.decoders.dsrl import DSRL
+from lapseg.decoders.dsrl import DSRL, SSSRUpsample
 from lapseg.decoders.dsrl import dsrl as dsrl_factory
 from lapseg.decoders.pspnet import PSPNet
 from lapseg.losses import dsrl as dsrl_loss
@@ -26,6 +27,44 @@ NUM_CLASSES = 4
 # PSPNet on a five-conv stand-in for ResNet (same feature names; compiles in seconds).
 SMALL = dict(num_classes=NUM_CLASSES, base="pspnet", backbone=TinyBackbone(output_stride=8),
              sisr_channels=16, espcn_channels=(32, 16))
+
+
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("scale", [2, 4])
+def test_sssr_upsampling_matches_torch(scale, train):
+    """The paper's SSSR upsampling module (Sec. 3.2: a stack of deconvolutions with BN and
+    ReLU) written in PyTorch: log2(scale) x [ConvTranspose2d(k=2, s=2, no bias) + BatchNorm2d
+    + ReLU], then a 1x1 Conv2d to the classes; random weights and BN statistics, eval
+    (running statistics) and train (batch statistics) BN, odd input size."""
+    torch = pytest.importorskip("torch")
+    from torch import nn as tnn
+
+    from tests.layers import torch_reference as ref
+
+    classes, width, steps = NUM_CLASSES, 6, int(math.log2(scale))
+    torch.manual_seed(0)
+    layers, widths = [], [classes] + [width] * steps
+    for step in range(steps):
+        layers += [tnn.ConvTranspose2d(widths[step], width, 2, stride=2, bias=False),
+                   tnn.BatchNorm2d(width), tnn.ReLU()]
+    layers.append(tnn.Conv2d(width, classes, 1))
+    reference = ref.randomize(tnn.Sequential(*layers))
+    reference.train(train)
+    x = np.random.default_rng(1).standard_normal((2, 7, 9, classes)).astype(np.float32)
+    with torch.no_grad():
+        want = ref.to_numpy(reference(ref.to_torch(x)))
+
+    params, stats = {"classifier": ref.conv(layers[-1])}, {}
+    for step in range(steps):
+        deconv, bn = layers[3 * step], layers[3 * step + 1]
+        params[f"deconv{step}"] = deconv.weight.detach().numpy().transpose(2, 3, 0, 1)  # IOhw->hwIO
+        params[f"bn{step}"] = {"scale": bn.weight.detach().numpy(), "bias": bn.bias.detach().numpy()}
+        stats[f"bn{step}"] = {"mean": bn.running_mean.numpy(), "var": bn.running_var.numpy()}
+    module = SSSRUpsample(classes, scale=scale, channels=width)
+    got, _ = module.apply({"params": params, "batch_stats": stats}, jnp.asarray(x), train,
+                          mutable=["batch_stats"])
+    assert got.shape == (2, 7 * scale, 9 * scale, classes)
+    ref.assert_parity(got, want, f"SSSR x{scale} parity ({'train' if train else 'eval'})", 1e-4)
 
 
 def numpy_affinity_loss(seg, sr, subsample, p, q):
@@ -97,36 +136,65 @@ def test_outputs_and_the_shared_encoder(model, variables):
     assert {key: value.shape for key, value in eval_out.items()} == {
         "logits": (2, 64, 96, NUM_CLASSES), "aux": (2, 32, 48, NUM_CLASSES)}
     # The shared encoder's params sit under 'backbone', once; the base's head under 'base'.
-    assert sorted(variables["params"]) == ["backbone", "base", "ftm", "sisr"]
+    assert sorted(variables["params"]) == ["backbone", "base", "ftm", "sisr", "sssr"]
     assert "backbone" not in variables["params"]["base"]
     flat = traverse_util.flatten_dict(grads["backbone"])
     for stage in ("res2", "res5"):  # the features SISR reads
         assert any(float(jnp.abs(g).max()) > 0 for path, g in flat.items() if path[0] == stage)
     assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads["base"]))
+    assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads["sssr"]))
+
+
+def _flops(fn, *args):
+    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+    return (cost[0] if isinstance(cost, list) else cost)["flops"]
+
+
+def _eval_pruned(variables):
+    """`variables` without SISR and FTM, which eval mode must not need."""
+    params = {k: v for k, v in variables["params"].items() if k not in ("sisr", "ftm")}
+    return {**variables, "params": params, "batch_stats": {
+        k: v for k, v in variables["batch_stats"].items() if k != "ftm"}}
+
+
+def _base_flops(model, pruned):
+    params, stats = pruned["params"], pruned["batch_stats"]
+    base_variables = {"params": {"backbone": params["backbone"], **params["base"]},
+                      "batch_stats": {"backbone": stats["backbone"], **stats["base"]}}
+    return _flops(lambda v, x: model.base.apply(v, x)["logits"], base_variables,
+                  jnp.zeros((2, 32, 48, 3)))
 
 
 def test_inference_cost_is_the_base_at_half_resolution(model, variables):
     """Eval mode traces neither SISR nor FTM: their params can be absent and the FLOPs
-    equal the base's on the half-size image plus the two resizes."""
+    equal the base's on the half-size image plus the input resize and the SSSR module."""
     images = jnp.zeros((2, 64, 96, 3))
-    params = {k: v for k, v in variables["params"].items() if k not in ("sisr", "ftm")}
-    pruned = {**variables, "params": params, "batch_stats": {
-        k: v for k, v in variables["batch_stats"].items() if k != "ftm"}}
+    pruned = _eval_pruned(variables)
+    dsrl_flops = _flops(lambda v, x: model.apply(v, x)["logits"], pruned, images)
+    base_flops = _base_flops(model, pruned)
+    down = _flops(lambda x: resize.resize_bilinear(x, (32, 48), align_corners=False), images)
+    sssr = SSSRUpsample(NUM_CLASSES, scale=2, channels=model.sssr_channels)
+    sssr_variables = {"params": pruned["params"]["sssr"], "batch_stats": pruned["batch_stats"]["sssr"]}
+    up = _flops(lambda v, y: sssr.apply(v, y, False), sssr_variables,
+                jnp.zeros((2, 32, 48, NUM_CLASSES)))
+    print(f"DSRL eval FLOPs {dsrl_flops:.0f} = base(half) {base_flops:.0f} + down {down:.0f} "
+          f"+ SSSR {up:.0f}")
+    assert dsrl_flops == pytest.approx(base_flops + down + up, rel=1e-6)
 
-    def flops(fn, *args):
-        cost = jax.jit(fn).lower(*args).compile().cost_analysis()
-        return (cost[0] if isinstance(cost, list) else cost)["flops"]
 
-    dsrl_flops = flops(lambda v, x: model.apply(v, x)["logits"], pruned, images)
-    base_variables = {"params": {"backbone": params["backbone"], **params["base"]},
-                      "batch_stats": {"backbone": pruned["batch_stats"]["backbone"],
-                                      **pruned["batch_stats"]["base"]}}
-    base_flops = flops(lambda v, x: model.base.apply(v, x)["logits"], base_variables,
-                       jnp.zeros((2, 32, 48, 3)))
-    down = flops(lambda x: resize.resize_bilinear(x, (32, 48), align_corners=False), images)
-    up = flops(lambda y: resize.resize_bilinear(y, (64, 96), align_corners=True),
-               jnp.zeros((2, 32, 48, NUM_CLASSES)))
-    print(f"DSRL eval FLOPs {dsrl_flops:.0f} = base(half) {base_flops:.0f} + down {down:.0f} + up {up:.0f}")
+def test_bilinear_ablation_costs_the_base_plus_two_resizes():
+    """`sssr_upsampling='bilinear'` (Dootmaan/DSRL's SSSR): no 'sssr' params, and the eval
+    FLOPs are the base's at half resolution plus the two resizes."""
+    model = lapseg.create_model("dsrl", **SMALL, sssr_upsampling="bilinear")
+    variables = filled_variables(model, (2, 64, 96, 3))
+    assert "sssr" not in variables["params"]
+    images = jnp.zeros((2, 64, 96, 3))
+    pruned = _eval_pruned(variables)
+    dsrl_flops = _flops(lambda v, x: model.apply(v, x)["logits"], pruned, images)
+    base_flops = _base_flops(model, pruned)
+    down = _flops(lambda x: resize.resize_bilinear(x, (32, 48), align_corners=False), images)
+    up = _flops(lambda y: resize.resize_bilinear(y, (64, 96), align_corners=True),
+                jnp.zeros((2, 32, 48, NUM_CLASSES)))
     assert dsrl_flops == pytest.approx(base_flops + down + up, rel=1e-6)
 
 
@@ -137,6 +205,11 @@ def test_rejects_bad_wiring(model):
     wrong = DSRL(backbone=model.backbone, base=model.base, sisr_features=("res9",))
     with pytest.raises(ValueError, match="res9"):
         jax.eval_shape(lambda: wrong.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    with pytest.raises(ValueError, match="sssr_upsampling"):
+        DSRL(backbone=model.backbone, base=model.base, sssr_upsampling="nearest")
+    odd = DSRL(backbone=model.backbone, base=model.base, scale=3)
+    with pytest.raises(ValueError, match="power-of-2"):
+        jax.eval_shape(lambda: odd.init(jax.random.key(0), jnp.zeros((1, 48, 48, 3))))
 
 
 def test_registry_builds_the_base_by_name():
@@ -223,6 +296,9 @@ def test_loss_decreases_on_8_device_mesh(model):
 def test_config_builds(name):
     config = load_config(name)
     assert config.model == "dsrl"
+    # The paper's learned SSSR module; the reference's FA subsampling (Dootmaan/DSRL FALoss).
+    assert config.model_kwargs.sssr_upsampling == "deconv" and config.loss.fa_subsample == 16
+    assert (config.loss.mse_weight, config.loss.fa_weight) == (0.1, 1.0)
     model = lapseg.create_model(config.model, num_classes=11, **config.model_kwargs)
     images = jnp.zeros((1, 64, 64, 3))
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), images, train=False))

@@ -50,7 +50,8 @@ def _torch_dupsample(x, conv_w, scale):
 
 
 def test_head_matches_pytorch_port(tmp_path):
-    """res5 4x4 (OS 16) + res2/res3 bilinearly downsampled, 1x1 -> 48, 3x3 convs, L = 8, r = 16,
+    """res5 4x4 (OS 16) + the default low-level pair, stem (stride 2) and res4 (stride 16,
+    haochange's `x_13`, `x_46`), bilinearly resized, 1x1 -> 48, 3x3 convs, L = 8, r = 16,
     + mean, / T (T = exp(0.3)), cropped to a 61 x 59 input; eval mode, random BN statistics."""
     torch = pytest.importorskip("torch")
     from torch import nn
@@ -59,8 +60,8 @@ def test_head_matches_pytorch_port(tmp_path):
     from tests.layers import torch_reference as ref
 
     classes, ratio, dim = 3, 16, 8
-    channels = {"res5": 40, "res2": 8, "res3": 16}
-    sizes = {"res5": (4, 4), "res2": (16, 15), "res3": (8, 8)}
+    channels = {"res5": 40, "stem": 8, "res4": 16}
+    sizes = {"res5": (4, 4), "stem": (31, 30), "res4": (4, 4)}
     fitted = random_constants(classes, ratio, dim)
     w, mean = fitted["dupsampling_w"], fitted["dupsampling_mean"]
     torch.manual_seed(0)
@@ -78,7 +79,7 @@ def test_head_matches_pytorch_port(tmp_path):
     with torch.no_grad():
         deep = ref.to_torch(features["res5"])
         lows = [f(F.interpolate(ref.to_torch(features[n]), (4, 4), mode="bilinear", align_corners=True))
-                for f, n in zip(fuse, ("res2", "res3"))]
+                for f, n in zip(fuse, ("stem", "res4"))]
         scores = _torch_dupsample(project(block(torch.cat([deep, *lows], 1))), conv_w, ratio)
         tile = torch.from_numpy(mean.reshape(ratio, ratio, classes)).permute(2, 0, 1).repeat(1, 4, 4)
         want = ((scores + tile) / np.exp(log_temperature))[:, :, :61, :59]
@@ -90,6 +91,7 @@ def test_head_matches_pytorch_port(tmp_path):
         params[name], stats[name] = ref.conv_bn(conv, bn)
     model = DUpsampling(backbones.create("resnet18", width=0.25, output_stride=16), classes, ratio=ratio,
                         dim=dim, reduce_channels=12, channels=20)
+    assert tuple(model.features) == ("res5", "stem", "res4")
     constants = fitted
     decode = jax.jit(lambda v, f: model.apply(v, f, (61, 59), method=DUpsampling.decode))
     got = decode({"params": params, "batch_stats": stats, "constants": constants}, features)
@@ -190,9 +192,9 @@ def test_parameter_count(backbone):
     model = models.create_model("dupsampling", num_classes=21, backbone=backbone, ratio=16, dim=256)
     count = param_count(model)
     print(f"DUpsampling {backbone} (OS 16, L = 256, W frozen), 21 classes: {count:,} parameters")
-    # 1x1 reductions 256/512 -> 48 (+BN), 3x3 (2048+96) -> 256 and 256 -> 256 (+BN),
-    # 1x1 256 -> 256 with bias, the temperature; backbone 23,508,032 / 42,500,160.
-    decoder = ((256 + 512) * 48 + 2 * 2 * 48 + 9 * 2144 * 256 + 9 * 256 * 256 + 2 * 2 * 256
+    # 1x1 reductions of the stem (64) and res4 (1024) -> 48 (+BN), 3x3 (2048+96) -> 256 and
+    # 256 -> 256 (+BN), 1x1 256 -> 256 with bias, the temperature; backbone 23,508,032 / 42,500,160.
+    decoder = ((64 + 1024) * 48 + 2 * 2 * 48 + 9 * 2144 * 256 + 9 * 256 * 256 + 2 * 2 * 256
                + 257 * 256 + 1)
     assert count == decoder + (23_508_032 if backbone == "resnet50" else 42_500_160)
 
@@ -201,6 +203,7 @@ def test_parameter_count(backbone):
 def test_config_builds(name):
     config = load_config(name)
     assert config.model == "dupsampling"
+    assert tuple(config.model_kwargs.features) == ("res5", "stem", "res4")
     info = data.dataset_info(config.data.dataset)
     model = models.from_config(config, info.num_classes)
     assert output_shapes(model, (1, 64, 64, 3))["logits"][:3] == (1, 64, 64)

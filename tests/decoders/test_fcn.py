@@ -276,3 +276,54 @@ def test_config_builds():
     model = models.from_config(config, num_classes)
     out = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))[0])
     assert out["logits"].shape == (1, 64, 64, num_classes)
+
+
+def test_config_steps_as_the_caffe_solver_on_the_summed_loss():
+    """`voc-fcn8s-atonce/solver.prototxt` (base_lr 1e-10, momentum 0.99, weight_decay 5e-4, on
+    the loss summed over an image's pixels; `lr_mult` 2 and `decay_mult` 0 on biases), written
+    as Caffe's SGD in numpy, against lapseg's optimiser from the config on the per-pixel mean
+    loss (whose gradient is the summed loss's / pixels): two steps agree. With the config's
+    weight decay at 5e-4 instead, the decay term would be 172,800x the reference's."""
+    from lapseg.train import optim
+
+    config = _load_config("voc_fcn8s_vgg16")
+    pixels = 360 * 480
+    assert tuple(config.data.crop_size) == (360, 480) and config.data.scale_range == (1.0, 1.0)
+    rng = np.random.default_rng(0)
+    params = {"score": {"kernel": rng.standard_normal((4, 3)), "bias": rng.standard_normal(3)}}
+    # Summed-loss gradients of the decay's size (5e-4 w), so that a wrongly scaled decay shows.
+    grads_sum = [{"score": {"kernel": rng.standard_normal((4, 3)) * 5e-4,
+                            "bias": rng.standard_normal(3) * 5e-4}} for _ in range(2)]
+
+    # Caffe SGDSolver: diff += decay_mult * wd * w; v = momentum v + lr_mult * base_lr * diff; w -= v.
+    caffe = {k: v.copy() for k, v in params["score"].items()}
+    history = {k: np.zeros_like(v) for k, v in caffe.items()}
+    caffe_moved = {k: np.zeros_like(v) for k, v in caffe.items()}  # w + 1e-13 would round it off
+    lr_mult, decay_mult = {"kernel": 1.0, "bias": 2.0}, {"kernel": 1.0, "bias": 0.0}
+    for grads in grads_sum:
+        for key, g in grads["score"].items():
+            diff = g + decay_mult[key] * 5e-4 * caffe[key]
+            history[key] = 0.99 * history[key] + lr_mult[key] * 1e-10 * diff
+            caffe[key] = caffe[key] - history[key]
+            caffe_moved[key] -= history[key]
+
+    def lapseg_moves(optimizer_config):
+        tx = optim.make_optimizer(optimizer_config, total_steps=config.num_train_steps)
+        ours = jax.tree.map(jnp.asarray, params)
+        moved = jax.tree.map(jnp.zeros_like, ours)  # summed updates (params would round them off)
+        state = tx.init(ours)
+        for grads in grads_sum:
+            mean_grads = jax.tree.map(lambda g: jnp.asarray(g / pixels), grads)
+            updates, state = tx.update(mean_grads, state, ours)
+            moved = jax.tree.map(lambda m, u: m + u, moved, updates)
+            ours = jax.tree.map(lambda p, u: p + u, ours, updates)
+        return {k: np.asarray(v, np.float64) for k, v in moved["score"].items()}
+
+    moved = lapseg_moves(config.optimizer)
+    for key in ("kernel", "bias"):
+        np.testing.assert_allclose(moved[key], caffe_moved[key], rtol=1e-4)
+    unscaled = config.optimizer.copy_and_resolve_references()
+    unscaled.weight_decay = 5e-4
+    wrong = lapseg_moves(unscaled)["kernel"]
+    assert np.abs(wrong).max() > 1000 * np.abs(caffe_moved["kernel"]).max()
+    assert config.optimizer.weight_decay * config.optimizer.learning_rate == pytest.approx(5e-4 * 1e-10)

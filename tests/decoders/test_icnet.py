@@ -22,7 +22,8 @@ NUM_CLASSES = 4
 SMALL = dict(num_classes=NUM_CLASSES, backbone="resnet18",
              backbone_kwargs={"width": 0.25, "deep_stem": True, "output_stride": 8},
              branch_channels=16, channels=32)
-LOSS_WEIGHTS = {"aux_sub4": 0.16, "aux_sub24": 0.4, "logits": 1.0}
+# Cascade label guidance: the paper's lambdas (Sec. 5), each branch at its own resolution.
+LOSS_WEIGHTS = {"aux_sub4": 0.4, "aux_sub24": 0.4, "coarse_logits": 1.0}
 
 
 # --- CFF -----------------------------------------------------------------------------------
@@ -131,11 +132,15 @@ def test_branches_see_full_half_and_quarter_resolution(recorded):
 
 
 def test_training_outputs_cascade_label_guidance(model, variables):
-    images = jnp.zeros((2, 128, 192, 3))
+    """Training adds the three scored outputs at their own resolutions: 1/16, 1/8 and the 1/4
+    `conv6_cls` map, whose x4 upsampling is 'logits' (test time only, in the paper)."""
+    images = jax.random.normal(jax.random.key(3), (2, 128, 192, 3))
     out, _ = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(variables, images)
     assert {k: v.shape for k, v in out.items()} == {
         "logits": (2, 128, 192, NUM_CLASSES), "aux_sub4": (2, 8, 12, NUM_CLASSES),
-        "aux_sub24": (2, 16, 24, NUM_CLASSES)}
+        "aux_sub24": (2, 16, 24, NUM_CLASSES), "coarse_logits": (2, 32, 48, NUM_CLASSES)}
+    upsampled = icnet_lib.resize.resize_bilinear(out["coarse_logits"], (128, 192), align_corners=True)
+    np.testing.assert_allclose(out["logits"], upsampled, atol=1e-5)
 
 
 def test_inference_does_not_use_the_auxiliary_classifiers(model, variables):
@@ -255,6 +260,26 @@ def test_config_builds(name, arg, size):
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
     out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1, *size, 3)), train=True, mutable=["batch_stats"])[0],
                          variables)
-    assert set(out) == set(LOSS_WEIGHTS) and out["logits"].shape == (1, *size, 19)
+    assert set(out) == {*LOSS_WEIGHTS, "logits"} and out["logits"].shape == (1, *size, 19)
+    assert out["coarse_logits"].shape == (1, size[0] // 4, size[1] // 4, 19)
     params = sum(math.prod(x.shape) for x in jax.tree.leaves(variables["params"]))
     print(f"{name} {arg or ''}: {params:,} params")
+
+
+def test_a_pspnet50_run_fills_the_icnet_backbone():
+    """The warm start (`config.init.checkpoint`, copied by path and shape): a PSPNet-50 built
+    with the ICNet config's backbone kwargs has every ICNet backbone variable, same shape."""
+    from flax import traverse_util
+
+    from lapseg.train import recipes
+
+    def flat(name, **kwargs):
+        model = models.create_model(name, num_classes=19, **kwargs)
+        variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
+        return {"/".join(k): v.shape for k, v in traverse_util.flatten_dict(variables).items()}
+
+    backbone = {"backbone": "resnet50", "backbone_kwargs": recipes.ICNET50["backbone_kwargs"]}
+    icnet = {k: v for k, v in flat("icnet", **{**recipes.ICNET50, **backbone}).items()
+             if k.split("/")[1] == "backbone"}
+    pspnet = flat("pspnet", **backbone)
+    assert icnet and all(pspnet.get(path) == shape for path, shape in icnet.items())

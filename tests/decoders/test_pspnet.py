@@ -101,7 +101,8 @@ def test_parameter_count(backbone):
     assert count == head + aux + (23_631_808 if backbone == "resnet50" else 42_623_936)
 
 
-@pytest.mark.parametrize("name", ["ade20k_pspnet_resnet50", "camvid_pspnet_resnet50"])
+@pytest.mark.parametrize("name", ["ade20k_pspnet_resnet50", "camvid_pspnet_resnet50",
+                                  "cityscapes_pspnet_resnet50"])
 def test_config_builds(name):
     config = load_config(name)
     assert config.model == "pspnet" and dict(config.loss.weights) == {"logits": 1.0, "aux": 0.4}
@@ -116,3 +117,16 @@ def test_loss_decreases():
                            loss_weights={"logits": 1.0, "aux": 0.4})
     print("PSPNet loss curve:", np.round(curve, 3))
     assert curve[-5:].mean() < 0.8 * curve[0]
+
+
+def test_cityscapes_config_is_semsegs():
+    """hszhao/semseg `config/cityscapes/cityscapes_pspnet50.yaml`: 713 crops, scales 0.5-2,
+    batch 16, lr 0.01 (head x10), poly 0.9, weight decay 1e-4, 200 epochs = 200 x 186 steps
+    (ceil(2975 / 8) = 372 images per GPU at batch 2, drop_last), aux 0.4."""
+    config = load_config("cityscapes_pspnet_resnet50")
+    assert (config.data.crop_size, config.data.scale_range, config.data.batch_size) == (
+        (713, 713), (0.5, 2.0), 16)
+    assert (config.optimizer.learning_rate, config.optimizer.weight_decay,
+            config.optimizer.lr_power, config.optimizer.warmup_steps) == (0.01, 1e-4, 0.9, 0)
+    assert config.num_train_steps == 200 * (-(-2975 // 8) // 2) == 37_200
+    assert config.model_kwargs.backbone_kwargs.deep_stem and config.model_kwargs.backbone_kwargs.output_stride == 8

@@ -1,6 +1,6 @@
 """RefineNet: parity of the 4-cascade with DrSleep/refinenet-pytorch (`models/resnet.py`,
-`utils/layer_factory.py`: RCU, CRP, fusion), shapes at OS 8/16/32, parameter counts,
-configs, and a loss that decreases on the 8-device mesh."""
+`utils/layer_factory.py`: RCU, CRP, fusion), the reference's x1.2 input enlargement, shapes
+at OS 8/16/32, parameter counts, configs, and a loss that decreases on the 8-device mesh."""
 
 import jax
 import jax.numpy as jnp
@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from lapseg import backbones, data, models
-from lapseg.decoders.refinenet import RefineNet
-from tests.decoders.decoder_utils import (TINY, blocky_batch, load_config, output_shapes,
+from lapseg.decoders.refinenet import RefineNet, scaled_size
+from lapseg.ops import resize
+from tests.decoders.decoder_utils import (TINY, TinyBackbone, blocky_batch, filled_variables,
+                                          load_config, output_shapes,
                                           output_dtypes, output_shapes_at_stride, param_count,
                                           rbg_prng)
 from tests.training import loss_curve
@@ -184,10 +186,39 @@ def test_parameter_count(backbone):
     assert 99e6 < count < 100e6 if backbone == "resnet50" else 118e6 < count < 119e6
 
 
+def test_scaled_size_rounds_half_away_from_zero():
+    """MATLAB `round` (the reference's `round(org_img_size .* one_scale)`), not Python's."""
+    assert scaled_size((5, 3), 2.5) == (13, 8) and scaled_size((45, 61), 1.2) == (54, 73)
+    assert scaled_size((360, 480), 1.2) == (432, 576) and scaled_size((7, 9), 1.0) == (7, 9)
+
+
+def test_input_scale_enlarges_the_image_before_the_backbone():
+    """`input_scale=1.2` (guosheng/refinenet `gen_featnet_config_resnet_custom(..., 1.2, ...)`):
+    the network at scale 1.2 on an image is the network at scale 1 on the image resized
+    (bilinear, half-pixel) to `round(1.2 H) x round(1.2 W)`; 'coarse_logits' are a quarter of
+    that, 'logits' come back at `H x W`."""
+    kwargs = dict(num_classes=3, backbone=TinyBackbone(), channels=(16, 8, 8, 8), dropout_rate=0.0)
+    scaled = models.create_model("refinenet", input_scale=1.2, **kwargs)
+    plain = models.create_model("refinenet", **kwargs)
+    images = jax.random.normal(jax.random.key(0), (2, 45, 61, 3))
+    variables = filled_variables(scaled, images.shape)
+    out = jax.jit(lambda v, x: scaled.apply(v, x))(variables, images)
+    assert out["logits"].shape == (2, 45, 61, 3) and out["coarse_logits"].shape == (2, 14, 19, 3)
+    enlarged = resize.resize_bilinear(images, (54, 73), align_corners=False)
+    want = jax.jit(lambda v, x: plain.apply(v, x))(variables, enlarged)
+    np.testing.assert_allclose(out["coarse_logits"], want["coarse_logits"], atol=1e-5)
+    np.testing.assert_allclose(
+        out["logits"], resize.resize_bilinear(want["coarse_logits"], (45, 61), align_corners=True),
+        atol=1e-5)
+    with pytest.raises(ValueError, match="input_scale"):
+        models.create_model("refinenet", input_scale=0.0, **kwargs)
+
+
 @pytest.mark.parametrize("name", ["cityscapes_refinenet_resnet101", "camvid_refinenet_resnet101"])
 def test_config_builds(name):
     config = load_config(name)
     assert config.model == "refinenet" and dict(config.loss.weights) == {"coarse_logits": 1.0}
+    assert config.model_kwargs.input_scale == 1.2  # the reference's enlargement
     model = models.from_config(config, data.dataset_info(config.data.dataset).num_classes)
     assert output_shapes(model, (1, 64, 64, 3))["logits"][:3] == (1, 64, 64)
 
