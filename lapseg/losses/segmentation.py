@@ -16,6 +16,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from lapseg.ops import labels as label_ops
 from lapseg.ops import resize
 
 
@@ -34,7 +35,9 @@ def masked_cross_entropy(
 
     Args:
       logits: `[N, H, W, C]` (any float dtype; the loss is computed in f32).
-      labels: int `[N, H, W]`.
+      labels: int `[N, H, W]`: class ids in `[0, C)` or `ignore_label` (other ids raise a
+        ValueError on concrete labels, `ops.labels.check_labels`; under `jit` they are
+        excluded like the ignore label).
       ignore_label: label value excluded from the loss.
       class_weights: optional `[C]` per-class weights.
 
@@ -44,8 +47,10 @@ def masked_cross_entropy(
     chex.assert_rank(logits, 4)
     chex.assert_equal_shape_prefix([logits, labels], 3)
     num_classes = logits.shape[-1]
+    label_ops.check_labels(labels, num_classes, ignore_label)  # eager calls; no-op under jit
     labels = labels.astype(jnp.int32)
-    valid = labels != ignore_label
+    # Under jit an id outside [0, C) cannot raise: it is left out, never read as a class.
+    valid = (labels != ignore_label) & (labels >= 0) & (labels < num_classes)
     safe_labels = jnp.where(valid, labels, 0)
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     # A one-hot product, not take_along_axis: the gather's gradient is a scatter-add, which
@@ -68,7 +73,13 @@ def labels_like(labels: jnp.ndarray, logits: jnp.ndarray, sampling: str = "corne
     'nearest-exact'; see `ops.resize.resize_nearest`)."""
     if sampling not in LABEL_SAMPLING:
         raise ValueError(f"label sampling must be one of {LABEL_SAMPLING}, got {sampling!r}")
+    chex.assert_rank(labels, 3)
     size = logits.shape[1:3]
+    if labels.shape[0] != logits.shape[0] or any(o > l for o, l in zip(size, labels.shape[1:])):
+        raise ValueError(
+            f"labels of shape {tuple(labels.shape)} do not fit an output of shape "
+            f"{tuple(logits.shape)}: labels must be [N, H, W] at input resolution, no smaller "
+            f"than any output (transposed H and W?)")
     if tuple(labels.shape[1:3]) == tuple(size):
         return labels
     return resize.resize_nearest(labels, size, centered=sampling == "center")
