@@ -1,7 +1,7 @@
 """FCN-8s against LRR (PCA bases) and LRR (bilinear basis) on CamVid, from scratch, on a CPU.
 
     python -m benchmarks.decoders_camvid [--camvid_dir ../shared/data/camvid] [--steps 2000]
-        [--batch_size 8] [--width 0.25] [--workdir benchmarks_out/decoders_camvid]
+        [--batch_size 8] [--width 0.25] [--workdir benchmarks_out/decoders_camvid] [--reuse]
 
 The shapes comparison (`benchmarks/decoders_shapes.py`) on real street scenes, sized for a
 2-core CPU: every model trains from scratch on a width-`--width` ResNet-18 (output stride
@@ -45,12 +45,14 @@ def main():
     parser.add_argument("--models", default="fcn8s,lrr,lrr_bilinear")
     parser.add_argument("--workdir", default="benchmarks_out/decoders_camvid")
     parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--reuse", action="store_true",
+                        help="evaluate work dirs that already hold a run instead of failing")
     args = parser.parse_args()
     if not (args.camvid_dir / "trainannot").is_dir():
         raise SystemExit(f"no CamVid copy at {args.camvid_dir}: pass --camvid_dir")
     results = {model: decoders_shapes.run(camvid_config(model, args),
                                           os.path.join(args.workdir, model), steps=args.steps,
-                                          eval_flags=("--scales=0.5",))
+                                          eval_flags=("--scales=0.5",), reuse=args.reuse)
                for model in args.models.split(",")}
     decoders_shapes.print_table(
         results, f"CamVid, {args.steps} steps of batch {args.batch_size} at half resolution, "

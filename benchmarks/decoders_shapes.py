@@ -2,6 +2,7 @@
 
     python -m benchmarks.decoders_shapes [--steps 6500] [--batch_size 16]
         [--models fcn8s,lrr,lrr_bilinear[,lrr_staged]] [--workdir benchmarks_out/decoders_shapes]
+        [--reuse]
 
 Every model trains from scratch with the main job's data, backbone, steps and batch
 (`configs/default.py`, `configs/shapes_lrr.py`, and the latter with `basis='bilinear'`),
@@ -46,33 +47,50 @@ def model_config(model: str, stage: str = "all"):
     return config
 
 
-def run_staged(configure, workdir: str, *, steps: int, eval_flags=()) -> dict:
+def run_staged(configure, workdir: str, *, steps: int, eval_flags=(), reuse: bool = False) -> dict:
     """The staged LRR schedule: `steps // 2` of the 32x level alone (`<workdir>_coarse`), then
     the rest with every level at lr / 16 from that run; `configure(config)` sets the data."""
     coarse = configure(model_config("lrr_staged", "coarse"))
-    first = run(coarse, f"{workdir}_coarse", steps=steps // 2, eval_flags=eval_flags)
+    first = run(coarse, f"{workdir}_coarse", steps=steps // 2, eval_flags=eval_flags, reuse=reuse)
     refine = configure(model_config("lrr_staged", "refine"))
     refine.init.checkpoint = os.path.abspath(f"{workdir}_coarse")
-    result = run(refine, workdir, steps=steps - steps // 2, eval_flags=eval_flags)
-    return {**result, "minutes": first["minutes"] + result["minutes"]}
+    result = run(refine, workdir, steps=steps - steps // 2, eval_flags=eval_flags, reuse=reuse)
+    both = None if None in (first["minutes"], result["minutes"]) else first["minutes"] + result["minutes"]
+    return {**result, "minutes": both}
 
 
-def run(config, workdir: str, *, steps: int, eval_flags=()) -> dict:
+def run(config, workdir: str, *, steps: int, eval_flags=(), reuse: bool = False) -> dict:
     """Trains `config` for `steps` in `workdir` (kept), then `lapseg eval --workdir` on the whole
-    validation split; returns val mIoU, per-class IoU, trimap accuracy by width, minutes."""
+    validation split; returns val mIoU, per-class IoU, trimap accuracy by width, minutes.
+
+    With `reuse`, a work dir that already holds a run (of `steps` steps, say from an earlier
+    invocation) is evaluated again without training; its minutes are those recorded in
+    `<workdir>/train_minutes.json` by the run that trained it (None if absent).
+    """
     config.num_train_steps = steps
     config.eval_every_steps = config.checkpoint_every_steps = steps
+    minutes_path = os.path.join(workdir, "train_minutes.json")
     if os.path.exists(os.path.join(workdir, "checkpoints")):
-        raise SystemExit(f"{workdir} holds a run already: pass another --workdir")
-    from lapseg.train import loop  # pylint: disable=import-outside-toplevel
+        if not reuse:
+            raise SystemExit(f"{workdir} holds a run already: pass another --workdir, or --reuse")
+        minutes = None
+        if os.path.exists(minutes_path):
+            with open(minutes_path, encoding="utf-8") as f:
+                minutes = json.load(f)["minutes"]
+    else:
+        from lapseg.train import loop  # pylint: disable=import-outside-toplevel
 
-    start = time.perf_counter()
-    loop.train_and_evaluate(config, workdir)
-    minutes = (time.perf_counter() - start) / 60
+        start = time.perf_counter()
+        loop.train_and_evaluate(config, workdir)
+        minutes = (time.perf_counter() - start) / 60
+        with open(minutes_path, "w", encoding="utf-8") as f:
+            json.dump({"minutes": minutes, "steps": steps}, f)
     if cli.main(["eval", f"--workdir={workdir}", *eval_flags]) != 0:
         raise SystemExit(f"lapseg eval failed on {workdir}")
     with open(os.path.join(workdir, "eval_validation.json"), encoding="utf-8") as f:
         result = json.load(f)
+    if result["step"] != steps:
+        raise SystemExit(f"{workdir} holds a run of {result['step']} steps, not {steps}")
     return {"miou": result["miou"], "per_class_iou": result["per_class_iou"], "minutes": minutes,
             **{f"w{w}": result["trimap_accuracy"][w] for w in WIDTHS}}
 
@@ -86,7 +104,8 @@ def print_table(results: dict, title: str) -> None:
     print("|---" * (len(keys) + 2) + "|")
     for model, result in results.items():
         cells = [f"{result[k]:.4f}" + (f" ({result[k] / base[k]:.3f})" if base else "") for k in keys]
-        print(f"| {model} | " + " | ".join(cells) + f" | {result['minutes']:.1f} |")
+        minutes = "-" if result["minutes"] is None else f"{result['minutes']:.1f}"
+        print(f"| {model} | " + " | ".join(cells) + f" | {minutes} |")
 
 
 def main():
@@ -96,7 +115,10 @@ def main():
     parser.add_argument("--models", default="fcn8s,lrr,lrr_bilinear")
     parser.add_argument("--workdir", default="benchmarks_out/decoders_shapes")
     parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--reuse", action="store_true",
+                        help="evaluate work dirs that already hold a run instead of failing")
     args = parser.parse_args()
+
     def configure(config):
         config.data.batch_size = args.batch_size
         if args.data_dir:
@@ -107,9 +129,10 @@ def main():
     for model in args.models.split(","):
         workdir = os.path.join(args.workdir, model)
         if model == "lrr_staged":
-            results[model] = run_staged(configure, workdir, steps=args.steps)
+            results[model] = run_staged(configure, workdir, steps=args.steps, reuse=args.reuse)
         else:
-            results[model] = run(configure(model_config(model)), workdir, steps=args.steps)
+            results[model] = run(configure(model_config(model)), workdir, steps=args.steps,
+                                 reuse=args.reuse)
     print_table(results, f"shapes, {args.steps} steps of batch {args.batch_size}, val at full "
                          f"resolution")
 
