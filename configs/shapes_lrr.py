@@ -6,9 +6,10 @@ the embedded `shapes` data: the default job's data and backbone with LRR's decod
 Every pyramid level is supervised (the paper's objective, weights 1) against labels sampled at
 block centres, with K = 10 PCA bases per class fitted from the training labels before training
 and scaled to unit flat-field gain. Learning rates from the loss curvature at initialisation
-(`python -m benchmarks.lrr_curvature`): the head's top Hessian eigenvalue is 264 with
+(`python -m benchmarks.lrr_curvature`): the head's top Hessian eigenvalue is 241 with
 unit-gain bases (2910 at the reference's scale; FCN-8s: 24), so the coefficient convs train at
-0.1x the base rate (biases 2x that) and the base rate is FCN-8s's 0.1.
+0.1x the base rate (biases 2x that; eigenvalue 24 with these multipliers) and the base rate
+is FCN-8s's 0.1.
 
 Staged, as the reference trains (`LRR4xTrainVGG16Pascal.m`: the 32x sub-model alone first,
 then the full model at 1/16 of the rate), in two runs:
