@@ -43,6 +43,7 @@ interleaved runs, forward / forward+backward in ms at the default LRR size):
 """
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -202,24 +203,17 @@ def main():
         bandwidth,
     )
     n, h, w, c, size = args.boundary
-    compare(
-        "boundary_mask",
-        lambda p: boundary.boundary_mask(p, size),
-        lambda p: fused_boundary_mask(p, size),
-        (jax.nn.softmax(normal(n, h, w, c), axis=-1),),
-        normal(n, h, w, c),
-        args.repeats,
-        bandwidth,
-    )
-    compare(
-        "boundary_mask vs separable reduce_window",
-        lambda p: boundary.boundary_mask(p, size),
-        lambda p: separable_reduce_window_mask(p, size),
-        (jax.nn.softmax(normal(n, h, w, c), axis=-1),),
-        normal(n, h, w, c),
-        args.repeats,
-        bandwidth,
-    )
+    for name, baseline in (("boundary_mask", fused_boundary_mask),
+                           ("boundary_mask vs separable reduce_window", separable_reduce_window_mask)):
+        compare(
+            name,
+            lambda p: boundary.boundary_mask(p, size),
+            functools.partial(baseline, size=size),
+            (jax.nn.softmax(normal(n, h, w, c), axis=-1),),
+            normal(n, h, w, c),
+            args.repeats,
+            bandwidth,
+        )
 
 
 if __name__ == "__main__":

@@ -18,3 +18,12 @@ def run(*argv):
         return cli.main([str(a) for a in argv])
     except SystemExit as exit_:
         return exit_.code
+
+
+def one_line(message, prefix: str, *patterns):
+    """`message` is what `sys.exit(str)` gave (status 1, on stderr): one line starting with
+    `prefix`, holding every pattern."""
+    assert isinstance(message, str), message
+    assert "\n" not in message and message.startswith(prefix), message
+    for pattern in patterns:
+        assert pattern in message, message

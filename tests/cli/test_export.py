@@ -16,6 +16,7 @@ import pytest
 
 from lapseg.ops.normalize import normalize
 from lapseg.train import config as config_lib
+from tests.cli import helpers
 from tests.cli.helpers import run
 
 # The default job made tiny: FCN-8s, as `lapseg train` without --config, narrower and shorter.
@@ -111,10 +112,7 @@ def test_size_platforms_and_best(workdir, tmp_path, capsys):
 # --- one-line errors -----------------------------------------------------------------------
 
 def _one_line(message, *patterns):
-    assert isinstance(message, str), message  # sys.exit(str): status 1, message on stderr
-    assert "\n" not in message and message.startswith("lapseg export: "), message
-    for pattern in patterns:
-        assert pattern in message, message
+    helpers.one_line(message, 'lapseg export: ', *patterns)
 
 
 def test_a_missing_work_dir_or_checkpoint(tmp_path):

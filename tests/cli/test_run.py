@@ -97,10 +97,7 @@ def test_predict_of_a_16_bit_png_equals_its_8_bit_version(workdir, tmp_path):
 # --- one-line errors -----------------------------------------------------------------------
 
 def _one_line(message, *patterns):
-    assert isinstance(message, str), message  # sys.exit(str): status 1, message on stderr
-    assert "\n" not in message and message.startswith("lapseg "), message
-    for pattern in patterns:
-        assert pattern in message, message
+    helpers.one_line(message, 'lapseg ', *patterns)
 
 
 def test_eval_of_a_work_dir_without_checkpoints(tmp_path):
