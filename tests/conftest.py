@@ -19,6 +19,9 @@ CAMVID_DIR = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "da
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "notebook: executes a notebook (deselect with -m 'not notebook')")
+    config.addinivalue_line(
+        "markers", "multiprocess: launches several `lapseg train` processes joined by "
+        "jax.distributed (deselect with -m 'not multiprocess')")
 
 
 @pytest.fixture(scope="session")

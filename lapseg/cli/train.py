@@ -7,6 +7,12 @@ generated shapes data). The work dir receives the resolved config (`config.json`
 `lapseg eval` / `lapseg predict --workdir W` read), checkpoints, `metrics.jsonl` and
 TensorBoard events.
 
+Several processes train one model with --config.distributed.* (a manual launch: the same
+coordinator_address and num_processes everywhere, each its own process_id; on a TPU pod
+slice, SLURM or Open MPI, --config.distributed.enabled=true detects them); a process
+that dies makes the others exit within config.distributed.heartbeat_timeout_seconds.
+--config.mesh.spatial=S splits each image's height over S devices.
+
 A non-finite loss or gradient norm stops training with one line naming the step, before
 anything of it is saved (the checkpoints and best/ stay as they were); with
 --config.nonfinite=skip such steps are skipped and counted instead. A latest checkpoint
@@ -31,7 +37,7 @@ def main(argv) -> int:
         common.fail(argv[0], f"unexpected arguments {' '.join(positional)}", "see --help")
     common.quiet_logging()
     # pylint: disable=import-outside-toplevel
-    from lapseg.train import checkpoint, init, loop, step
+    from lapseg.train import checkpoint, distributed, init, loop, step
 
     config, workdir = flag_values.config, flag_values.workdir
     if config.nonfinite not in step.NONFINITE_MODES:
@@ -50,6 +56,13 @@ def main(argv) -> int:
     except checkpoint.CheckpointError as err:  # the work dir's checkpoints do not restore
         common.fail(argv[0], str(err).replace("\n", " "),
                     "pass the --config the run was trained with, or another --workdir")
+    except distributed.DistributedError as err:  # could not join the job, or unequal inputs
+        common.fail(argv[0], str(err).replace("\n", " "),
+                    "check --config.distributed.* (README: Several processes)")
+    except step.MeshError as err:
+        common.fail(argv[0], str(err), "change --config.mesh.spatial or --config.data.batch_size")
+    if not distributed.is_main():  # process 0 reports for all
+        return 0
     skipped = f", {result['skipped_steps']} non-finite steps skipped" if result.get(
         "skipped_steps") else ""
     print(f"final mIoU {result['miou']:.4f} at step {result['step']} "

@@ -4,8 +4,18 @@
     iterator = iter(loader)          # grain DatasetIterator: get_state() / set_state()
     batch = next(iterator)           # {'image': f32 [B, h, w, 3], 'label': i32 [B, h, w]}
 
-Every random choice (shuffle order, scale, crop, flip) is a function of (seed, process
-index, position in the stream), so a restored iterator state replays the same batches.
+Every random choice (shuffle order, scale, crop, flip) is a function of (seed, position in
+the stream), so a restored iterator state replays the same batches.
+
+Several processes (`process_count > 1`): training batches are cut from one global stream,
+the same in every process; global batch `i` is its examples `[i*B, (i+1)*B)` and process
+`p` reads, augments and yields only its `B / process_count` of them, rows
+`[p*B/P, (p+1)*B/P)`. So the processes read disjoint examples, and their batches, put side
+by side in process order (`jax.make_array_from_process_local_data`), are exactly the
+batch one process would yield: the step sees the same global batches whatever the process
+count. An iterator's state is a position in that stream, the same in every process, so
+a checkpoint restores on another process count (`lapseg.train.checkpoint`). Evaluation
+reads a disjoint `source[p::P]` per process, padded to a common number of batches.
 """
 
 import math
@@ -78,7 +88,8 @@ def create_loader(
         False: one pass in order, no augmentation, images padded to `eval_size`, the
         last batch filled with blank examples (label all ignore) so that every pixel of
         the split is seen exactly once and every process yields the same number of batches.
-      process_index, process_count: this process's shard (default: JAX's).
+      process_index, process_count: this process's part (default: JAX's); see the module
+        docstring.
 
     Returns:
       A `grain.IterDataset`; iterating yields dicts of numpy arrays
@@ -104,13 +115,15 @@ def create_loader(
         settings["dataset"], split, data_dir=data_dir, source_dir=settings["source_dir"]
     )
     batch_size = settings["batch_size"] // process_count
-    shard = source[process_index::process_count]
     if train:
-        # Fold the process index into the seed: shards differ, and so should their crops.
-        process_seed = int(np.random.SeedSequence((seed, process_index)).generate_state(1)[0])
-        dataset = _train_batches(shard.seed(process_seed), info, settings, batch_size)
+        # One stream for all processes (the seed of process 0 of old, so that a single
+        # process yields what it always did); this process's rows of each global batch.
+        stream_seed = int(np.random.SeedSequence((seed, 0)).generate_state(1)[0])
+        rows = _train_batches(source.seed(stream_seed), info, settings, batch_size)
+        dataset = _process_rows(rows, process_index, process_count)
     else:
         # Every process pads its shard to the same number of batches.
+        shard = source[process_index::process_count]
         num_batches = math.ceil(math.ceil(len(source) / process_count) / batch_size)
         dataset = _eval_batches(shard, info, settings, batch_size, num_batches)
     return _prefetch(dataset, settings)
@@ -135,6 +148,16 @@ def _train_batches(shard, info, settings, batch_size):
     )
 
 
+def _process_rows(rows, process_index, process_count):
+    """Process `p`'s part of every global batch, from `rows`: the global stream in batches of
+    `B / process_count` (global batch `i` is `rows[i*P : (i+1)*P]`). Lazy: a process reads
+    only its own examples. A finite stream keeps whole global batches only."""
+    if process_count == 1:
+        return rows
+    whole = len(rows) - len(rows) % process_count
+    return rows[process_index:whole:process_count]
+
+
 def _eval_batches(shard, info, settings, batch_size, num_batches):
     eval_size = settings["eval_size"]
     if not eval_size:
@@ -156,7 +179,8 @@ def checkpoint_args(iterator, *, restore=False):
     With a `CheckpointManager`, put them beside the train state, e.g.
     `ocp.args.Composite(state=ocp.args.StandardSave(state), data=checkpoint_args(it))`
     and `ocp.args.Composite(..., data=checkpoint_args(it, restore=True))`. Each process
-    writes its own `process_<i>-of-<n>.json`; restoring needs the same process count.
+    writes its own `process_<i>-of-<n>.json`, all holding the same state (a position in the
+    global stream); `lapseg.train.checkpoint` restores it on another process count.
     """
     if restore:
         return grain.checkpoint.CheckpointRestore(iterator)

@@ -12,10 +12,20 @@ read (a truncated or garbled file: a full disk, a copy cut short), `Checkpointer
 warns naming its step, restores the newest older one that reads, and moves the unreadable
 ones aside to `<directory>.unreadable/<step>` (kept, not deleted), so that the resumed
 run can save those steps again.
+
+Several processes (`lapseg.train.distributed`): every process calls `save` and `restore`
+together; orbax writes each array once (a replicated one from one process) and process 0
+the metadata. The data item holds one `process_<i>-of-<n>.json` per process, all the same
+position in the global batch stream (`lapseg.data.pipeline`), so a checkpoint restores
+on any process count: a process with no file of its own reads process 0's
+(`DataHandler`).
 """
 
+import dataclasses
+import json
 import logging
 import os
+from typing import Any
 
 import grain
 import jax
@@ -27,6 +37,46 @@ log = logging.getLogger(__name__)
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be restored into this run (other model, corrupt files)."""
+
+
+class DataHandler(grain.checkpoint.CheckpointHandler):
+    """grain's handler, restoring on another process count too (see the module docstring).
+
+    grain reads `process_<i>-of-<n>.json` for this process `i` of `n`; a checkpoint written
+    by another number of processes has none, so this reads `process_0-of-<m>.json`, the
+    state of every process of that run.
+    """
+
+    def restore(self, directory, item=None, args=None):
+        own = directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        if own.exists():
+            return super().restore(directory, item=item, args=args)
+        saved = sorted(directory.glob("process_0-of-*.json"))
+        if not saved:
+            raise ValueError(f"{directory} holds no data iterator state ({own.name} does not "
+                             f"exist)")
+        item = item or args.item
+        state = saved[0].read_text()
+        log.info("data iterator: %s has no %s; restoring %s (the same stream position)",
+                 directory, own.name, saved[0].name)
+        item.set_state(json.loads(state) if isinstance(
+            item, grain.DatasetIterator) else state.encode())
+        item.start_prefetch()
+        return item
+
+
+@ocp.args.register_with_handler(DataHandler, for_save=True)
+@dataclasses.dataclass
+class DataSave(ocp.args.CheckpointArgs):
+    """Saves a grain iterator's state with `DataHandler`."""
+    item: Any
+
+
+@ocp.args.register_with_handler(DataHandler, for_restore=True)
+@dataclasses.dataclass
+class DataRestore(ocp.args.CheckpointArgs):
+    """Restores a grain iterator's state in place with `DataHandler`."""
+    item: Any
 
 
 class Checkpointer:
@@ -47,7 +97,7 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(
             self.directory, options=options,
             item_handlers={"state": ocp.StandardCheckpointHandler(),
-                           "data": grain.checkpoint.CheckpointHandler(),
+                           "data": DataHandler(),
                            "meta": ocp.JsonCheckpointHandler()})
 
     def latest_step(self):
@@ -61,7 +111,7 @@ class Checkpointer:
         items = {"state": ocp.args.StandardSave(state),
                  "meta": ocp.args.JsonSave({**meta, "step": int(step)})}
         if data_iterator is not None:
-            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+            items["data"] = DataSave(data_iterator)
         return self._manager.save(int(step), args=ocp.args.Composite(**items), force=force)
 
     def restore(self, abstract_state, *, meta, step=None, data_iterator=None):
@@ -111,7 +161,7 @@ class Checkpointer:
         _check_tree(self._manager.item_metadata(step)["state"], abstract_state, where)
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         if data_iterator is not None:
-            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+            items["data"] = DataRestore(data_iterator)
         return self._manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
     def _set_aside(self, unreadable, restored_step):
@@ -142,8 +192,15 @@ class Checkpointer:
         For inspection and export; training restores with `restore`.
         """
         step = self.latest_step() if step is None else step
+        # Onto this process's first device: the saved shardings may name devices that do not
+        # exist here (a checkpoint of another process count or mesh).
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        saved = self._manager.item_metadata(step)["state"]
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device)
+            if hasattr(m, "shape") and hasattr(m, "dtype") else m, getattr(saved, "tree", saved))
         items = self._manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
         return items["state"]
 
     def reached_preemption(self, step):

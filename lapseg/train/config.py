@@ -86,8 +86,36 @@ def base_config() -> ml_collections.ConfigDict:
     # evaluation of the diverged state; 'skip' drops that step's update and goes on, logging
     # the count as `skipped_steps`. Either way no non-finite state is ever saved.
     config.nonfinite = "stop"
-    config.distributed = False  # call jax.distributed.initialize() (multi-host)
+    # Several processes (hosts) training one model (`lapseg.train.distributed`; README:
+    # "Several processes"). Off by default. `enabled = True` joins a job whose settings are
+    # auto-detected (a TPU pod slice, SLURM, Open MPI); setting `coordinator_address`,
+    # `num_processes` and `process_id` (a manual launch: every process the same address
+    # and count, its own id) turns it on too, any field left unset being auto-detected.
+    # `local_device_ids`: the accelerators this process uses (None: JAX's choice; under
+    # SLURM on GPUs that is one per task). A process that dies makes the others exit within
+    # `heartbeat_timeout_seconds`; one that never joins, within
+    # `initialization_timeout_seconds`.
+    config.distributed = distributed_defaults()
+    # The device mesh `('data', 'spatial')` (`lapseg.train.step.make_mesh`): `spatial`
+    # devices share each image, split along its height (XLA exchanges the halos of the
+    # convolutions), so per-device activation memory shrinks with it; the batch is split
+    # over the remaining `device_count / spatial` devices.
+    config.mesh = ml_collections.ConfigDict({"spatial": 1})
     return config
+
+
+def distributed_defaults() -> ml_collections.ConfigDict:
+    """`config.distributed`: off, every launch setting unset (auto-detected when on)."""
+    return ml_collections.ConfigDict({
+        "enabled": False,
+        "coordinator_address": ml_collections.config_dict.placeholder(str),
+        "num_processes": ml_collections.config_dict.placeholder(int),
+        "process_id": ml_collections.config_dict.placeholder(int),
+        "local_device_ids": ml_collections.config_dict.placeholder(tuple),
+        "initialization_timeout_seconds": 300,
+        "heartbeat_timeout_seconds": 100,
+        "shutdown_timeout_seconds": 300,
+    })
 
 
 def default_job() -> ml_collections.ConfigDict:
@@ -127,6 +155,8 @@ def _tuples(value):
 
 def _merge(config, values, where):
     for key, value in values.items():
+        if where == "" and key == "distributed" and isinstance(value, bool):
+            value = {"enabled": value}  # saved before config.distributed was a group
         if key in config and isinstance(config[key], ml_collections.ConfigDict) and isinstance(value, dict):
             if key in ("model_kwargs", "loss"):  # free-form: the saved one replaces the default
                 config[key] = ml_collections.ConfigDict(_tuples(value))

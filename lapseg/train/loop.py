@@ -12,6 +12,11 @@ between two log steps is thus still found, and named by its step, before the nex
 with `config.nonfinite = 'stop'` it raises `DivergenceError`. The check comes before
 `checkpointer.save` because orbax deletes the oldest checkpoint (`keep_checkpoints`)
 inside the save.
+
+Several processes (`config.distributed`, `lapseg.train.distributed`): every process runs
+this function; process 0 builds the dataset and fits the bases first while the others
+wait, then each reads its rows of every global batch. Process 0 alone logs and writes
+`config.json`, metrics and `best.json`; checkpoints are written by all together (orbax).
 """
 
 import json
@@ -30,6 +35,7 @@ from lapseg import metrics as metrics_lib
 from lapseg import models
 from lapseg.train import checkpoint as checkpoint_lib
 from lapseg.train import config as config_lib
+from lapseg.train import distributed as distributed_lib
 from lapseg.train import fitted as fitted_lib
 from lapseg.train import init as init_lib
 from lapseg.train import logging as log_lib
@@ -132,11 +138,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if config.nonfinite not in step_lib.NONFINITE_MODES:
         raise ValueError(f"config.nonfinite must be one of {step_lib.NONFINITE_MODES}, "
                          f"got {config.nonfinite!r}")
-    if config.distributed:
-        jax.distributed.initialize()
+    distributed_lib.initialize(config.get("distributed"))
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    is_main = jax.process_index() == 0
+    is_main = distributed_lib.is_main()
+    if not is_main:  # process 0 logs for all; the others only warn
+        lapseg_log = logging.getLogger("lapseg")
+        lapseg_log.setLevel(max(logging.WARNING, lapseg_log.getEffectiveLevel()))
     info = data_lib.dataset_info(config.data.dataset, config.data.source_dir)
     num_classes, ignore_label = info.num_classes, info.ignore_label
     data_dir = config.data.data_dir
@@ -148,11 +156,23 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     if is_main:
         config_lib.save(config, workdir)
+    mesh = step_lib.make_mesh(spatial=config.get("mesh", {}).get("spatial", 1))
+    if config.data.batch_size % step_lib.data_size(mesh):
+        raise step_lib.MeshError(
+            f"config.data.batch_size = {config.data.batch_size} is not divisible by the "
+            f"{step_lib.data_size(mesh)} devices of the mesh's 'data' axis ({jax.device_count()} "
+            f"devices / config.mesh.spatial = {step_lib.spatial_size(mesh)})")
+    if error := step_lib.spatial_error(mesh, tuple(config.data.crop_size)[0]):
+        raise step_lib.MeshError(error)
+    if jax.process_count() > 1:  # process 0 builds the dataset (on first use), then all read
+        if is_main:
+            data_lib.load_source(config.data.dataset, "train", data_dir=data_dir,
+                                 source_dir=config.data.source_dir)
+        distributed_lib.sync("lapseg_dataset_ready")
     model = models.from_config(config, num_classes)
     total_steps = config.num_train_steps
     tx = optim.make_optimizer(config.optimizer, total_steps)
     loss_fn = losses.for_model(config.model, config.loss, ignore_label=ignore_label)
-    mesh = step_lib.make_mesh()
     replicated = step_lib.replicated(mesh)
     crop = tuple(config.data.crop_size)
     image_shape = (1, *crop, 3)
@@ -169,7 +189,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     identity = _run_identity(config, info)
     if checkpointer.latest_step() is not None:
         state = checkpointer.restore(abstract, meta=identity, data_iterator=train_iter)
-        log.info("resumed from step %d", int(state.step))
+        if is_main:
+            log.info("resumed from step %d", int(state.step))
     else:  # Fresh start: initialise, apply `config.init`, attach the label-fitted constants.
         init = jax.jit(lambda rng: state_lib.init_variables(model, rng, image_shape),
                        out_shardings=replicated)
@@ -177,8 +198,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if init_lib.requested(config):  # on host copies: every process reads the files
             variables = init_lib.apply(config, jax.device_get(variables),
                                        arch=init_lib.backbone_arch(model))
-        path = fitted_lib.ensure(config, workdir)  # fitted if missing
+        if is_main:  # fitted if missing: by process 0, the others read its file
+            path = fitted_lib.ensure(config, workdir)
+        distributed_lib.sync("lapseg_bases_ready")
+        if not is_main:
+            path = fitted_lib.ensure(config, workdir)
         fitted = bases.load(path, num_classes=num_classes) if path else {}
+        if init_lib.requested(config) or fitted:  # host values: replicated only if equal
+            distributed_lib.assert_same_everywhere(
+                (variables if init_lib.requested(config) else (), fitted),
+                "the initial variables (config.init, the bases file)")
 
         def create(variables):
             return state_lib.create_train_state(bases.attach(variables, fitted), tx)
