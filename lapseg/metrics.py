@@ -27,7 +27,7 @@ def confusion_matrix(pred, labels, num_classes: int, ignore_label: int) -> jnp.n
     Returns:
       int32 `[C, C]`, rows = ground truth, columns = prediction.
     """
-    chex.assert_equal_shape([pred, labels])
+    label_ops.check_shape(labels, pred.shape, against=f"predictions of shape {tuple(pred.shape)}")
     label_ops.check_labels(labels, num_classes, ignore_label)
     labels = labels.astype(jnp.int32)
     valid = (labels != ignore_label) & (labels >= 0) & (labels < num_classes)

@@ -26,6 +26,7 @@ only a matching `num_classes` may be given besides the wrapper's fields).
 """
 
 import importlib
+import numbers
 
 _MODELS = {
     "fcn32s": "lapseg.decoders.fcn:fcn32s",
@@ -76,6 +77,10 @@ def create_model(name, **kwargs):
     docstring); the factory receives the built base.
     """
     factory = _resolve(name)
+    num_classes = kwargs.get("num_classes")
+    if num_classes is not None and (not isinstance(num_classes, numbers.Integral)
+                                    or num_classes < 1):
+        raise ValueError(f"{name}: num_classes must be an integer >= 1, got {num_classes!r}")
     if name in WRAPPERS:
         kwargs = _build_base(name, kwargs)
     return factory(**kwargs)

@@ -56,5 +56,7 @@ def main(argv) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main(["lapseg basis", *sys.argv[1:]]))
+if __name__ == "__main__":  # the same as `lapseg basis`
+    from lapseg import cli
+
+    sys.exit(cli.main(["basis", *sys.argv[1:]]))

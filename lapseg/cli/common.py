@@ -11,6 +11,7 @@ Nothing here imports JAX; `lapseg.train.config` (which a loaded config imports a
 imported only when a config is.
 """
 
+import argparse
 import logging
 import os
 import pathlib
@@ -27,9 +28,36 @@ DEFAULT_WORKDIR = "workdir/default"
 HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull")
 
 
+verbose = False  # `--verbose` was given (set by `lapseg.cli.main`): tracebacks and all logs
+EXIT_USAGE = 2  # the status of an anticipated error (bad flag, value, file, checkpoint, ...)
+
+
+class CommandError(SystemExit):
+    """An anticipated error of a command: `lapseg <command>: <what> — <what to do>`.
+
+    `lapseg.cli.main` prints `message` as the one line on stderr and returns `EXIT_USAGE`
+    (with `--verbose`, after the traceback of the error that caused it). `str()` is the
+    message, so `pytest.raises(SystemExit, match=...)` matches it.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(EXIT_USAGE)
+        self.message = message
+
+    def __str__(self):
+        return self.message
+
+
 def fail(program: str, what: str, todo: str | None = None):
-    """Exits with status 1 and the one line `'<program>: <what> — <todo>'` on stderr."""
-    sys.exit(f"{program}: {what}" + (f" — {todo}" if todo else ""))
+    """Raises `CommandError('<program>: <what> — <todo>')`: one line on stderr, exit status 2."""
+    raise CommandError(f"{program}: {what}" + (f" — {todo}" if todo else ""))
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """`argparse.ArgumentParser` whose errors are `fail`'s one line (not usage + error)."""
+
+    def error(self, message):
+        fail(self.prog, message, f"see {self.prog} --help")
 
 
 def wants_help(argv) -> bool:
@@ -158,6 +186,10 @@ def parse_flags(argv, doc: str, *, config_default: str, config_help: str, define
         fail(program, f"config file {given.split(':', 1)[0]!r} does not exist",
              "pass a .py file with get_config()")
     flag_values = flags.FlagValues()
+    # ml_collections executes the file into `sys.modules['config_config']`, reusing a module
+    # left there by an earlier parse in this process (whose get_config a file without one
+    # would then inherit): start from none.
+    sys.modules.pop("config_config", None)
     # With `sys_argv`, ml_collections loads the config and applies the overrides while
     # defining the flag (so a typo surfaces here). For --help nothing is loaded: a
     # `--config` in the given argv makes it keep the default as text.
@@ -170,10 +202,17 @@ def parse_flags(argv, doc: str, *, config_default: str, config_help: str, define
             define(flag_values)
         if not asks_help:
             positional = flag_values(list(argv))[1:]
+            if flag_values.config is None:  # ml_collections' value for a file without one
+                raise ValueError(f"cannot load the config: {given} has no get_config() returning "
+                                 "a ConfigDict")
             flag_values.config.get("model")  # a config file that failed to load raises here
-    except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as err:
+    except Exception as err:  # pylint: disable=broad-except  (a config file runs any code)
         what = _message(err)
-        if not what.startswith("cannot load"):
+        if isinstance(err, AttributeError) and "get_config" in str(err):
+            what = f"cannot load the config: {given} defines no get_config()"
+        elif isinstance(err, (SyntaxError, NameError, ImportError)):
+            what = f"cannot load the config: {type(err).__name__}: {what}"
+        elif not what.startswith("cannot load"):
             what = f"bad flag: {_missing_field(err, argv) or what}"
         fail(program, what, "see --help")
     if asks_help:
@@ -277,9 +316,23 @@ def restore_predictor(program: str, config, workdir: str, options: dict, *, best
 
 
 def quiet_logging() -> None:
-    """lapseg's own progress at INFO; orbax/absl/tfds chatter only from WARNING up."""
+    """lapseg's own progress at INFO; orbax/absl/tfds chatter only from WARNING up, and
+    without `--verbose` none of absl's (orbax logs the tracebacks of its writer threads
+    there; lapseg reports their failures itself, as one line)."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("lapseg").setLevel(logging.INFO)
+    if not verbose:
+        logging.getLogger("absl").setLevel(logging.CRITICAL)
+        sys.unraisablehook = _quiet_unraisablehook
+
+
+def _quiet_unraisablehook(unraisable):
+    """Drops asyncio's 'Event loop is closed' that tensorstore's writer threads report
+    (as unraisable) after a failed checkpoint write, which lapseg reports itself."""
+    value = unraisable.exc_value
+    if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+        return
+    sys.__unraisablehook__(unraisable)
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
     tfds.disable_progress_bar()

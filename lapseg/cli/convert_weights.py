@@ -13,9 +13,11 @@ import argparse
 import os
 import sys
 
+from lapseg.cli import common
+
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = common.OneLineArgumentParser(
         prog=prog, description=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", help="state dict: .pth/.pt/.bin (needs torch), .safetensors, .npz")
@@ -29,13 +31,17 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(err) -> str:
+    return " ".join(str(err).split())
+
+
 def main(argv) -> int:
     """Entry point of `lapseg convert-weights`; `argv[0]` is the program name."""
     program = argv[0]
     args = build_parser(program).parse_args(argv[1:])
     if not os.path.isfile(args.input):
-        sys.exit(f"{program}: no such file: {args.input} — pass a .pth/.pt/.bin, .safetensors "
-                 "or .npz state dict")
+        common.fail(program, f"no such file: {args.input}",
+                    "pass a .pth/.pt/.bin, .safetensors or .npz state dict")
     # pylint: disable=import-outside-toplevel  (numpy, JAX only once the arguments are good)
     import numpy as np
 
@@ -44,19 +50,21 @@ def main(argv) -> int:
     try:
         state_dict = weights.read_state_dict(args.input)
     except (ImportError, ValueError, OSError) as err:
-        sys.exit(f"{program}: cannot read {args.input}: {err}")
+        common.fail(program, f"cannot read {args.input}: {_one_line(err)}",
+                    "pass a PyTorch state dict (.pth/.pt/.bin), .safetensors or .npz")
     if args.arch:
         try:
             weights.check_state_dict(state_dict, args.arch, deep_stem=args.deep_stem,
                                      ignore=args.ignore)
         except ValueError as err:
-            print(f"{program}: {err}", file=sys.stderr)
-            return 1
+            common.fail(program, _one_line(err), "check --arch / --deep-stem, or --ignore keys")
     np.savez(args.output, **state_dict)
     total = sum(a.size for a in state_dict.values())
     print(f"wrote {len(state_dict)} arrays ({total:,} values) to {args.output}")
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main(["lapseg convert-weights", *sys.argv[1:]]))
+if __name__ == "__main__":  # the same as `lapseg convert-weights`
+    from lapseg import cli
+
+    sys.exit(cli.main(["convert-weights", *sys.argv[1:]]))

@@ -119,5 +119,7 @@ def main(argv) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main(["lapseg eval", *sys.argv[1:]]))
+if __name__ == "__main__":  # the same as `lapseg eval`
+    from lapseg import cli
+
+    sys.exit(cli.main(["eval", *sys.argv[1:]]))

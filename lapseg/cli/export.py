@@ -107,5 +107,7 @@ def _shape(aval) -> str:
     return aval.str_short(short_dtypes=True).replace(" ", "")
 
 
-if __name__ == "__main__":
-    sys.exit(main(["lapseg export", *sys.argv[1:]]))
+if __name__ == "__main__":  # the same as `lapseg export`
+    from lapseg import cli
+
+    sys.exit(cli.main(["export", *sys.argv[1:]]))

@@ -130,5 +130,7 @@ def main(argv) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main(["lapseg predict", *sys.argv[1:]]))
+if __name__ == "__main__":  # the same as `lapseg predict`
+    from lapseg import cli
+
+    sys.exit(cli.main(["predict", *sys.argv[1:]]))

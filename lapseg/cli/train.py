@@ -37,14 +37,17 @@ def main(argv) -> int:
         common.fail(argv[0], f"unexpected arguments {' '.join(positional)}", "see --help")
     common.quiet_logging()
     # pylint: disable=import-outside-toplevel
+    from lapseg import data
     from lapseg.train import checkpoint, distributed, init, loop, step
+    from lapseg.train import config as config_lib
 
     config, workdir = flag_values.config, flag_values.workdir
-    if config.nonfinite not in step.NONFINITE_MODES:
-        common.fail(argv[0], f"--config.nonfinite must be one of "
-                    f"{', '.join(step.NONFINITE_MODES)}, got {config.nonfinite!r}", "see --help")
     try:
         result = loop.train_and_evaluate(config, workdir)
+    except data.DataError as err:  # names the file or directory, and what to do
+        common.fail(argv[0], str(err))
+    except config_lib.ConfigError as err:  # names the field (and the work dir's value)
+        common.fail(argv[0], str(err), err.todo or f"set --{str(err).split(' ', 1)[0]}")
     except init.InitError as err:  # config.init names a missing or unfitting file or run
         common.fail(argv[0], str(err).replace("\n", " "))
     except loop.DivergenceError as err:
@@ -53,6 +56,9 @@ def main(argv) -> int:
                     f"{config.optimizer.learning_rate:g}) or set --config.nonfinite=skip; "
                     f"rerunning resumes from the last checkpoint, which is from before step "
                     f"{err.step}")
+    except checkpoint.CheckpointWriteError as err:  # no space: older checkpoints are kept
+        common.fail(argv[0], str(err), "free disk space (or pass another --workdir) and run "
+                    "again: training resumes from the last checkpoint")
     except checkpoint.CheckpointError as err:  # the work dir's checkpoints do not restore
         common.fail(argv[0], str(err).replace("\n", " "),
                     "pass the --config the run was trained with, or another --workdir")
@@ -70,5 +76,7 @@ def main(argv) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main(["lapseg train", *sys.argv[1:]]))
+if __name__ == "__main__":  # the same as `lapseg train`
+    from lapseg import cli
+
+    sys.exit(cli.main(["train", *sys.argv[1:]]))

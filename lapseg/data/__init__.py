@@ -11,11 +11,12 @@ or download), `folder` (your own images and masks, `lapseg.data.folder`) and pre
 tfds catalog datasets (`catalog.CATALOG`).
 """
 
-from lapseg.data.info import DatasetInfo
+from lapseg.data.info import DataError, DatasetInfo
 from lapseg.data.pipeline import checkpoint_args, create_loader, default_config
 from lapseg.data.sources import dataset_info, load_source, names
 
 __all__ = [
+    "DataError",
     "DatasetInfo",
     "checkpoint_args",
     "create_loader",

@@ -78,7 +78,7 @@ class Folder(fingerprint_lib.SourceBuilder):
 
 
 def _fail(what: str, todo: str):
-    raise ValueError(f"folder: {what}; {todo}")
+    raise info_lib.DataError(f"folder: {what}; {todo}")
 
 
 def dataset_info(source_dir) -> info_lib.DatasetInfo:

@@ -5,6 +5,14 @@ import dataclasses
 import numpy as np
 
 
+class DataError(ValueError):
+    """A dataset cannot be built or read: the message names the file or directory and
+    what to do. Raised by `dataset_info` / `load_source` for anticipated problems (an
+    unknown name or split, a bad or missing source file, an unreachable download, a
+    damaged build); a bug in the data code stays its own exception type."""
+
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
     """Static description of a segmentation dataset.

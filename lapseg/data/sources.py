@@ -11,6 +11,7 @@ import numpy as np
 
 from lapseg.data import camvid, catalog, folder, shapes
 from lapseg.data import info as info_lib
+from lapseg.data.info import DataError
 
 
 def names() -> tuple[str, ...]:
@@ -33,7 +34,7 @@ def dataset_info(name: str, source_dir=None) -> info_lib.DatasetInfo:
         return folder.dataset_info(source_dir)
     if name in catalog.CATALOG:
         return catalog.CATALOG[name].info
-    raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(names())}")
+    raise DataError(f"unknown dataset {name!r}; choose from {', '.join(names())}")
 
 
 def load_source(name: str, split: str, *, data_dir, source_dir=None) -> grain.MapDataset:
@@ -58,25 +59,64 @@ def load_source(name: str, split: str, *, data_dir, source_dir=None) -> grain.Ma
     """
     dataset_info(name, source_dir)  # Rejects unknown names and a bad classes.json.
     if source_dir is not None and name not in ("camvid", "folder"):
-        raise ValueError(f"source_dir is for camvid and folder only, not {name!r}")
+        raise DataError(f"source_dir is for camvid and folder only, not {name!r}")
     if name in catalog.CATALOG:
         source, entry = catalog.open_source(name, split, data_dir)
         return grain.MapDataset.source(source).map(entry.standardize)
     base, _, config = name.partition("/")
-    if base == "shapes":
-        builder = shapes.builder(data_dir, config or None)
-    elif name == "folder":
-        builder = folder.builder(data_dir, source_dir)
-    else:
-        builder = camvid.builder(data_dir, source_dir)
-    builder.download_and_prepare(file_format="array_record")
+    try:  # the source's own checks name the file (folder, camvid); tfds adds nothing
+        if base == "shapes":
+            builder = shapes.builder(data_dir, config or None)
+        elif name == "folder":
+            builder = folder.builder(data_dir, source_dir)
+        else:
+            builder = camvid.builder(data_dir, source_dir)
+        builder.download_and_prepare(file_format="array_record")
+    except DataError:
+        raise
+    except (ValueError, OSError) as err:  # incl. FileNotFoundError, ConnectionError
+        raise DataError(" ".join(str(err).split())) from err
     split_name = split.partition("[")[0]
     if split_name not in builder.info.splits:
-        raise ValueError(
+        raise DataError(
             f"{name} has no split {split_name!r}; it has {', '.join(builder.info.splits)}"
         )
-    source = builder.as_data_source(split=split)
+    source = _CheckedSource(builder.as_data_source(split=split), builder.data_dir)
+    if len(source):
+        source[0]  # pylint: disable=pointless-statement  (a cut file fails here, at the door)
     return grain.MapDataset.source(source).map(_squeeze_label)
+
+
+class _CheckedSource:
+    """A tfds data source whose read errors (a cut or corrupt ArrayRecord file) are
+    `DataError`s naming the build directory and how to rebuild it."""
+
+    def __init__(self, source, directory):
+        self._source, self._directory = source, directory
+
+    def __len__(self):
+        return len(self._source)
+
+    def __getitem__(self, index):
+        try:
+            return self._source[index]
+        except (RuntimeError, OSError) as err:
+            raise self._error(index, err) from err
+
+    def __getitems__(self, indices):
+        try:
+            return self._source.__getitems__(indices)
+        except (RuntimeError, OSError) as err:
+            raise self._error(indices[0] if len(indices) else 0, err) from err
+
+    def _error(self, index, err) -> DataError:  # array_record / riegeli read errors
+        first = " ".join(str(err).split())[:200]
+        return DataError(f"cannot read record {index} of the dataset build in {self._directory} "
+                         f"({first}): the file is cut or corrupt; delete {self._directory} and "
+                         f"run again to rebuild it")
+
+    def __repr__(self):
+        return f"_CheckedSource({self._source!r})"
 
 
 def _squeeze_label(example: dict) -> dict:

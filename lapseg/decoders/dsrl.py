@@ -54,12 +54,11 @@ import functools
 import math
 from collections.abc import Sequence
 
-import chex
 import flax.linen as nn
 import jax.numpy as jnp
 
 from lapseg.layers import ConvBN
-from lapseg.ops import dupsample, resize
+from lapseg.ops import dupsample, normalize, resize
 
 
 class SISR(nn.Module):
@@ -225,7 +224,7 @@ class DSRL(nn.Module):
     @nn.compact
     def __call__(self, images: jnp.ndarray, train: bool = False) -> dict:
         """`images`: normalised `[N, H, W, 3]`; `train`: batch-stat BN, SISR and FTM."""
-        chex.assert_rank(images, 4)
+        normalize.check_images(images)
         if images.shape[-1] != 3:
             raise ValueError(f"DSRL expects RGB images [N, H, W, 3], got shape {images.shape}")
         height, width = images.shape[1:3]

@@ -56,14 +56,13 @@ Outputs: `'logits'` `[N, H, W, C]`.
 
 from collections.abc import Sequence
 
-import chex
 import flax.linen as nn
 import jax.numpy as jnp
 
 from lapseg import backbones
 from lapseg.layers.conv import ConvBN
 from lapseg.layers.frozen import frozen_or_trainable
-from lapseg.ops import dupsample, resize
+from lapseg.ops import dupsample, normalize, resize
 
 
 class DUpsampling(nn.Module):
@@ -105,7 +104,7 @@ class DUpsampling(nn.Module):
 
     def __call__(self, images: jnp.ndarray, train: bool = False) -> dict:
         """`images`: `[N, H, W, 3]` normalised; `train`: batch-stat BN (mutable 'batch_stats')."""
-        chex.assert_rank(images, 4)
+        normalize.check_images(images)
         self._check_backbone()
         return self.decode(self.backbone(images, train), images.shape[1:3], train)
 

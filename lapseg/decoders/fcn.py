@@ -49,6 +49,7 @@ from lapseg import backbones
 from lapseg.layers import ConvBN
 from lapseg.layers.frozen import frozen_or_trainable
 from lapseg.ops import basis as basis_ops
+from lapseg.ops import normalize
 
 # Skip features, coarse to fine, per backbone family (the first that the backbone has).
 SKIP_FEATURES = (("fc7", "pool4", "pool3"), ("res5", "res4", "res3"))
@@ -147,7 +148,7 @@ class FCN(nn.Module):
     @nn.compact
     def __call__(self, images: jnp.ndarray, train: bool = False) -> dict[str, jnp.ndarray]:
         """`images`: `[N, H, W, 3]`; `train`: BN batch statistics and dropout (rng 'dropout')."""
-        chex.assert_rank(images, 4)
+        normalize.check_images(images)
         chex.assert_axis_dimension(images, 3, 3)
         strides = self._strides()
         features = self.backbone(images, train)

@@ -26,13 +26,12 @@ Outputs: `'logits'` `[N, H, W, C]`.
 
 from collections.abc import Sequence
 
-import chex
 import flax.linen as nn
 import jax.numpy as jnp
 
 from lapseg import backbones
 from lapseg.layers.gcn import BoundaryRefinement, GlobalConvolution
-from lapseg.ops import basis, resize
+from lapseg.ops import basis, normalize, resize
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -104,7 +103,7 @@ class GCN(nn.Module):
 
     def __call__(self, images: jnp.ndarray, train: bool = False) -> dict:
         """`images`: `[N, H, W, 3]` normalised; `train`: batch-stat BN in the backbone."""
-        chex.assert_rank(images, 4)
+        normalize.check_images(images)
         return self.decode(self.backbone(images, train), images.shape[1:3], train)
 
     @nn.compact

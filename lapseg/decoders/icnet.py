@@ -49,7 +49,6 @@ import functools
 import math
 from collections.abc import Sequence
 
-import chex
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -57,7 +56,7 @@ from lapseg import backbones
 from lapseg.layers.cff import CascadeFeatureFusion
 from lapseg.layers.conv import ConvBN
 from lapseg.layers.ppm import PyramidPooling
-from lapseg.ops import resize
+from lapseg.ops import normalize, resize
 
 # The released model's backbone: a half-width deep-stem ResNet at output stride 8.
 _BACKBONE_DEFAULTS = {name: {"deep_stem": True, "output_stride": 8, "width": 0.5}
@@ -137,7 +136,7 @@ class ICNet(nn.Module):
     @nn.compact
     def __call__(self, images: jnp.ndarray, train: bool = False) -> dict:
         """`images`: `[N, H, W, 3]` normalised; `train`: batch-stat BN and the aux classifiers."""
-        chex.assert_rank(images, 4)
+        normalize.check_images(images)
         if images.shape[-1] != 3:
             raise ValueError(f"ICNet expects RGB images [N, H, W, 3], got shape {images.shape}")
         conv = functools.partial(ConvBN, dtype=self.dtype, param_dtype=self.param_dtype)

@@ -79,6 +79,7 @@ from lapseg.layers import ConvBN
 from lapseg.layers.frozen import frozen_or_trainable
 from lapseg.ops import basis as basis_ops
 from lapseg.ops import boundary
+from lapseg.ops import normalize
 
 # Pyramid levels, coarse to fine, per backbone family (the first that the backbone has).
 LEVELS = (("fc7", "relu5_3", "relu4_3", "relu3_3"), ("res5", "res4", "res3", "res2"))
@@ -157,7 +158,7 @@ class LRR(nn.Module):
 
     def __call__(self, images: jnp.ndarray, train: bool = False) -> dict[str, jnp.ndarray]:
         """`images`: `[N, H, W, 3]`; `train`: BN batch statistics and dropout (rng 'dropout')."""
-        chex.assert_rank(images, 4)
+        normalize.check_images(images)
         chex.assert_axis_dimension(images, 3, 3)
         return self.decode(self.backbone(images, train), images.shape[1:3], train)
 

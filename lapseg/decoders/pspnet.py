@@ -22,14 +22,13 @@ auxiliary feature).
 
 from collections.abc import Sequence
 
-import chex
 import flax.linen as nn
 import jax.numpy as jnp
 
 from lapseg import backbones
 from lapseg.layers.conv import ConvBN
 from lapseg.layers.ppm import PyramidPooling
-from lapseg.ops import resize
+from lapseg.ops import normalize, resize
 
 # semseg's backbone: the deep-stem dilated ResNet at output stride 8, for every ResNet depth.
 _BACKBONE_DEFAULTS = {name: {"deep_stem": True, "output_stride": 8}
@@ -74,7 +73,7 @@ class PSPNet(nn.Module):
 
     def __call__(self, images: jnp.ndarray, train: bool = False) -> dict:
         """`images`: `[N, H, W, 3]` normalised; `train`: batch-stat BN, dropout (rng 'dropout')."""
-        chex.assert_rank(images, 4)
+        normalize.check_images(images)
         return self.decode(self.backbone(images, train), images.shape[1:3], train)
 
     def _classifier(self, x, channels, train, name):

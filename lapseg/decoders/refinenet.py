@@ -39,14 +39,13 @@ feature's resolution (`ceil(round(s H) / 4)` for res2 at input scale s).
 import math
 from collections.abc import Sequence
 
-import chex
 import flax.linen as nn
 import jax.numpy as jnp
 
 from lapseg import backbones
 from lapseg.layers.refine import (ChainedResidualPooling, MultiResolutionFusion,
                                   ResidualConvUnit, conv3x3)
-from lapseg.ops import resize
+from lapseg.ops import normalize, resize
 
 
 def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
@@ -121,7 +120,7 @@ class RefineNet(nn.Module):
 
     def __call__(self, images: jnp.ndarray, train: bool = False) -> dict:
         """`images`: `[N, H, W, 3]` normalised; `train`: batch-stat BN, dropout (rng 'dropout')."""
-        chex.assert_rank(images, 4)
+        normalize.check_images(images)
         size = images.shape[1:3]
         scaled = scaled_size(size, self.input_scale)
         if scaled != tuple(size):

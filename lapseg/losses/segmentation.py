@@ -45,7 +45,8 @@ def masked_cross_entropy(
       f32 scalar (0 when every pixel is ignored).
     """
     chex.assert_rank(logits, 4)
-    chex.assert_equal_shape_prefix([logits, labels], 3)
+    label_ops.check_shape(labels, logits.shape[:3],
+                          against=f"logits of shape {tuple(logits.shape)} [N, H, W, C]")
     num_classes = logits.shape[-1]
     label_ops.check_labels(labels, num_classes, ignore_label)  # eager calls; no-op under jit
     labels = labels.astype(jnp.int32)

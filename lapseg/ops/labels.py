@@ -12,6 +12,14 @@ import jax
 import numpy as np
 
 
+def check_shape(labels, shape, *, against: str, name: str = "labels") -> None:
+    """Raises ValueError unless `labels.shape == shape` (the `[N, H, W]` that `against`,
+    e.g. 'logits [N, H, W, C]', implies). Shapes only: free under `jit`."""
+    if tuple(np.shape(labels)) != tuple(shape):
+        raise ValueError(f"{name} of shape {tuple(np.shape(labels))} do not match {against}: "
+                         f"expected {tuple(shape)}; labels are [N, H, W] (height before width)")
+
+
 def check_labels(labels, num_classes: int, ignore_label: int, *, name: str = "labels") -> None:
     """Raises ValueError if concrete int `labels` hold an id outside `[0, num_classes)` other
     than `ignore_label`; no-op on traced arrays (inside `jit`)."""

@@ -18,6 +18,22 @@ CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 CONVENTIONS = ("torch", "caffe", "none")
 
 
+def check_images(images) -> None:
+    """Raises unless `images` is what every model takes: normalised floating `[N, H, W, 3]`.
+
+    Raw integer images (uint8 0-255) would run, silently wrong: the models' weights expect
+    `normalize`'s output. Shapes and dtypes only: free under `jit`.
+    """
+    shape = np.shape(images)
+    dtype = images.dtype if hasattr(images, "dtype") else np.asarray(images).dtype
+    if len(shape) != 4 or shape[-1] != 3:
+        raise ValueError(f"models take images [N, H, W, 3], got shape {tuple(shape)}")
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"models take normalised floating images, got {dtype} ones: normalise "
+                        "them first, e.g. lapseg.ops.normalize.normalize(images, 'torch') "
+                        "(the convention of config.data.normalize)")
+
+
 def normalize(images, convention: str = "torch", dtype=np.float32):
     """`[..., H, W, 3]` RGB in [0, 255] (uint8 or float) -> normalised `dtype` array, same shape.
 

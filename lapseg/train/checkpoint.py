@@ -13,6 +13,12 @@ warns naming its step, restores the newest older one that reads, and moves the u
 ones aside to `<directory>.unreadable/<step>` (kept, not deleted), so that the resumed
 run can save those steps again.
 
+A save that does not fit on the disk never starts: `save` compares the state's size with
+the free space first (`CheckpointWriteError`, one line, nothing written or deleted). A
+write that fails anyway (the disk filled up meanwhile, a quota) is a `CheckpointWriteError`
+too, raised by that `save`, the next one or `wait`; orbax deletes old checkpoints only
+after a new one is complete, so the older ones stay.
+
 Several processes (`lapseg.train.distributed`): every process calls `save` and `restore`
 together; orbax writes each array once (a replicated one from one process) and process 0
 the metadata. The data item holds one `process_<i>-of-<n>.json` per process, all the same
@@ -21,10 +27,12 @@ on any process count: a process with no file of its own reads process 0's
 (`DataHandler`).
 """
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import shutil
 from typing import Any
 
 import grain
@@ -37,6 +45,15 @@ log = logging.getLogger(__name__)
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be restored into this run (other model, corrupt files)."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (no space left, a failed write); the older
+    checkpoints are untouched."""
+
+
+# Free space kept beyond a checkpoint's array bytes (metadata, the data iterator, slack).
+SPACE_MARGIN = 1.1, 16 << 20
 
 
 class DataHandler(grain.checkpoint.CheckpointHandler):
@@ -99,6 +116,7 @@ class Checkpointer:
             item_handlers={"state": ocp.StandardCheckpointHandler(),
                            "data": DataHandler(),
                            "meta": ocp.JsonCheckpointHandler()})
+        self._pending = None  # the step of the last save started
 
     def latest_step(self):
         return self._manager.latest_step()
@@ -108,11 +126,27 @@ class Checkpointer:
         return sorted(self._manager.all_steps())
 
     def save(self, step, state, *, meta, data_iterator=None, force=False):
+        """Starts writing checkpoint `step` (async unless built with `async_save=False`).
+
+        Raises `CheckpointWriteError`, before anything is written, when the free space of
+        the directory's disk is below the state's size (x1.1, + 16 MiB); and when this
+        save or the previous async one fails to write.
+        """
+        needed = int(SPACE_MARGIN[0] * _nbytes(state)) + SPACE_MARGIN[1]
+        free = shutil.disk_usage(self.directory).free
+        if free < needed:
+            raise CheckpointWriteError(
+                f"not enough disk space for checkpoint {int(step)} in {self.directory}: it "
+                f"needs about {needed / 2**20:,.0f} MiB, {free / 2**20:,.0f} MiB are free; the "
+                f"older checkpoints are kept")
+        self.wait()  # the previous async save, long done: its failure is named by its step
         items = {"state": ocp.args.StandardSave(state),
                  "meta": ocp.args.JsonSave({**meta, "step": int(step)})}
         if data_iterator is not None:
             items["data"] = DataSave(data_iterator)
-        return self._manager.save(int(step), args=ocp.args.Composite(**items), force=force)
+        self._pending = int(step)
+        with _write_errors(self.directory, f"checkpoint {int(step)}"):
+            return self._manager.save(int(step), args=ocp.args.Composite(**items), force=force)
 
     def restore(self, abstract_state, *, meta, step=None, data_iterator=None):
         """Restores `step` (default: the newest readable) onto the shardings of `abstract_state`.
@@ -208,11 +242,31 @@ class Checkpointer:
         return self._manager.reached_preemption(int(step))
 
     def wait(self):
-        """Blocks until pending async saves are on disk."""
-        self._manager.wait_until_finished()
+        """Blocks until pending async saves are on disk (`CheckpointWriteError` if one failed)."""
+        with _write_errors(self.directory, f"checkpoint {self._pending}"):
+            self._manager.wait_until_finished()
 
     def close(self):
         self._manager.close()
+
+
+@contextlib.contextmanager
+def _write_errors(directory, what):
+    """An orbax / tensorstore write failure (no space, a quota, an I/O error) inside the
+    block becomes one `CheckpointWriteError` naming `what` and `directory`."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, RuntimeError) as err:
+        raise CheckpointWriteError(f"could not write {what} in {directory} ({_first_line(err)}); "
+                                   f"the older checkpoints are kept") from err
+
+
+def _nbytes(tree) -> int:
+    """Bytes of the arrays of `tree` (a global array counts once, however it is sharded)."""
+    return sum(int(np.prod(np.shape(x))) * np.dtype(getattr(x, "dtype", np.float32)).itemsize
+               for x in jax.tree.leaves(tree))
 
 
 def _free_path(path) -> str:
@@ -266,13 +320,18 @@ def _check_tree(saved, target, where):
     unexpected = sorted(set(saved_shapes) - set(target_shapes))
     mismatched = sorted(k for k in set(saved_shapes) & set(target_shapes)
                         if saved_shapes[k] != target_shapes[k])
-    if missing or unexpected or mismatched:
-        lines = [f"checkpoint {where} does not match this model:"]
-        lines += [f"  missing from checkpoint: {k}" for k in missing[:20]]
-        lines += [f"  not in this model: {k}" for k in unexpected[:20]]
-        lines += [f"  shape {saved_shapes[k]} in checkpoint, {target_shapes[k]} in model: {k}"
-                  for k in mismatched[:20]]
-        raise CheckpointError("\n".join(lines))
+    if missing or unexpected or mismatched:  # one line: counts, and the first of each kind
+        parts = []
+        if mismatched:
+            k = mismatched[0]
+            parts.append(f"{len(mismatched)} arrays of other shapes (e.g. {k}: "
+                         f"{saved_shapes[k]} in the checkpoint, {target_shapes[k]} in the model)")
+        if missing:
+            parts.append(f"{len(missing)} arrays missing from the checkpoint (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} arrays not in this model (e.g. {unexpected[0]})")
+        raise CheckpointError(f"checkpoint {where} does not match this model: "
+                              + "; ".join(parts))
 
 
 def partial_reader(directory) -> ocp.CheckpointManager:

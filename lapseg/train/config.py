@@ -20,6 +20,7 @@ how `lapseg eval` / `lapseg predict` restore a work dir without `--config`.
 """
 
 import json
+import math
 import os
 
 import ml_collections
@@ -102,6 +103,125 @@ def base_config() -> ml_collections.ConfigDict:
     # over the remaining `device_count / spatial` devices.
     config.mesh = ml_collections.ConfigDict({"spatial": 1})
     return config
+
+
+class ConfigError(ValueError):
+    """A config field holds a value training cannot use; the message names the field, the
+    value, and what it must be. `todo`: what to do, when more than setting that field."""
+
+    def __init__(self, message: str, todo: str | None = None):
+        super().__init__(message)
+        self.todo = todo
+
+
+DTYPES = ("float32", "bfloat16")
+NONFINITE_MODES = ("stop", "skip")  # = lapseg.train.step.NONFINITE_MODES
+
+
+def _size_pair(value) -> bool:
+    return (isinstance(value, (tuple, list)) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
+
+
+def validate(config) -> None:
+    """Raises `ConfigError` naming the first field of `config` training cannot use.
+
+    Checked before anything is built or written, so that a typo costs a second, not a
+    crash at the first evaluation or checkpoint (`check_eval_size` once the dataset is
+    known).
+    """
+
+    # pylint: disable=import-outside-toplevel  (the registries import JAX)
+    from lapseg import backbones, data, models
+    from lapseg.ops import normalize
+
+    def fail(field, value, must, todo=None):
+        raise ConfigError(f"config.{field} = {value!r}: {must}", todo)
+
+    for field, value, known in (
+            ("model", config.model, models.names()),
+            ("model_kwargs.backbone", config.model_kwargs.get("backbone"), backbones.names()),
+            ("data.dataset", config.data.dataset, data.names()),
+            ("data.normalize", config.data.normalize, normalize.CONVENTIONS)):
+        if value is not None and value not in known:
+            fail(field, value, f"unknown; choose from {', '.join(known)}")
+
+    def at_least(field, minimum):
+        value = config
+        for part in field.split("."):
+            value = value[part]
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            fail(field, value, f"must be an integer >= {minimum}")
+
+    at_least("num_train_steps", 0)
+    for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps",
+                  "keep_checkpoints", "data.batch_size"):
+        at_least(field, 1)
+    if config.dtype not in DTYPES:
+        fail("dtype", config.dtype, f"must be one of {', '.join(DTYPES)}")
+    if config.nonfinite not in NONFINITE_MODES:
+        fail("nonfinite", config.nonfinite, f"must be one of {', '.join(NONFINITE_MODES)}")
+    opt = config.optimizer
+    if not (isinstance(opt.learning_rate, (int, float)) and math.isfinite(opt.learning_rate)
+            and opt.learning_rate >= 0):  # 0: BatchNorm statistics only, weights unchanged
+        fail("optimizer.learning_rate", opt.learning_rate, "must be a finite number >= 0")
+    if not 0 <= opt.momentum < 1:
+        fail("optimizer.momentum", opt.momentum, "must be in [0, 1)")
+    if not (math.isfinite(opt.weight_decay) and opt.weight_decay >= 0):
+        fail("optimizer.weight_decay", opt.weight_decay, "must be a finite number >= 0")
+    at_least("optimizer.warmup_steps", 0)
+    data = config.data
+    for field in ("crop_size", "eval_size"):
+        if data[field] is not None and not _size_pair(data[field]):
+            fail(f"data.{field}", data[field], "must be (height, width), two integers > 0, "
+                 "or None for the dataset's image size")
+    low, high = (tuple(data.scale_range) + (None, None))[:2]
+    if not (len(data.scale_range) == 2 and 0 < low <= high):
+        fail("data.scale_range", data.scale_range, "must be (low, high) with 0 < low <= high")
+    if config.get("mesh") is not None:
+        at_least("mesh.spatial", 1)
+
+
+def check_eval_size(config, info) -> None:
+    """Raises `ConfigError` if `config.data.eval_size` is smaller than the images of the
+    dataset (`info`: its `lapseg.data.DatasetInfo`), which evaluation pads to it."""
+    eval_size, image_size = config.data.eval_size, info.image_size
+    if eval_size is not None and image_size is not None and any(
+            e < s for e, s in zip(eval_size, image_size)):
+        raise ConfigError(
+            f"config.data.eval_size = {eval_size!r}: smaller than the {info.name} images "
+            f"({image_size[0]}x{image_size[1]}), which are padded to it for evaluation",
+            f"set --config.data.eval_size to at least {tuple(image_size)}, or leave it unset")
+
+
+# The fields that make a checkpoint's variables: a resumed run must repeat them.
+MODEL_FIELDS = ("model", "model_kwargs")
+
+
+def _leaves(value, prefix):
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+        items = value.items()
+        return {k: v for key, item in items for k, v in _leaves(item, f"{prefix}.{key}").items()}
+    return {prefix: _tuples(value)}
+
+
+def check_resumable(config, workdir) -> None:
+    """Raises `ConfigError` if `workdir` holds a saved config whose model (`MODEL_FIELDS`)
+    differs from `config`'s, naming the first differing field and both values; resuming
+    it would fail on a page of mismatched shapes. Nothing to check without a saved config."""
+    path = os.path.join(os.fspath(workdir), CONFIG_FILE)
+    if not os.path.isfile(path):
+        return
+    saved = load(path)
+    for field in MODEL_FIELDS:
+        old, new = _leaves(saved[field], field), _leaves(config[field], field)
+        for key in sorted(set(old) | set(new)):
+            if old.get(key, "(unset)") != new.get(key, "(unset)"):
+                raise ConfigError(
+                    f"work dir {workdir} holds a run trained with config.{key} = "
+                    f"{old.get(key, '(unset)')!r}, this config has {new.get(key, '(unset)')!r}",
+                    "to resume it, drop that override (its config.json has the right value), "
+                    "or pass another --workdir")
 
 
 def distributed_defaults() -> ml_collections.ConfigDict:

@@ -132,12 +132,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
       `skipped_steps` (non-finite steps skipped by this process, `config.nonfinite='skip'`).
 
     Raises:
+      ConfigError: a config field training cannot use (`lapseg.train.config.validate`), or
+        a model other than the one `workdir`'s run was trained with.
       DivergenceError: a non-finite step with `config.nonfinite == 'stop'` (nothing of it
         was saved), or a non-finite state in either mode.
     """
-    if config.nonfinite not in step_lib.NONFINITE_MODES:
-        raise ValueError(f"config.nonfinite must be one of {step_lib.NONFINITE_MODES}, "
-                         f"got {config.nonfinite!r}")
+    config_lib.validate(config)
     distributed_lib.initialize(config.get("distributed"))
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
@@ -146,6 +146,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         lapseg_log = logging.getLogger("lapseg")
         lapseg_log.setLevel(max(logging.WARNING, lapseg_log.getEffectiveLevel()))
     info = data_lib.dataset_info(config.data.dataset, config.data.source_dir)
+    config_lib.check_eval_size(config, info)
     num_classes, ignore_label = info.num_classes, info.ignore_label
     data_dir = config.data.data_dir
 
@@ -154,6 +155,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
             config.data, split, data_dir=data_dir, seed=config.seed, train=train,
             process_index=jax.process_index(), process_count=jax.process_count())
 
+    if os.path.isdir(os.path.join(workdir, "checkpoints")):
+        config_lib.check_resumable(config, workdir)
     if is_main:
         config_lib.save(config, workdir)
     mesh = step_lib.make_mesh(spatial=config.get("mesh", {}).get("spatial", 1))
@@ -169,15 +172,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
             data_lib.load_source(config.data.dataset, "train", data_dir=data_dir,
                                  source_dir=config.data.source_dir)
         distributed_lib.sync("lapseg_dataset_ready")
-    model = models.from_config(config, num_classes)
     total_steps = config.num_train_steps
-    tx = optim.make_optimizer(config.optimizer, total_steps)
+    try:
+        tx = optim.make_optimizer(config.optimizer, total_steps)
+    except ValueError as err:  # e.g. a malformed lr_multipliers entry, named by the message
+        raise config_lib.ConfigError(f"config.{err}", "see lapseg/train/optim.py") from err
     loss_fn = losses.for_model(config.model, config.loss, ignore_label=ignore_label)
     replicated = step_lib.replicated(mesh)
     crop = tuple(config.data.crop_size)
     image_shape = (1, *crop, 3)
 
-    abstract = state_lib.abstract_train_state(model, tx, image_shape)
+    model, abstract = _build(config, num_classes, tx, image_shape)
     if is_main:
         log.info("learning-rate groups:\n%s",
                  optim.describe_groups(abstract.params, config.optimizer.lr_multipliers))
@@ -277,6 +282,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if is_main:
         print(log_lib.summary_table(result, info.class_names))
     return result
+
+
+def _build(config, num_classes, tx, image_shape):
+    """`(model, abstract train state)` of `config`; a model that does not build from
+    `config.model_kwargs` (an unknown argument, a negative width) is a `ConfigError`."""
+    try:
+        model = models.from_config(config, num_classes)
+        return model, state_lib.abstract_train_state(model, tx, image_shape)
+    except (TypeError, ValueError) as err:
+        first = " ".join(str(err).split())[:300]
+        raise config_lib.ConfigError(
+            f"config.model_kwargs = {config.model_kwargs.to_dict()!r}: model {config.model!r} "
+            f"does not build from them ({type(err).__name__}: {first})",
+            f"fix --config.model_kwargs.* (the arguments of lapseg.models.create_model"
+            f"({config.model!r}, ...))") from err
 
 
 def _read_best(workdir):

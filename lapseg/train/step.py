@@ -36,11 +36,12 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lapseg import metrics as metrics_lib
+from lapseg.train import config as config_lib
 
 # What a step with a non-finite loss or gradient norm does (`config.nonfinite`): 'stop'
 # (the loop raises `DivergenceError` before anything is written) or 'skip' (the update is
 # dropped, only the step counter advances; the loop counts such steps).
-NONFINITE_MODES = ("stop", "skip")
+NONFINITE_MODES = config_lib.NONFINITE_MODES
 
 
 AXES = ("data", "spatial")

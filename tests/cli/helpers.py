@@ -1,5 +1,8 @@
 """Helpers of the command tests."""
 
+import contextlib
+import io
+
 from lapseg import cli, models
 from tests.train import toy
 
@@ -13,16 +16,24 @@ def register_toy(patch):
 
 
 def run(*argv):
-    """`lapseg argv...` in this process: its exit status, or the message `sys.exit` gave."""
-    try:
-        return cli.main([str(a) for a in argv])
-    except SystemExit as exit_:
-        return exit_.code
+    """`lapseg argv...` in this process: 0, or for an anticipated error (status 2) the
+    message, the last line it printed on stderr (no traceback); any other status fails
+    the test."""
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        code = cli.main([str(a) for a in argv])
+    if code == 0:
+        return 0
+    text = stderr.getvalue()
+    assert code == 2, f"exit status {code}: {text}"
+    assert "Traceback" not in text, text
+    # The message is the last line; progress bars (tfds building a dataset) may precede it.
+    return text.rstrip("\n").split("\n")[-1].split("\r")[-1]
 
 
 def one_line(message, prefix: str, *patterns):
-    """`message` is what `sys.exit(str)` gave (status 1, on stderr): one line starting with
-    `prefix`, holding every pattern."""
+    """`message` (what `run` returned for status 2) is one line starting with `prefix`,
+    holding every pattern."""
     assert isinstance(message, str), message
     assert "\n" not in message and message.startswith(prefix), message
     for pattern in patterns:

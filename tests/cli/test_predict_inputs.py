@@ -55,7 +55,7 @@ def test_files_directories_and_patterns_mix_in_order_each_once(tree):
 def test_what_matches_nothing_is_a_one_line_error_naming_it(tree, arg, message):
     with pytest.raises(SystemExit) as exit_:
         _paths("x.png", arg)
-    assert exit_.value.code == f"lapseg predict: {message}"
+    assert str(exit_.value) == f"lapseg predict: {message}"
 
 
 def test_the_command_names_an_empty_match_before_restoring_anything(tree):

@@ -135,5 +135,5 @@ def test_the_installed_command_prints_one_line_without_traceback(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "lapseg.cli", "eval", "--workdir", str(tmp_path / "nowhere")],
         capture_output=True, text=True, check=False)
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr

@@ -129,8 +129,8 @@ def test_lapseg_train_at_lr_1e6_stops_and_keeps_the_healthy_run(tmp_path, data_d
 
 def test_an_unknown_nonfinite_mode_is_one_line(tmp_path):
     message = helpers.run("train", f"--workdir={tmp_path / 'w'}", "--config.nonfinite=maybe")
-    assert message == ("lapseg train: --config.nonfinite must be one of stop, skip, "
-                       "got 'maybe' — see --help")
+    assert message == ("lapseg train: config.nonfinite = 'maybe': must be one of stop, skip "
+                       "— set --config.nonfinite")
     assert not (tmp_path / "w").exists()
 
 

@@ -17,13 +17,14 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from lapseg import backbones, cli, models
+from lapseg import backbones, models
 from lapseg.train import checkpoint as checkpoint_lib
 from lapseg.train import config as config_lib
 from lapseg.train import init as init_lib
 from lapseg.train import loop
 from lapseg.train import state as state_lib
 from lapseg.train import step as step_lib
+from tests.cli import helpers
 from tests.train import toy
 
 NUM_CLASSES = 5  # the shapes dataset
@@ -296,10 +297,9 @@ def test_wrong_architecture_fails_before_step_0(data_dir, tmp_path, monkeypatch)
     workdir = tmp_path / "run"
     steps = []
     monkeypatch.setattr(step_lib, "jit_train_step", lambda *a, **k: steps.append(1))
-    with pytest.raises(SystemExit) as raised:
-        cli.main(["train", f"--config={tmp_path / 'config.py'}", f"--workdir={workdir}",
-                  f"--config.data.data_dir={data_dir}", f"--config.init.backbone_weights={path}"])
-    message = str(raised.value.code)
+    message = helpers.run("train", f"--config={tmp_path / 'config.py'}", f"--workdir={workdir}",
+                          f"--config.data.data_dir={data_dir}",
+                          f"--config.init.backbone_weights={path}")
     assert message.startswith("lapseg train: config.init.backbone_weights: ") and "\n" not in message
     assert "state dict does not fit the resnet18 variables" in message
     assert "unexpected" in message and "conv2.weight" in message and "bn3.running_mean" in message
@@ -314,10 +314,9 @@ def test_missing_weights_file_is_one_line_with_the_remedy(data_dir, tmp_path, mo
     steps = []
     monkeypatch.setattr(step_lib, "jit_train_step", lambda *a, **k: steps.append(1))
     missing = tmp_path / "weights" / "resnet18.npz"
-    with pytest.raises(SystemExit) as raised:
-        cli.main(["train", f"--config={tmp_path / 'config.py'}", f"--workdir={tmp_path / 'run'}",
-                  f"--config.data.data_dir={data_dir}", f"--config.init.backbone_weights={missing}"])
-    message = str(raised.value.code)
+    message = helpers.run("train", f"--config={tmp_path / 'config.py'}",
+                          f"--workdir={tmp_path / 'run'}", f"--config.data.data_dir={data_dir}",
+                          f"--config.init.backbone_weights={missing}")
     assert message.startswith(f"lapseg train: config.init.backbone_weights: {missing} does not exist")
     assert "lapseg convert-weights" in message and "backbone_weights=''" in message
     assert "\n" not in message and steps == []
