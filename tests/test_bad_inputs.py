@@ -16,7 +16,6 @@ a work dir.
 
 import dataclasses
 import glob
-import hashlib
 import os
 import shutil
 from collections.abc import Callable
@@ -55,15 +54,6 @@ def healthy(tmp_path_factory, data_dir):
     assert code == 0
     return root / "w"
 
-
-def _hashes(root):
-    """`{relative path: sha256}` of every file under `root`."""
-    found = {}
-    for path in glob.glob(os.path.join(root, "**", "*"), recursive=True):
-        if os.path.isfile(path):
-            with open(path, "rb") as f:
-                found[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
-    return found
 
 
 @dataclasses.dataclass
@@ -314,7 +304,7 @@ def test_a_bad_input_is_one_line_and_exit_status_2(case, tmp_path, data_dir, hea
              "config": str(tmp_path / "toy.py")}
     if case.setup:
         case.setup(paths, monkeypatch)
-    before = {keep: _hashes(run_dir / keep) if (run_dir / keep).is_dir()
+    before = {keep: helpers.file_hashes(run_dir / keep) if (run_dir / keep).is_dir()
               else (run_dir / keep).read_bytes() for keep in case.keeps}
 
     message = helpers.run(*(arg.format(**paths) for arg in case.argv))
@@ -324,7 +314,7 @@ def test_a_bad_input_is_one_line_and_exit_status_2(case, tmp_path, data_dir, hea
     helpers.one_line(message, f"{command}: ", *case.words)
     assert "Traceback" not in message
     for keep, was in before.items():
-        now = _hashes(run_dir / keep) if (run_dir / keep).is_dir() else (run_dir / keep).read_bytes()
+        now = helpers.file_hashes(run_dir / keep) if (run_dir / keep).is_dir() else (run_dir / keep).read_bytes()
         assert now == was, f"{keep} changed"
         assert was, f"{keep} was empty: the case checks nothing"
 

@@ -1,7 +1,10 @@
 """Helpers of the command tests."""
 
 import contextlib
+import glob
+import hashlib
 import io
+import os
 
 from lapseg import cli, models
 from tests.train import toy
@@ -38,3 +41,13 @@ def one_line(message, prefix: str, *patterns):
     assert "\n" not in message and message.startswith(prefix), message
     for pattern in patterns:
         assert pattern in message, message
+
+
+def file_hashes(root):
+    """`{relative path: sha256}` of every file under `root` (empty if it does not exist)."""
+    found = {}
+    for path in glob.glob(os.path.join(root, "**", "*"), recursive=True):
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+    return found

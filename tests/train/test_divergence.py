@@ -14,7 +14,6 @@ tests/train/test_loop.py injects a kill; the acceptance run uses learning rate 1
 """
 
 import glob
-import hashlib
 import json
 import logging
 import os
@@ -53,14 +52,6 @@ def _config(data_dir, steps=6, **fields):
     return config
 
 
-def _hashes(root):
-    """`{relative path: sha256}` of every file under `root` (empty if it does not exist)."""
-    hashes = {}
-    for path in glob.glob(os.path.join(root, "**", "*"), recursive=True):
-        if os.path.isfile(path):
-            with open(path, "rb") as f:
-                hashes[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
-    return hashes
 
 
 def _steps(workdir):
@@ -109,7 +100,7 @@ def test_lapseg_train_at_lr_1e6_stops_and_keeps_the_healthy_run(tmp_path, data_d
             "--config.keep_checkpoints=2", "--config.eval_every_steps=10"]
     assert helpers.run(*argv, "--config.num_train_steps=20") == 0
     assert _steps(workdir) == [10, 20] and (workdir / "best" / "best.json").is_file()
-    before = {d: _hashes(workdir / d) for d in ("checkpoints", "best")}
+    before = {d: helpers.file_hashes(workdir / d) for d in ("checkpoints", "best")}
     shutil.copytree(workdir, tmp_path / "healthy")  # for the eye, when this test fails
 
     # The loss grows ~1e10-fold a step and is NaN some steps before the step-30 evaluation,
@@ -123,7 +114,7 @@ def test_lapseg_train_at_lr_1e6_stops_and_keeps_the_healthy_run(tmp_path, data_d
     assert "nonfinite=skip" in message, message
     diverged_at = int(message.split("at step ")[1].split()[0])
     assert 20 < diverged_at < 30
-    assert {d: _hashes(workdir / d) for d in ("checkpoints", "best")} == before
+    assert {d: helpers.file_hashes(workdir / d) for d in ("checkpoints", "best")} == before
     assert before["checkpoints"] and before["best"]
 
 
