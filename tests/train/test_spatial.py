@@ -164,7 +164,8 @@ def test_mesh_and_sizes_that_do_not_fit():
     assert step_lib.spatial_error(mesh, 32) is None
 
 
-def test_the_loop_refuses_a_crop_the_split_does_not_divide(tmp_path):
+def test_the_loop_refuses_a_crop_the_split_does_not_divide(tmp_path, monkeypatch):
+    monkeypatch.setitem(models._MODELS, "toy", "tests.train.toy:toy")  # pylint: disable=protected-access
     config = toy.tiny_config(str(tmp_path / "tfds"))
     config.mesh.spatial = 2
     config.data.crop_size = (33, 32)
