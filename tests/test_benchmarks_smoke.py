@@ -1,0 +1,74 @@
+"""Smoke tests of benchmarks/flops.py, bf16.py and accelerator.py at tiny sizes (no timings
+are asserted; these check that the scripts run and report what they claim to)."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+from jax import lax
+
+from benchmarks import accelerator, bf16, flops
+
+
+def test_matmul_flops_match_xla_for_convolutions():
+    # The 'conv only' column's count against XLA's own, for strided, dilated and 1x1 convs.
+    for kernel, stride, dilation in ((3, 1, 1), (3, 2, 1), (3, 1, 4), (1, 1, 1)):
+        x = jax.ShapeDtypeStruct((2, 33, 40, 8), jnp.float32)
+        w = jax.ShapeDtypeStruct((kernel, kernel, 8, 16), jnp.float32)
+        pad = dilation * (kernel - 1) // 2
+
+        def conv(a, b, stride=stride, dilation=dilation, pad=pad):
+            return lax.conv_general_dilated(a, b, (stride, stride), ((pad, pad), (pad, pad)),
+                                            rhs_dilation=(dilation, dilation),
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+        counted = flops.matmul_flops(jax.make_jaxpr(conv)(x, w).jaxpr)
+        assert counted == pytest.approx(flops._xla_flops(conv, x, w), rel=1e-6)
+
+
+def test_icnet_resizes_under_5_gflops_at_full_resolution():
+    # Issue 14's acceptance: the dense matrices cost 53.7 GFLOPs of ICNet's 111.6.
+    cost = flops.inference_cost("icnet")
+    assert cost["size"] == (1024, 2048)
+    assert cost["resize"] < 5e9
+    assert cost["conv"] > 50e9 and cost["total"] < 70e9
+
+
+def test_bf16_speed_smoke_and_compute_dtype(tmp_path):
+    result = bf16.main(["--rounds", "1", "--steps", "1", "--batch", "2", "--size", "32",
+                        "--out", str(tmp_path)])
+    assert set(result["ms_per_step"]) == {"float32", "bfloat16"}
+    assert (tmp_path / "speed.json").exists()
+    step_mesh = bf16.step_lib.make_mesh(1)
+    report = bf16.Job("bfloat16", 2, 32, step_mesh).report()
+    # Every convolution / matmul of the bf16 step (forward and backward) runs in bf16; the
+    # loss, the gradients and the parameters stay f32.
+    assert set(report["matmul_gflops_by_dtype"]) == {"bfloat16"}
+    assert report["logits"] == "bfloat16" and report["loss"] == "float32"
+    assert report["grads"] == ["float32"] and report["params"] == ["float32"]
+
+
+def test_accelerator_smoke_on_cpu(capsys):
+    results = accelerator.main(["--smoke", "--seconds", "0", "--peak_tflops", "1"])
+    out = capsys.readouterr().out
+    if jax.devices()[0].platform == "cpu":
+        assert "CPU run" in out
+        assert results["peak_device_memory_bytes"] is None or results["peak_device_memory_bytes"] > 0
+    train = results["pspnet_train"]
+    assert train["flops_per_step"] > 0 and 0 < train["mfu"] < 1
+    assert [r["dtype"] for r in results["icnet"]] == ["float32", "bfloat16"]
+    assert all(r["fps"] > 0 for r in results["icnet"])
+    assert "MFU" in out and "ICNet eval" in out and "peak device memory" in out
+
+
+def test_peak_table_lookup():
+    class Device:  # pylint: disable=too-few-public-methods
+        def __init__(self, kind):
+            self.device_kind = kind
+
+    assert accelerator.peak_tflops(Device("NVIDIA H100 PCIe"))[0] == 756.0
+    assert accelerator.peak_tflops(Device("NVIDIA H200"))[0] == 989.0
+    assert accelerator.peak_tflops(Device("NVIDIA A100-SXM4-80GB"))[0] == 312.0
+    assert accelerator.peak_tflops(Device("TPU v5 lite"))[0] == 197.0
+    assert accelerator.peak_tflops(Device("TPU v4"))[0] == 275.0
+    assert accelerator.peak_tflops(Device("cpu"))[0] is None
+    assert accelerator.peak_tflops(Device("cpu"), 2.5) == (2.5, "--peak_tflops")
