@@ -1,19 +1,26 @@
 """Per-example transforms: normalisation, random scale / crop / flip, padding for evaluation.
 
-Images arrive as uint8 `[H, W, 3]` RGB and labels as uint8 `[H, W]`; both transforms
-return `{'image': float32 [h, w, 3], 'label': int32 [h, w]}`. Images are resized
+Images arrive as uint8 `[H, W, 3]` RGB and labels as uint8 `[H, W]`; `TrainAugment` and
+`EvalPad` return `{'image': float32 [h, w, 3], 'label': int32 [h, w]}`. Images are resized
 bilinearly, labels by nearest neighbour. Padding goes at the bottom and right: the image
 with 0 after normalisation (the normalisation mean), the label with the ignore label.
 Normalisation is `lapseg.ops.normalize` ('torch', 'caffe' or 'none').
+
+The training pipeline splits `TrainAugment` in two for speed: `TrainCrop` per example
+(the same random draws, uint8 output and the crop's valid size) and `NormalizeBatch` on
+whole batches (one vectorised normalisation instead of one per example). Together they
+give bit for bit what `TrainAugment` gives, example by example.
 """
 
 import dataclasses
+import functools
 
 import grain
 import numpy as np
 import PIL.Image
 
 from lapseg.ops.normalize import normalize
+
 
 def scaled_window(image, label, scaled_size, top, left, height, width):
     """The part inside the image of window `[top, top+h) x [left, left+w)` of the resized pair.
@@ -51,7 +58,7 @@ def pad_to(image, label, height, width, *, normalization, ignore_label):
     if h > height or w > width:
         raise ValueError(f"image of {h}x{w} does not fit the padded size {height}x{width}")
     padded_image = np.zeros((height, width, 3), np.float32)
-    padded_image[:h, :w] = normalize(image, normalization)
+    padded_image[:h, :w] = normalize_uint8(image, normalization)
     padded_label = np.full((height, width), ignore_label, np.int32)
     padded_label[:h, :w] = label
     return {"image": padded_image, "label": padded_label}
@@ -74,6 +81,18 @@ class TrainAugment(grain.transforms.RandomMap):
     ignore_label: int
 
     def random_map(self, element, rng: np.random.Generator):
+        image, label = self.window(element, rng)
+        return pad_to(
+            image,
+            label,
+            *self.crop_size,
+            normalization=self.normalization,
+            ignore_label=self.ignore_label,
+        )
+
+    def window(self, element, rng: np.random.Generator):
+        """The scaled, cropped, maybe flipped uint8 pair, before padding and normalisation:
+        `[h, w, 3]` and `[h, w]` with `h, w` at most the crop size."""
         image, label = element["image"], element["label"]
         scale = rng.uniform(*self.scale_range)
         scaled = (max(1, round(label.shape[0] * scale)), max(1, round(label.shape[1] * scale)))
@@ -83,14 +102,47 @@ class TrainAugment(grain.transforms.RandomMap):
         image, label = scaled_window(image, label, scaled, top, left, crop_height, crop_width)
         if self.flip and rng.random() < 0.5:
             image, label = image[:, ::-1], label[:, ::-1]
-        return pad_to(
-            image,
-            label,
-            crop_height,
-            crop_width,
-            normalization=self.normalization,
-            ignore_label=self.ignore_label,
-        )
+        return image, label
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainCrop(TrainAugment):
+    """`TrainAugment`'s random draws and window, left in uint8 for `NormalizeBatch`.
+
+    Returns:
+      {'image': uint8 `[h, w, 3]` (0 in the padding), 'label': int32 `[h, w]`
+       (`ignore_label` in the padding), 'valid': int32 `[2]`, the height and width of the
+       window before padding}, `(h, w)` the crop size. `normalization` is not applied here.
+    """
+
+    def random_map(self, element, rng: np.random.Generator):
+        image, label = self.window(element, rng)
+        height, width = self.crop_size
+        h, w = label.shape
+        padded_image = np.zeros((height, width, 3), np.uint8)
+        padded_image[:h, :w] = image
+        padded_label = np.full((height, width), self.ignore_label, np.int32)
+        padded_label[:h, :w] = label
+        return {"image": padded_image, "label": padded_label, "valid": np.array([h, w], np.int32)}
+
+
+@dataclasses.dataclass(frozen=True)
+class NormalizeBatch(grain.transforms.Map):
+    """A batch of `TrainCrop` examples -> the batch of `TrainAugment` examples.
+
+    Normalises the uint8 images `[B, h, w, 3]` in one call and zeroes each example's
+    padding (past its `valid` height and width); drops `valid`. Returns
+    `{'image': float32 [B, h, w, 3], 'label': int32 [B, h, w]}`.
+    """
+
+    normalization: str
+
+    def map(self, element):
+        image = normalize_uint8(element["image"], self.normalization)
+        for example, (h, w) in zip(image, element["valid"]):
+            example[h:] = 0
+            example[:h, w:] = 0
+        return {"image": image, "label": element["label"]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,3 +161,39 @@ class EvalPad(grain.transforms.Map):
             normalization=self.normalization,
             ignore_label=self.ignore_label,
         )
+
+
+def normalize_uint8(images, convention):
+    """`normalize(images, convention)` for uint8 images, bit for bit, by table look-up.
+
+    Each output channel is a function of one input channel (the same one, or the reversed
+    order for 'caffe'); the 256 values of each are `normalize`'s own outputs, looked up
+    with `np.take` (about 3x faster than the arithmetic on a batch of 16 96x96 images).
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        return normalize(images, convention)
+    table, sources = _lookup_table(convention)
+    out = np.empty(images.shape, np.float32)
+    for channel, source in enumerate(sources):
+        np.take(table[:, channel], images[..., source], out=out[..., channel])
+    return out
+
+
+@functools.cache
+def _lookup_table(convention):
+    """`[256, 3]` outputs of `normalize` for an input with every channel at value 0..255,
+    and the input channel each output channel reads."""
+    levels = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+    table = normalize(levels, convention)
+    table.flags.writeable = False
+    zero = normalize(np.zeros((1, 3), np.uint8), convention)[0]
+    sources = []
+    for channel in range(3):
+        probes = np.zeros((3, 3), np.uint8)
+        probes[np.arange(3), np.arange(3)] = 255  # probe k: input channel k at 255
+        moved = normalize(probes, convention)[:, channel] != zero[channel]
+        if moved.sum() != 1:
+            raise ValueError(f"normalisation {convention!r} is not per channel")
+        sources.append(int(np.argmax(moved)))
+    return table, tuple(sources)

@@ -16,9 +16,19 @@ batch one process would yield: the step sees the same global batches whatever th
 count. An iterator's state is a position in that stream, the same in every process, so
 a checkpoint restores on another process count (`lapseg.train.checkpoint`). Evaluation
 reads a disjoint `source[p::P]` per process, padded to a common number of batches.
+
+Speed (the default job must never wait for input, see `benchmarks/input_pipeline.py`):
+training examples are decoded once and kept in memory (`cache_mb`), the per-example work
+stays in uint8 and the normalisation runs on whole batches (`augment.TrainCrop`,
+`augment.NormalizeBatch`), and `prefetch_to_device` puts the next batches onto the
+devices in a background thread while the current step runs.
 """
 
+import json
 import math
+import queue
+import threading
+import time
 
 from absl import flags
 import grain
@@ -53,6 +63,10 @@ def default_config() -> ml_collections.ConfigDict:
     worker_count: grain worker processes (0: none, work happens in threads of this one).
     num_threads: threads preparing batches in each process.
     prefetch: batches buffered ahead, per process (worker_count 0) or per worker.
+    cache_mb: decoded training examples kept in memory, up to this many MiB per process
+      (and per worker); examples past it are decoded at every read. 0: no cache.
+    device_prefetch: batches the training loop puts onto the devices ahead of the step, in
+      a background thread (`prefetch_to_device`); 0: the loop puts each batch itself.
     """
     return ml_collections.ConfigDict(
         {
@@ -69,6 +83,8 @@ def default_config() -> ml_collections.ConfigDict:
             "worker_count": 0,
             "num_threads": 2,
             "prefetch": 2,
+            "cache_mb": 1024,
+            "device_prefetch": 2,
         }
     )
 
@@ -119,6 +135,8 @@ def create_loader(
         # One stream for all processes (the seed of process 0 of old, so that a single
         # process yields what it always did); this process's rows of each global batch.
         stream_seed = int(np.random.SeedSequence((seed, 0)).generate_state(1)[0])
+        if settings["cache_mb"]:
+            source = DecodedCache(source, max_bytes=int(settings["cache_mb"] * 2**20))
         rows = _train_batches(source.seed(stream_seed), info, settings, batch_size)
         dataset = _process_rows(rows, process_index, process_count)
     else:
@@ -133,7 +151,8 @@ def _train_batches(shard, info, settings, batch_size):
     crop_size = settings["crop_size"] or info.image_size
     if crop_size is None:
         raise ValueError(f"{info.name} has images of varying size: set config.crop_size")
-    transform = augment.TrainAugment(
+    # `TrainAugment`, example by example, is `TrainCrop` then `NormalizeBatch` on the batch.
+    transform = augment.TrainCrop(
         crop_size=tuple(crop_size),
         scale_range=tuple(settings["scale_range"]),
         flip=settings["flip"],
@@ -145,7 +164,52 @@ def _train_batches(shard, info, settings, batch_size):
         .repeat(settings["num_epochs"])
         .random_map(transform)
         .batch(batch_size, drop_remainder=True)
+        .map(augment.NormalizeBatch(settings["normalize"]))
     )
+
+
+class DecodedCache(grain.MapDataset):
+    """`parent`'s examples, each kept after its first read while they fit in `max_bytes`.
+
+    For a source that decodes (PNG in ArrayRecord: ~1 ms per 96x96 shapes example, the
+    largest cost of a training batch): an epoch later every read is a dictionary lookup.
+    The examples are the parent's, unchanged; the kept arrays are made read-only, so a
+    transform that writes into its input fails instead of changing the cache. Threads may
+    share it (the worst case is one example decoded twice).
+    """
+
+    def __init__(self, parent, *, max_bytes):
+        super().__init__(parent)
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        self._kept = {}
+
+    def __len__(self):
+        return len(self._parent)
+
+    def __str__(self):
+        return f"DecodedCache(max_bytes={self._max_bytes})"
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        index %= len(self)
+        element = self._kept.get(index)
+        if element is not None:
+            return element
+        element = self._parent[index]
+        size = sum(np.asarray(v).nbytes for v in jax.tree.leaves(element))
+        if self._bytes + size <= self._max_bytes:
+            element = jax.tree.map(_read_only, element)
+            self._kept[index] = element
+            self._bytes += size
+        return element
+
+
+def _read_only(x):
+    x = np.asarray(x)
+    x.flags.writeable = False
+    return x
 
 
 def _process_rows(rows, process_index, process_count):
@@ -202,3 +266,148 @@ def _prefetch(dataset, settings):
             num_workers=settings["worker_count"], per_worker_buffer_size=settings["prefetch"]
         )
     )
+
+
+def prefetch_to_device(iterator, put, size=2):
+    """`iterator`'s batches passed through `put` (e.g. onto the mesh: `shard_batch`) in a
+    background thread, up to `size` ahead: a `DevicePrefetch`. `size` 0: no thread, `put`
+    runs in `next`."""
+    return DevicePrefetch(iterator, put, size)
+
+
+_POLL_SECONDS = 0.001  # how often a waiting `get` looks whether the device is still busy
+
+
+class _End:  # the producer's last item: the stream ended, or it raised `error`
+    def __init__(self, error=None):
+        self.error = error
+
+
+class DevicePrefetch:
+    """An iterator of `put(batch)` for each batch of a grain iterator, prepared ahead.
+
+    A background thread takes the next batches from `iterator`, applies `put` (the copy
+    to the devices, `lapseg.train.step.shard_batch`) and queues up to `size` of them with
+    the iterator's state after each, so that the step never waits for the host-to-device
+    copy nor for a batch the pipeline had ready.
+
+    State: `get_state()` is the state after the last batch handed out (not after those
+    prefetched), as JSON bytes in the format grain writes, so checkpoints (orbax, through
+    `checkpoint_args` or `lapseg.train.checkpoint`) restore exactly where the loop was.
+    `set_state` stops the thread, drops what it had prefetched and restores `iterator`;
+    the thread restarts at the next `get`.
+
+    `get(device_busy)` also returns how long the caller waited while the device was idle:
+    while `device_busy()` is true the wait overlaps compute and does not count.
+    """
+
+    def __init__(self, iterator, put, size=2):
+        self._iterator = iterator
+        self._put = put
+        self._size = int(size)
+        self._queue = None
+        self._thread = None
+        self._stop = threading.Event()
+        self._state = None  # the inner state after the last batch handed out
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.get()[0]
+
+    def get(self, device_busy=None):
+        """The next batch, and the seconds waited for it while `device_busy()` was false
+        (None: the device counts as idle throughout)."""
+        start = time.perf_counter()
+        if not self._size:
+            batch = self._put(next(self._iterator))
+            self._state = None
+            idle = device_busy is None or not device_busy()
+            return batch, (time.perf_counter() - start if idle else 0.0)
+        self._start()
+        idle_since = None
+        try:
+            item = self._queue.get_nowait()
+        except queue.Empty:
+            while True:
+                if idle_since is None and (device_busy is None or not device_busy()):
+                    idle_since = time.perf_counter()
+                try:  # once the device is idle it stays idle: block
+                    item = self._queue.get(timeout=None if idle_since else _POLL_SECONDS)
+                    break
+                except queue.Empty:
+                    continue
+        waited = time.perf_counter() - idle_since if idle_since is not None else 0.0
+        if isinstance(item, _End):
+            self._queue.put(item)  # every later `get` ends the same way
+            if item.error is not None:
+                raise item.error
+            raise StopIteration
+        batch, self._state = item
+        return batch, waited
+
+    def _inner_state(self):
+        # Any iterator will do; only one with `get_state` (grain's) can be checkpointed.
+        return self._iterator.get_state() if hasattr(self._iterator, "get_state") else None
+
+    def get_state(self) -> bytes:
+        state = self._iterator.get_state() if self._state is None else self._state
+        return json.dumps(state, indent=4).encode() if isinstance(state, dict) else state
+
+    def set_state(self, state):
+        self._halt()
+        if isinstance(state, (bytes, str)) and isinstance(self._iterator, grain.DatasetIterator):
+            state = json.loads(state)
+        self._iterator.set_state(state)
+        self._state = None
+
+    def start_prefetch(self):
+        """Nothing: the thread starts at the first `get` (grain's checkpoint handler calls
+        this after a restore; a thread started there would outlive a failed start-up)."""
+
+    def close(self):
+        """Stops the thread and closes `iterator` (if it can be closed)."""
+        self._halt()
+        if hasattr(self._iterator, "close"):
+            self._iterator.close()
+
+    def _start(self):
+        if self._thread is not None:
+            return
+        if self._state is None:
+            self._state = self._inner_state()
+        self._stop.clear()
+        self._queue = queue.Queue(maxsize=self._size)
+        self._thread = threading.Thread(target=self._produce, name="lapseg-device-prefetch",
+                                        daemon=True)
+        self._thread.start()
+
+    def _produce(self):
+        try:
+            while not self._stop.is_set():
+                batch = next(self._iterator)
+                state = self._inner_state()
+                if not self._offer((self._put(batch), state)):
+                    return
+        except StopIteration:
+            self._offer(_End())
+        except BaseException as error:  # pylint: disable=broad-except  (re-raised by `get`)
+            self._offer(_End(error))
+
+    def _offer(self, item):
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _halt(self):
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._thread = None
+        self._queue = None

@@ -41,8 +41,34 @@ class MetricWriter:
             self._tb.close()
 
 
+class InputWait:
+    """`input_wait_fraction`: the share of each logging interval's wall time in which the
+    device sat idle waiting for the next training batch.
+
+    The loop adds, per step, the seconds it waited for a batch while no step was running
+    (`lapseg.data.pipeline.DevicePrefetch.get`): with asynchronous dispatch the loop runs up to
+    dozens of steps ahead of the device, so time spent in `next(loader)` while earlier
+    steps still compute costs nothing and is not counted. `interval()` returns the
+    fraction since the previous call (or since construction) and starts a new interval.
+    """
+
+    def __init__(self):
+        self._start = time.perf_counter()
+        self._waited = 0.0
+
+    def add(self, seconds):
+        self._waited += seconds
+
+    def interval(self) -> float:
+        now = time.perf_counter()
+        fraction = self._waited / max(now - self._start, 1e-9)
+        self._start, self._waited = now, 0.0
+        return fraction
+
+
 class Progress:
-    """A one-line progress report: step, step/s, images/s, loss, input-wait fraction."""
+    """A one-line progress report: step, step/s, images/s, loss, and the input-wait
+    fraction of the interval (`InputWait`)."""
 
     def __init__(self, total_steps, batch_size, *, enabled=True, stream=sys.stderr):
         self.total_steps = total_steps

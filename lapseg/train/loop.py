@@ -19,10 +19,10 @@ wait, then each reads its rows of every global batch. Process 0 alone logs and w
 `config.json`, metrics and `best.json`; checkpoints are written by all together (orbax).
 """
 
+import functools
 import json
 import logging
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +33,7 @@ from lapseg import data as data_lib
 from lapseg import losses
 from lapseg import metrics as metrics_lib
 from lapseg import models
+from lapseg.data import pipeline as data_pipeline
 from lapseg.train import checkpoint as checkpoint_lib
 from lapseg.train import config as config_lib
 from lapseg.train import distributed as distributed_lib
@@ -188,7 +189,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
                  optim.describe_groups(abstract.params, config.optimizer.lr_multipliers))
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
-    train_iter = iter(loader("train", train=True))
+    # Batches go onto the mesh in a background thread, `device_prefetch` ahead of the step.
+    train_iter = data_pipeline.prefetch_to_device(
+        iter(loader("train", train=True)), functools.partial(step_lib.shard_batch, mesh=mesh),
+        config.data.get("device_prefetch", 2))
     checkpointer = checkpoint_lib.Checkpointer(
         os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
     identity = _run_identity(config, info)
@@ -230,15 +234,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
     best_miou = _read_best(workdir)
     guard = FiniteGuard(config.nonfinite)
     result = None
-    wait_time = step_time = 0.0
+    input_wait = log_lib.InputWait()  # device idle for want of a batch, per log interval
+    pending = None  # the last step's loss: the device is busy until it is ready
 
     step = int(state.step)
     try:
         while step < total_steps:
-            start = time.perf_counter()
-            batch = next(train_iter)
-            waited = time.perf_counter()
-            state, train_metrics = train_step(state, step_lib.shard_batch(batch, mesh), step_rng)
+            batch, waited = train_iter.get(
+                lambda: pending is not None and not pending.is_ready())
+            input_wait.add(waited)
+            state, train_metrics = train_step(state, batch, step_rng)
+            pending = train_metrics["loss"]
             step += 1
             guard.record(step, train_metrics)
             if step % config.log_every_steps == 0 or step == total_steps:
@@ -246,11 +252,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 guard.check()
                 if config.nonfinite == "skip":
                     train_metrics["skipped_steps"] = guard.skipped
+                train_metrics["input_wait_fraction"] = input_wait.interval()
                 writer.write(step, "train", train_metrics)
                 progress.update(step, float(train_metrics["loss"]),
-                                wait_time / max(wait_time + step_time, 1e-9))
-            wait_time += waited - start
-            step_time += time.perf_counter() - waited
+                                train_metrics["input_wait_fraction"])
             if step % config.eval_every_steps == 0 or step == total_steps:
                 guard.check_state(step, state)  # also covers best/ below
                 result = evaluate(state, eval_step, mesh, loader("validation", train=False),
@@ -273,6 +278,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         # Also on an exception or Ctrl-C: let an async save in flight reach the disk.
         checkpointer.wait()
         checkpointer.close()
+        train_iter.close()
         progress.close()
         writer.close()
     if result is None:  # restored at the last step: evaluate what was restored

@@ -107,3 +107,39 @@ def test_eval_pad():
         augment.EvalPad(size=(32, 64), normalization="none", ignore_label=IGNORE).map(
             {"image": image, "label": label}
         )
+
+
+@pytest.mark.parametrize("convention", ["torch", "caffe", "none"])
+def test_normalize_uint8_is_normalize_bit_for_bit(convention):
+    images = np.random.default_rng(1).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
+    got = augment.normalize_uint8(images, convention)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, normalize(images, convention))
+    every_value = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+    every_value[:, 0] = every_value[::-1, 0]  # channels differ, so a swapped order shows
+    np.testing.assert_array_equal(augment.normalize_uint8(every_value, convention),
+                                  normalize(every_value, convention))
+    floats = images.astype(np.float32)  # anything but uint8: `normalize` itself
+    np.testing.assert_array_equal(augment.normalize_uint8(floats, convention),
+                                  normalize(floats, convention))
+
+
+@pytest.mark.parametrize("scale_range, crop", [((0.5, 2.0), (32, 48)), ((0.5, 0.5), (32, 48)),
+                                               ((1.0, 1.0), (37, 53))])
+@pytest.mark.parametrize("convention", ["torch", "caffe"])
+def test_crop_then_batch_normalisation_equals_train_augment(scale_range, crop, convention):
+    """The pipeline's split (`TrainCrop` per example, `NormalizeBatch` per batch) gives
+    exactly `TrainAugment`'s examples: same draws, same values, same padding."""
+    kwargs = dict(crop_size=crop, scale_range=scale_range, flip=True, normalization=convention,
+                  ignore_label=IGNORE)
+    whole, split = augment.TrainAugment(**kwargs), augment.TrainCrop(**kwargs)
+    elements = [dict(zip(("image", "label"), _pair(seed=seed))) for seed in range(6)]
+    expected = [whole.random_map(e, np.random.default_rng(i)) for i, e in enumerate(elements)]
+    crops = [split.random_map(e, np.random.default_rng(i)) for i, e in enumerate(elements)]
+    assert crops[0]["image"].dtype == np.uint8 and crops[0]["label"].dtype == np.int32
+    batch = {key: np.stack([c[key] for c in crops]) for key in crops[0]}
+    got = augment.NormalizeBatch(convention).map(batch)
+    assert set(got) == {"image", "label"}
+    np.testing.assert_array_equal(got["image"], np.stack([e["image"] for e in expected]))
+    np.testing.assert_array_equal(got["label"], np.stack([e["label"] for e in expected]))
+    assert got["image"].dtype == np.float32 and got["label"].dtype == np.int32

@@ -1,4 +1,7 @@
-"""The grain loader: batch format, determinism, checkpointed state, sharding, eval padding."""
+"""The grain loader: batch format, determinism, checkpointed state, sharding, eval padding,
+the decoded cache and the prefetch to the devices."""
+
+import json
 
 import ml_collections
 import numpy as np
@@ -6,6 +9,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from lapseg import data
+from lapseg.data import pipeline
 from lapseg.ops.normalize import normalize
 
 
@@ -157,7 +161,8 @@ def test_default_config_fields():
     config = data.default_config()
     assert set(config) == {
         "dataset", "data_dir", "source_dir", "crop_size", "scale_range", "flip", "batch_size", "normalize",
-        "num_epochs", "eval_size", "worker_count", "num_threads", "prefetch",
+        "num_epochs", "eval_size", "worker_count", "num_threads", "prefetch", "cache_mb",
+        "device_prefetch",
     }  # fmt: skip
     assert config.dataset == "shapes" and tuple(config.scale_range) == (0.5, 2.0)
     # The training config's data section is this, not a copy with other defaults.
@@ -169,3 +174,121 @@ def test_default_config_fields():
 def test_stream_is_endless_by_default(shapes_dir):
     batches = _take(iter(_loader(shapes_dir, "validation", batch_size=64)), 7)
     assert all(b["image"].shape[0] == 64 for b in batches)  # 3 full batches per epoch
+
+
+def _reference_train_batches(data_dir, seed, config):
+    """The training stream built as before the speed-ups: `TrainAugment` per example on the
+    uncached source (normalised example by example), then batched."""
+    import grain  # pylint: disable=import-outside-toplevel
+
+    from lapseg.data import augment  # pylint: disable=import-outside-toplevel
+
+    source = data.load_source("shapes", "train", data_dir=data_dir)
+    stream_seed = int(np.random.SeedSequence((seed, 0)).generate_state(1)[0])
+    transform = augment.TrainAugment(
+        crop_size=tuple(config.crop_size), scale_range=tuple(config.scale_range), flip=config.flip,
+        normalization=config.normalize, ignore_label=255)
+    dataset = (source.seed(stream_seed).shuffle().repeat().random_map(transform)
+               .batch(config.batch_size, drop_remainder=True))
+    return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=0)))
+
+
+@pytest.mark.parametrize("cache_mb", [0, 1024])
+def test_train_batches_equal_per_example_augmentation(shapes_dir, cache_mb):
+    """The decoded cache and the per-batch normalisation change no value: past one epoch
+    (2000 / 64 batches), with the cache full, the batches are the per-example reference's."""
+    kw = dict(batch_size=64, crop_size=(64, 80), scale_range=(0.5, 2.0), normalize="caffe")
+    reference = _reference_train_batches(shapes_dir, 5, _config(**kw))
+    loader = _loader(shapes_dir, seed=5, cache_mb=cache_mb, **kw)
+    _assert_same(_take(reference, 40), _take(iter(loader), 40))
+
+
+def test_decoded_cache(shapes_dir):
+    source = data.load_source("shapes", "validation", data_dir=shapes_dir)
+    example_bytes = sum(v.nbytes for v in source[0].values())
+    cache = pipeline.DecodedCache(source, max_bytes=3 * example_bytes)
+    assert len(cache) == len(source)
+    for i in (0, 1, 2, 3, 4, 1, len(source) + 2):  # 3 fit; a global index wraps
+        got, expected = cache[i], source[i % len(source)]
+        np.testing.assert_array_equal(got["image"], expected["image"])
+        np.testing.assert_array_equal(got["label"], expected["label"])
+    assert cache[1]["image"] is cache[1]["image"]  # kept: the same arrays
+    assert cache[4]["image"] is not cache[4]["image"]  # past the budget: read again
+    with pytest.raises(ValueError, match="read-only"):
+        cache[0]["image"][0, 0, 0] = 1
+    assert len(cache[2:10]) == 8
+
+
+def _numbered(count=None):
+    """A grain iterator of batches {'x': [i]} for i = 0, 1, ... (`count` of them)."""
+    import grain  # pylint: disable=import-outside-toplevel
+
+    dataset = grain.MapDataset.range(10**6 if count is None else count).map(
+        lambda i: {"x": np.array([i])})
+    return iter(dataset.to_iter_dataset())
+
+
+def test_device_prefetch_yields_put_batches_in_order():
+    for size in (0, 1, 3):
+        iterator = pipeline.prefetch_to_device(_numbered(), lambda b: b["x"] * 10, size)
+        assert [int(next(iterator)[0]) for _ in range(5)] == [0, 10, 20, 30, 40]
+        iterator.close()
+    ended = pipeline.prefetch_to_device(_numbered(2), lambda b: b, 2)
+    assert len(list(ended)) == 2
+    with pytest.raises(StopIteration):
+        next(ended)
+
+
+def test_device_prefetch_state_is_the_consumed_position():
+    """Whatever the thread has prefetched, the state is after the batches handed out, and
+    restoring it (into a fresh iterator, or this one mid-stream) replays from there."""
+    iterator = pipeline.prefetch_to_device(_numbered(), lambda b: b, 4)
+    _take(iterator, 3)
+    import time  # pylint: disable=import-outside-toplevel
+
+    time.sleep(0.2)  # let the thread run ahead
+    state = iterator.get_state()
+    assert isinstance(state, bytes)
+    assert [int(b["x"][0]) for b in _take(iterator, 2)] == [3, 4]
+    fresh = pipeline.prefetch_to_device(_numbered(), lambda b: b, 4)
+    fresh.set_state(state)
+    assert [int(b["x"][0]) for b in _take(fresh, 2)] == [3, 4]
+    iterator.set_state(state)  # mid-stream: drops what was prefetched
+    assert [int(b["x"][0]) for b in _take(iterator, 3)] == [3, 4, 5]
+    iterator.set_state(fresh.get_state())
+    assert int(next(iterator)["x"][0]) == 5
+    for it in (iterator, fresh):
+        it.close()
+
+
+def test_device_prefetch_orbax_round_trip(shapes_dir, tmp_path):
+    """Through grain's checkpoint handler (`checkpoint_args`), as training saves it."""
+    iterator = pipeline.prefetch_to_device(iter(_loader(shapes_dir)), lambda b: b, 2)
+    _take(iterator, 3)
+    with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
+        manager.save(3, args=ocp.args.Composite(data=data.checkpoint_args(iterator)))
+        manager.wait_until_finished()
+        expected = _take(iterator, 2)
+        fresh = pipeline.prefetch_to_device(iter(_loader(shapes_dir)), lambda b: b, 2)
+        manager.restore(3, args=ocp.args.Composite(data=data.checkpoint_args(fresh, restore=True)))
+    _assert_same(expected, _take(fresh, 2))
+    # The file is grain's own JSON: a plain grain iterator restores it too.
+    plain = iter(_loader(shapes_dir))
+    saved = next((tmp_path / "ckpt" / "3" / "data").glob("process_0-of-*.json")).read_text()
+    plain.set_state(json.loads(saved))
+    _assert_same(expected, _take(plain, 2))
+    for it in (iterator, fresh):
+        it.close()
+
+
+def test_device_prefetch_raises_the_pipeline_error():
+    def put(batch):
+        if int(batch["x"][0]) == 2:
+            raise RuntimeError("bad batch 2")
+        return batch
+
+    iterator = pipeline.prefetch_to_device(_numbered(), put, 2)
+    _take(iterator, 2)
+    for _ in range(2):  # and again: the stream stays ended
+        with pytest.raises(RuntimeError, match="bad batch 2"):
+            next(iterator)
