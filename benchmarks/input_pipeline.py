@@ -3,6 +3,7 @@
     python -m benchmarks.input_pipeline [--parts pipeline step run] [--variants default
         cache_mb=0 device_prefetch=0 ...] [--rounds 3] [--batches 60] [--steps 30]
         [--run-steps 300] [--data-dir DIR]
+    python -m benchmarks.input_pipeline --summary WORKDIR   # a finished run's metrics.jsonl
 
 The job is the embedded default (`lapseg train`: configs/default.py, FCN-8s on a
 quarter-width ResNet-18, `shapes`, batch 16, 96x96). Three measurements:
@@ -21,6 +22,10 @@ quarter-width ResNet-18, `shapes`, batch 16, 96x96). Three measurements:
   showed the run's share of wall time spent in `next(loader)`, a different measure that
   counts waits overlapping the asynchronously dispatched steps; `in_next_fraction` is
   that measure for the current loop).
+
+`--summary WORKDIR` measures nothing: it reads a run's `metrics.jsonl` (e.g. the main job's,
+`lapseg train --workdir workdir/default`) and prints its `input_wait_fraction` (maximum and
+mean over the log steps) and its last evaluation's mIoU.
 
 Each `--variants` entry is a comma-separated list of `config.data` overrides
 (`default`: none), e.g. `cache_mb=0,num_threads=1`; variants are measured in
@@ -179,6 +184,28 @@ def real_run(config, steps):
     }
 
 
+def summarize(workdir):
+    """`input_wait_fraction` (max, mean, count over the train log steps) and the last
+    evaluation of the run in `workdir`, from its `metrics.jsonl`."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        raise SystemExit(f"--summary: {path} does not exist; pass the work dir of a finished "
+                         f"`lapseg train` run")
+    with open(path, encoding="utf-8") as f:
+        lines = [json.loads(line) for line in f if line.strip()]
+    waits = [line["input_wait_fraction"] for line in lines
+             if line.get("split") == "train" and "input_wait_fraction" in line]
+    evals = [line for line in lines if line.get("split") != "train" and "miou" in line]
+    summary = {"log_steps": len(waits), "wait_max": max(waits, default=float("nan")),
+               "wait_mean": statistics.fmean(waits) if waits else float("nan"),
+               "last_eval": evals[-1] if evals else None}
+    print(f"{path}: input_wait_fraction max {summary['wait_max']:.4f}, mean "
+          f"{summary['wait_mean']:.4f} over {len(waits)} log steps; "
+          + (f"val mIoU {evals[-1]['miou']:.4f} at step {evals[-1]['step']}" if evals
+             else "no evaluation"))
+    return summary
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -196,7 +223,12 @@ def main():
     parser.add_argument("--data-dir", default=None,
                         help="tfds data_dir (default: the job's, ~/tensorflow_datasets)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument("--summary", default=None, metavar="WORKDIR",
+                        help="only print a finished run's input_wait_fraction and final mIoU")
     args = parser.parse_args()
+    if args.summary:
+        summarize(args.summary)
+        return
 
     print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}, "
           f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}")

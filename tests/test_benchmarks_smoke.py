@@ -1,6 +1,8 @@
 """Smoke tests of benchmarks/flops.py, bf16.py and accelerator.py at tiny sizes (no timings
 are asserted; these check that the scripts run and report what they claim to)."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -72,3 +74,20 @@ def test_peak_table_lookup():
     assert accelerator.peak_tflops(Device("TPU v4"))[0] == 275.0
     assert accelerator.peak_tflops(Device("cpu"))[0] is None
     assert accelerator.peak_tflops(Device("cpu"), 2.5) == (2.5, "--peak_tflops")
+
+
+def test_input_pipeline_summary_of_a_run(tmp_path, capsys):
+    from benchmarks import input_pipeline  # pylint: disable=import-outside-toplevel
+    lines = [{"step": 50, "split": "train", "input_wait_fraction": 0.01},
+             {"step": 100, "split": "train", "input_wait_fraction": 0.03},
+             {"step": 100, "split": "eval", "miou": 0.5},
+             {"step": 150, "split": "train", "input_wait_fraction": 0.02},
+             {"step": 150, "split": "eval", "miou": 0.75}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    summary = input_pipeline.summarize(str(tmp_path))
+    assert summary["log_steps"] == 3 and summary["wait_max"] == 0.03
+    assert summary["wait_mean"] == pytest.approx(0.02)
+    assert summary["last_eval"]["miou"] == 0.75
+    assert "val mIoU 0.7500 at step 150" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="does not exist"):
+        input_pipeline.summarize(str(tmp_path / "missing"))
