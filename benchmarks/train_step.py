@@ -1,6 +1,14 @@
 """Train-step throughput per model, and how much of a step waits for input.
 
     python -m benchmarks.train_step [--models lrr fcn8s ...] [--size 96] [--batch 8] [--steps 10]
+    python -m benchmarks.train_step --configs configs/default.py configs/shapes_lrr.py \
+        'configs/shapes_lrr.py|model_kwargs.boundary_masking=False' [--rounds 5] [--steps 20]
+
+`--configs`: config files as `lapseg train --config` takes them (`path[:arg]`), each optionally
+followed by `|field=value` overrides (Python literals); the train step each builds (its model,
+loss, optimiser, crop and batch) on one fixed batch from its own data, timed in `--rounds`
+interleaved rounds of `--steps` steps dispatched back to back: median ms per step, the ratio
+to the first config, and the minutes its `num_train_steps` would take at that rate.
 
 For each model: images/s of the jitted, sharded train step on a fixed in-memory batch
 (the compute ceiling), then the same step fed by the real grain pipeline on the
@@ -10,6 +18,9 @@ same run (timings on a shared CPU are noisy; compare ratios, not absolutes).
 """
 
 import argparse
+import ast
+import importlib.util
+import os
 import statistics
 import tempfile
 import time
@@ -98,13 +109,92 @@ def benchmark(name, args, workdir):
     return args.batch / compute, args.batch / fed, wait_fraction
 
 
+def load_spec(spec):
+    """`path[:arg][|field=value...]` -> the config, overrides applied."""
+    path_arg, *overrides = spec.split("|")
+    path, _, arg = path_arg.partition(":")
+    module_spec = importlib.util.spec_from_file_location(f"_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    config = module.get_config(arg) if arg else module.get_config()
+    for override in overrides:
+        field, _, value = override.partition("=")
+        *parents, leaf = field.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = ast.literal_eval(value)
+    return config
+
+
+def config_step(spec, workdir):
+    """`(run(n) -> seconds per step over n back-to-back steps, config)` for one `--configs` entry."""
+    config = load_spec(spec)
+    config.data.data_dir = workdir
+    config.basis.path = f"{workdir}/basis_{abs(hash(spec))}.npz"
+    info = data_lib.dataset_info(config.data.dataset)
+    model = models.from_config(config, info.num_classes)
+    path = fitted_lib.ensure(config, workdir)
+    fitted = bases.load(path, num_classes=info.num_classes) if path else {}
+    tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
+    loss_fn = losses.for_model(config.model, config.loss, ignore_label=info.ignore_label)
+    mesh = step_lib.make_mesh()
+    shape = (1, *tuple(config.data.crop_size), 3)
+    state = jax.jit(lambda rng: state_lib.create_train_state(
+        bases.attach(state_lib.init_variables(model, rng, shape), fitted), tx),
+        out_shardings=step_lib.replicated(mesh))(jax.random.key(0))
+    train_step = step_lib.jit_train_step(mesh, model=model, tx=tx, loss_fn=loss_fn,
+                                         ignore_label=info.ignore_label)
+    loader = data_lib.create_loader(config.data, "train", data_dir=workdir, seed=0, train=True)
+    batch = step_lib.shard_batch(next(iter(loader)), mesh)
+    holder = {"state": state}
+    rng = jax.random.key(1)
+
+    def run(steps):
+        start = time.perf_counter()
+        for _ in range(steps):
+            holder["state"], metrics = train_step(holder["state"], batch, rng)
+        jax.block_until_ready(metrics)
+        return (time.perf_counter() - start) / steps
+
+    run(2)  # compile and warm up
+    return run, config
+
+
+def compare_configs(args):
+    with tempfile.TemporaryDirectory() as workdir:
+        runs = {spec: config_step(spec, workdir) for spec in args.configs}
+        times = {spec: [] for spec in args.configs}
+        for _ in range(args.rounds):
+            for spec, (run, _) in runs.items():
+                times[spec].append(run(args.steps))
+    base = statistics.median(times[args.configs[0]])
+    print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}; median of {args.rounds} "
+          f"interleaved rounds of {args.steps} steps; load average {os.getloadavg()[0]:.1f}")
+    print("| config | batch, crop | ms/step | ratio | minutes for num_train_steps |")
+    print("|---|---|---:|---:|---:|")
+    for spec, (_, config) in runs.items():
+        seconds = statistics.median(times[spec])
+        print(f"| {spec} | {config.data.batch_size}, {tuple(config.data.crop_size)} | "
+              f"{1e3 * seconds:.1f} | {seconds / base:.2f} | "
+              f"{seconds * config.num_train_steps / 60:.1f} ({config.num_train_steps}) |")
+
+
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[1:]))
     parser.add_argument("--models", nargs="*", default=list(MODELS))
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--configs", nargs="+", default=None,
+                        help="compare the train steps of these config files instead of --models")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (--configs)")
     args = parser.parse_args()
+    if args.configs:
+        compare_configs(args)
+        return
     available = set(models.names())
     print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}; batch {args.batch} "
           f"at {args.size}x{args.size}; median of {args.steps} steps")

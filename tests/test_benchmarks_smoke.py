@@ -91,3 +91,11 @@ def test_input_pipeline_summary_of_a_run(tmp_path, capsys):
     assert "val mIoU 0.7500 at step 150" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="does not exist"):
         input_pipeline.summarize(str(tmp_path / "missing"))
+
+
+def test_train_step_config_specs():
+    from benchmarks import train_step  # pylint: disable=import-outside-toplevel
+    config = train_step.load_spec(
+        "configs/shapes_lrr.py:coarse|model_kwargs.boundary_masking=False|data.batch_size=4")
+    assert config.model == "lrr" and dict(config.loss.weights) == {"level_32": 1.0}
+    assert config.model_kwargs.boundary_masking is False and config.data.batch_size == 4
