@@ -14,9 +14,8 @@ cotangent, timed after a warm-up call as the median of `--repeats` runs (with
 - `lapseg.ops.dupsample.dupsample` (`[N, h, w, L] x [L, r*r*C]`) against a 1x1
   convolution followed by `depth_to_space`.
 - `lapseg.ops.boundary.boundary_mask` (LRR's `maxpool(p) + maxpool(-p)`, separable pools as
-  shifted-slice maxima on the class-major layout) against the same mask from fused
-  `size x size` `reduce_window` max-pools, from separable `reduce_window` pools, and from
-  the same slices on the class-minor layout.
+  shifted-slice maxima) against the same mask from fused `size x size` `reduce_window`
+  max-pools, and from separable `reduce_window` pools.
 
 Achieved bandwidth = bytes of inputs + cotangent + outputs + gradients / time, next to
 the machine's copy bandwidth measured in the same run (`x + 1` on a large array: one
@@ -136,16 +135,6 @@ def separable_reduce_window_mask(prob, size):
     return pool(prob) + pool(-prob)
 
 
-def class_minor_boundary_mask(prob, size):
-    """Third baseline for `boundary_mask`: the same shifted-slice maxima pooled on the
-    class-minor `[N, H, W, C]` layout, without the transposes to `[N, C, H, W]` (lapseg's
-    implementation before it pooled class-major)."""
-    def pool(x):
-        return boundary._window_max(boundary._window_max(x, size, 1), size, 2)  # pylint: disable=protected-access
-
-    return pool(prob) + pool(-prob)
-
-
 def copy_bandwidth(megabytes, repeats):
     """Bytes per second of `x + 1` on a `megabytes` f32 array (one read, one write)."""
     x = jnp.zeros((megabytes * 2**20 // 4,), jnp.float32)
@@ -215,8 +204,7 @@ def main():
     )
     n, h, w, c, size = args.boundary
     for name, baseline in (("boundary_mask", fused_boundary_mask),
-                           ("boundary_mask vs separable reduce_window", separable_reduce_window_mask),
-                           ("boundary_mask vs class-minor slices", class_minor_boundary_mask)):
+                           ("boundary_mask vs separable reduce_window", separable_reduce_window_mask)):
         compare(
             name,
             lambda p: boundary.boundary_mask(p, size),

@@ -42,8 +42,7 @@ def _window_max(x: jnp.ndarray, size: int, axis: int) -> jnp.ndarray:
 
 
 def _max_pool_same(x: jnp.ndarray, size: int) -> jnp.ndarray:
-    """Stride-1 `size x size` max-pool over the last two axes of `[N, C, H, W]` with -inf
-    padding `size // 2`.
+    """Stride-1 `size x size` max-pool of `[N, H, W, C]` with -inf padding `size // 2`.
 
     Computed separably, a `size x 1` pool then a `1 x size` pool (the max over a rectangle is
     the max over its rows' maxima, so the values equal the 2-D pool's exactly), each as
@@ -52,7 +51,7 @@ def _max_pool_same(x: jnp.ndarray, size: int) -> jnp.ndarray:
     step (`python -m benchmarks.kernels`). Gradients at ties differ only in how they are split
     among the tied inputs (jnp.maximum halves them, select_and_scatter picks one).
     """
-    return _window_max(_window_max(x, size, 2), size, 3)
+    return _window_max(_window_max(x, size, 1), size, 2)
 
 
 def boundary_mask(prob: jnp.ndarray, size: int) -> jnp.ndarray:
@@ -70,10 +69,4 @@ def boundary_mask(prob: jnp.ndarray, size: int) -> jnp.ndarray:
         raise ValueError(f"boundary_mask: prob must be floating point, got {prob.dtype}")
     if size < 1 or size % 2 == 0:
         raise ValueError(f"boundary_mask: window size must be a positive odd integer, got {size}")
-    # Pooled class-major, `[N, C, H, W]`: with W the minor axis the shifted slices are long
-    # contiguous runs. Class-minor (LRR's few classes, 5 on `shapes`), XLA's CPU loops over
-    # runs of C floats: the mask's forward + backward at [16, 96, 96, 5] took 45 ms against
-    # 28 ms with the two transposes (`python -m benchmarks.kernels`, 'class-minor slices').
-    classes_first = jnp.transpose(prob, (0, 3, 1, 2))
-    mask = _max_pool_same(classes_first, size) + _max_pool_same(-classes_first, size)
-    return jnp.transpose(mask, (0, 2, 3, 1))
+    return _max_pool_same(prob, size) + _max_pool_same(-prob, size)
