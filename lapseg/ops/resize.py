@@ -81,17 +81,10 @@ def bilinear_matrix(in_size: int, out_size: int, align_corners: bool) -> np.ndar
     Returns:
       `M`, float64 `[out_size, in_size]`, rows summing to 1.
     """
-    d = np.arange(out_size, dtype=np.float64)
-    if align_corners:
-        src = d * ((in_size - 1) / (out_size - 1)) if out_size > 1 else np.zeros_like(d)
-    else:
-        src = np.maximum((d + 0.5) * (in_size / out_size) - 0.5, 0.0)
-    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-    i1 = np.minimum(i0 + 1, in_size - 1)
-    frac = src - i0
+    i0, i1, w0, w1 = bilinear_taps(in_size, out_size, align_corners)
     matrix = np.zeros((out_size, in_size))
-    np.add.at(matrix, (np.arange(out_size), i0), 1.0 - frac)
-    np.add.at(matrix, (np.arange(out_size), i1), frac)
+    np.add.at(matrix, (np.arange(out_size), i0), w0)
+    np.add.at(matrix, (np.arange(out_size), i1), w1)
     return matrix
 
 
