@@ -87,7 +87,7 @@ def run(config, workdir: str, *, steps: int, eval_flags=(), reuse: bool = False)
             json.dump({"minutes": minutes, "steps": steps}, f)
     if cli.main(["eval", f"--workdir={workdir}", *eval_flags]) != 0:
         raise SystemExit(f"lapseg eval failed on {workdir}")
-    with open(os.path.join(workdir, "eval_validation.json"), encoding="utf-8") as f:
+    with open(os.path.join(workdir, "eval_val.json"), encoding="utf-8") as f:
         result = json.load(f)
     if result["step"] != steps:
         raise SystemExit(f"{workdir} holds a run of {result['step']} steps, not {steps}")

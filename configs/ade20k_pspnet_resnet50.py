@@ -1,4 +1,4 @@
-"""PSPNet-50 on ADE20K (`scene_parse150`), hszhao/semseg `config/ade20k/ade20k_pspnet50.yaml`.
+"""PSPNet-50 on ADE20K (150 classes), hszhao/semseg `config/ade20k/ade20k_pspnet50.yaml`.
 
 Deep-stem dilated ResNet-50 at output stride 8, PPM bins (1, 2, 3, 6) with PyTorch's
 adaptive pooling (not the Caffe release's fixed kernels), aux head on res4 with weight
@@ -7,7 +7,7 @@ weight decay 1e-4, poly 0.9, 100 epochs of 20,210 images: semseg's `max_iter = e
 len(train_loader)` with a DistributedSampler over 8 GPUs (2,527 images per GPU at batch 2,
 `drop_last=True`: 1,263 iterations per epoch), i.e. 126,300 steps. semseg also rotates by
 -10..10 degrees and blurs; this pipeline does not (lapseg/data has no rotation).
-Prepare the data with `tfds build scene_parse150 --file_format=array_record` (needs TF).
+Data: `--config.data.source_dir=DIR`, the `ADEChallengeData2016` folder (README: Datasets).
 """
 
 from lapseg.train import recipes
@@ -16,5 +16,5 @@ from lapseg.train.recipes import PSPNET50
 
 def get_config():
     return recipes.finetune(
-        "pspnet", PSPNET50, dataset="scene_parse150", crop_size=(473, 473), batch_size=16,
+        "pspnet", PSPNET50, dataset="ade20k", crop_size=(473, 473), batch_size=16,
         learning_rate=0.01, num_train_steps=126_300, loss_weights={"logits": 1.0, "aux": 0.4})

@@ -8,7 +8,8 @@ convs to 48, two 3x3 convs 256, a 1x1 projection to L = 256 and DUpsample with t
 matrix W (ratio 16, frozen) plus the patch mean, adaptive temperature. W is fitted from the training labels by `lapseg basis` before
 training (or by `lapseg train` before step 0). SGD momentum 0.9, lr 0.007 (head x10),
 weight decay 1e-4, poly 0.9, 768 x 768 crops, scales 0.5-2, batch 8, 90,000 steps.
-Prepare the data with `tfds build cityscapes/semantic_segmentation` (needs TF).
+Data: `--config.data.source_dir=DIR`, the Cityscapes root holding `leftImg8bit/`
+and `gtFine/` (README: Datasets).
 """
 
 from lapseg.train import recipes

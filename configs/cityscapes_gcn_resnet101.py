@@ -7,7 +7,8 @@ initialised bilinear (the paper's Fig. 2). Optimiser: the common PyTorch-port re
 momentum 0.9, lr 0.01 (head x10), weight decay 5e-4, poly 0.9; 800 x 800 crops, scales
 0.5-2, flips, batch 8. The paper's ResNet-152 / ResNet-GCN encoders and its training
 schedule are not reproduced.
-Prepare the data with `tfds build cityscapes/semantic_segmentation` (needs TF).
+Data: `--config.data.source_dir=DIR`, the Cityscapes root holding `leftImg8bit/`
+and `gtFine/` (README: Datasets).
 """
 
 from lapseg.train import recipes

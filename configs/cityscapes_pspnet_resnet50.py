@@ -12,7 +12,8 @@ Deviations: semseg also rotates by -10..10 degrees and Gaussian-blurs, which thi
 does not do (lapseg/data has no rotation); it evaluates with 713 x 713 sliding windows on
 the 2048-wide image (`test_h`, `test_w`, `base_size: 2048`), where lapseg's training-time
 evaluation runs whole 1024 x 2048 images (`lapseg eval` has the sliding window).
-Prepare the data with `tfds build cityscapes/semantic_segmentation` (needs TF).
+Data: `--config.data.source_dir=DIR`, the Cityscapes root holding `leftImg8bit/`
+and `gtFine/` (README: Datasets).
 """
 
 from lapseg.train import recipes

@@ -24,7 +24,8 @@ Deviations (docs/recipes.md):
   change to `lapseg/data`, outside the model recipe;
 - bilinear x1.2 enlargement after normalisation, not MATLAB's bicubic `imresize` of the
   uint8 image (`lapseg/decoders/refinenet.py`).
-Prepare the data with `tfds build cityscapes/semantic_segmentation` (needs TF).
+Data: `--config.data.source_dir=DIR`, the Cityscapes root holding `leftImg8bit/`
+and `gtFine/` (README: Datasets).
 """
 
 from lapseg.train import recipes

@@ -1,22 +1,24 @@
 """FCN-8s on VGG-16 (Long et al., CVPR 2015), the all-at-once recipe of fcn.berkeleyvision.org
-`voc-fcn8s-atonce/solver.prototxt` (pytorch-fcn `train_fcn8s_atonce.py`), on CamVid.
+`voc-fcn8s-atonce/solver.prototxt` (pytorch-fcn `train_fcn8s_atonce.py`), on PASCAL VOC 2012.
 
-PASCAL VOC / SBD are not readable here (tfds's `voc` has boxes only and tfds has no SBD
-builder, see lapseg/data/catalog.py), so this config keeps the paper's recipe and trains
-on CamVid; set `--config.data.source_dir=/path/to/CamVid`.
+Data: trains on VOC + SBD `train_aug` and evaluates on VOC `val`:
+`--config.data.source_dir=.../VOCdevkit/VOC2012 --config.data.sbd_dir=.../benchmark_RELEASE`
+(README: Datasets). (The reference trains on SBD train minus VOC val, `seg11valid.txt`.)
 
 Recipe: SGD momentum 0.99, weight decay 5e-4, fixed learning rate 1e-10 on the loss
 *summed* over the pixels of one image (Caffe's `normalize: false`, batch 1). lapseg's loss
-is the mean over pixels, so the same step is lr = 1e-10 x pixels per image; the batch of 8
+is the mean over pixels, so the same step is lr = 1e-10 x pixels per image (VOC images are
+at most 500 x 500, most 500 x 375: that count is used); the batch of 8
 (one image per device) averages 8 such gradients. Caffe adds the decay to that summed
 gradient (`base_lr (grad_sum + 5e-4 w)`), so under the mean loss the decay must shrink by
-the same pixel count: weight decay 5e-4 / (360 x 480) = 2.9e-9 gives the reference's
+the same pixel count: weight decay 5e-4 / (500 x 375) = 2.7e-9 gives the reference's
 `1e-10 x 5e-4 w` per step (`recipes.caffe_sum_loss_weight_decay`); 5e-4 itself would decay
-172,800x harder relative to the gradient step. Biases: lr x2 (`lr_mult: 2`) and no decay
+187,500x harder relative to the gradient step. Biases: lr x2 (`lr_mult: 2`) and no decay
 (`decay_mult: 0`; lapseg decays kernels only). Pixels are the whole crop, the valid
 (non-ignored) ones in the reference; the difference is the ignored fraction of an image.
-No augmentation (the paper found none helped); Caffe VGG-16 weights, hence 'caffe' input
-normalisation (BGR, 0-255 minus mean).
+No augmentation (the paper found none helped): each image is trained whole, padded
+(bottom/right, label ignored) to the 500 x 500 batch shape. Caffe VGG-16 weights, hence
+'caffe' input normalisation (BGR, 0-255 minus mean).
 Skips scaled by 0.01 / 0.0001 ('fcn8s_atonce'), upsampling fixed to bilinear.
 """
 
@@ -30,14 +32,15 @@ def get_config():
     config.model_kwargs = {"backbone": "vgg16", "backbone_kwargs": {"pad100": True}}
     config.init.backbone_weights = recipes.imagenet_weights("vgg16_caffe")
 
-    config.data.dataset = "camvid"
-    config.data.crop_size = (360, 480)  # whole CamVid images
+    config.data.dataset = "voc"
+    config.data.train_split = "train_aug"
+    config.data.crop_size = (500, 500)  # whole VOC images (sides <= 500), padded
     config.data.scale_range = (1.0, 1.0)
     config.data.flip = False
     config.data.normalize = "caffe"
     config.data.batch_size = 8
 
-    pixels = 360 * 480  # per image: the summed loss's scale
+    pixels = 500 * 375  # per (typical) image: the summed loss's scale
     config.optimizer.learning_rate = 1e-10 * pixels
     config.optimizer.momentum = 0.99
     config.optimizer.weight_decay = recipes.caffe_sum_loss_weight_decay(5e-4, pixels)

@@ -1,9 +1,9 @@
 """LRR-4x on VGG-16 (levels fc7, relu5_3, relu4_3, relu3_3), the recipe of golnazghiasi/LRR
-`LRR4xTrainVGG16Pascal.m`, on CamVid.
+`LRR4xTrainVGG16Pascal.m`, on PASCAL VOC 2012.
 
-PASCAL VOC / SBD are not readable here (tfds's `voc` has boxes only and tfds has no SBD
-builder, see lapseg/data/catalog.py), so this config keeps the paper's recipe and trains
-on CamVid; set `--config.data.source_dir=/path/to/CamVid`.
+Data: trains on VOC + SBD `train_aug` and evaluates on VOC `val`:
+`--config.data.source_dir=.../VOCdevkit/VOC2012 --config.data.sbd_dir=.../benchmark_RELEASE`
+(README: Datasets).
 
 Recipe: VGG-16 without pad100 (fc6 padded by 3), K = 10 bases of 32x32 patches, 5x5
 coefficient convs; 384x384 crops at scales 288..704 / 384; SGD momentum 0.9, weight decay
@@ -26,9 +26,10 @@ def get_config():
     config = recipes.lrr(
         {"backbone": "vgg16", "backbone_kwargs": {"pad100": False}, "basis": "pca",
          "num_bases": 10},
-        dataset="camvid", crop_size=(384, 384), scale_range=(0.75, 1.83), normalize="caffe",
+        dataset="voc", crop_size=(384, 384), scale_range=(0.75, 1.83), normalize="caffe",
         batch_size=16, learning_rate=1e-3, warmup_steps=0,
         lr_multipliers=recipes.lrr_reference_multipliers(VGG_LEVELS), dilation_erosion=True,
         num_train_steps=8000, backbone_weights="vgg16_caffe")
     config.basis.lrr_scale = "reference"
+    config.data.train_split = "train_aug"
     return config

@@ -30,6 +30,7 @@ import numpy as np
 from jax import lax
 
 from lapseg import data as data_lib
+from lapseg.data import pipeline as data_pipeline
 from lapseg import models
 from lapseg.ops import resize
 from lapseg.ops.normalize import normalize
@@ -174,7 +175,11 @@ def make_predict_fn(model, *, tile_size=None, tile_overlap: float = 1 / 3, scale
 
 
 def bucket_size(height: int, width: int, bucket: int) -> tuple[int, int]:
-    """`(H, W)` rounded up to multiples of `bucket`: the padded shape `Predictor` compiles for."""
+    """`(H, W)` rounded up to multiples of `bucket`, the padded shape `Predictor` compiles
+    for; `bucket` 0: the training loop's evaluation sizes
+    (`lapseg.data.pipeline.eval_padded_size`)."""
+    if bucket == 0:
+        return data_pipeline.eval_padded_size(height, width)
     return bucket * math.ceil(height / bucket), bucket * math.ceil(width / bucket)
 
 
@@ -185,14 +190,15 @@ class Predictor:
       model, variables: a lapseg model and its variables (e.g. from `restore_model`).
       normalization: the training config's `data.normalize` ('torch', 'caffe', 'none').
       bucket: images are zero-padded (bottom/right, after normalisation, as in the eval
-        pipeline) to multiples of this, so sizes within one bucket share one compilation.
+        pipeline) to multiples of this, so sizes within one bucket share one compilation;
+        0: to the training loop's evaluation sizes (`bucket_size`).
       **predict_kwargs: `make_predict_fn`'s tiling / scales / flip options.
     """
 
     def __init__(self, model, variables, *, normalization: str, bucket: int = 128,
                  **predict_kwargs):
-        if bucket < 1:
-            raise ValueError(f"bucket must be >= 1, got {bucket}")
+        if bucket < 0:
+            raise ValueError(f"bucket must be >= 0, got {bucket}")
         self.variables = variables
         self.normalization = normalization
         self.bucket = bucket

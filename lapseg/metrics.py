@@ -37,10 +37,12 @@ def confusion_matrix(pred, labels, num_classes: int, ignore_label: int) -> jnp.n
 
 
 def summarize(confusion) -> dict:
-    """mIoU, per-class IoU and pixel accuracy from a `[C, C]` confusion matrix (numpy).
+    """mIoU, per-class IoU, pixel accuracy and labelled pixels per class from a `[C, C]`
+    confusion matrix (numpy).
 
     IoU_c = M[c,c] / (sum_p M[c,p] + sum_t M[t,c] - M[c,c]); classes absent from both
     labels and predictions are NaN in `per_class_iou` and left out of the mean.
+    `class_pixels[c]` = sum_p M[c,p], the pixels labelled c (int64 `[C]`).
     """
     m = np.asarray(confusion, dtype=np.float64)
     true_positive = np.diag(m)
@@ -52,6 +54,7 @@ def summarize(confusion) -> dict:
         "miou": float(np.nanmean(iou)) if np.any(union > 0) else float("nan"),
         "per_class_iou": iou,
         "pixel_accuracy": float(true_positive.sum() / total) if total else float("nan"),
+        "class_pixels": np.asarray(confusion, np.int64).sum(1),
     }
 
 

@@ -5,32 +5,18 @@
     png = visualize.label_png(pred, palette, ignore_label=11)  # PIL 'P' image, index = class id
     rgb = visualize.overlay(image, pred, palette, ignore_label=11)
 
-Palettes are those of `lapseg.data.dataset_info(name)` (CamVid, Cityscapes, the ADE20K
-catalog adapter `scene_parse150`, shapes, ...) plus PASCAL VOC's, which lapseg has no
-dataset for but whose palette PNGs are the format most tools read. Like the dataset
-infos, a palette has one row per class and a last row for ignored pixels.
+Palettes are those of `lapseg.data.dataset_info(name)` (CamVid, Cityscapes, PASCAL VOC,
+ADE20K, shapes, ...). Like the dataset infos, a palette has one row per class and a last
+row for ignored pixels.
 """
 
 import numpy as np
 import PIL.Image
 
-from lapseg.data import info as info_lib
-
-VOC_CLASS_NAMES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
-    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
-    "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
-VOC_IGNORE_LABEL = 255
-# The VOC devkit's colour map for the 21 classes, then its colour of index 255 (void).
-VOC_PALETTE = np.concatenate(
-    [info_lib.pascal_palette(256)[:21], info_lib.pascal_palette(256)[255:]]).astype(np.uint8)
 
 
 def palette_for(dataset: str) -> np.ndarray:
-    """uint8 `[C + 1, 3]` palette of `dataset`: `'voc'` or a name of `lapseg.data.names()`."""
-    if dataset == "voc":
-        return VOC_PALETTE
+    """uint8 `[C + 1, 3]` palette of `dataset`, a name of `lapseg.data.names()`."""
     from lapseg import data  # pylint: disable=import-outside-toplevel  (tfds import)
 
     return data.dataset_info(dataset).palette

@@ -259,7 +259,7 @@ CASES = [
     Case("eval of a missing work dir", ("eval", "--workdir={tmp}/nowhere"),
          ("lapseg eval: work dir", "nowhere", "does not exist")),
     Case("eval of an unknown split", ("eval", "--workdir={run}", "--split=tset"),
-         ("no split 'tset'", "validation")),
+         ("no split 'tset'", "it has train, val")),
     Case("eval at scale 0", ("eval", "--workdir={run}", "--scales=0"),
          ("--scales must be positive",)),
     Case("eval with a 3-number tile", ("eval", "--workdir={run}", "--tile_size=1,2,3"),

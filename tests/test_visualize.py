@@ -54,10 +54,10 @@ def test_overlay_blends_colors_over_the_image():
 
 def test_palettes():
     # VOC devkit colours: aeroplane, person, tvmonitor, and void (index 255).
-    np.testing.assert_array_equal(visualize.VOC_PALETTE[[1, 15, 20, 21]],
+    voc = visualize.palette_for("voc")
+    np.testing.assert_array_equal(voc[[1, 15, 20, 21]],
                                   [[128, 0, 0], [192, 128, 128], [0, 64, 128], [224, 224, 192]])
-    assert visualize.VOC_PALETTE.shape == (len(visualize.VOC_CLASS_NAMES) + 1, 3)
+    assert voc.shape == (21 + 1, 3) and voc.dtype == np.uint8
     np.testing.assert_array_equal(visualize.palette_for("camvid"), camvid.PALETTE)
-    np.testing.assert_array_equal(visualize.palette_for("voc"), visualize.VOC_PALETTE)
     with pytest.raises(ValueError, match="unknown dataset 'nope'"):
         visualize.palette_for("nope")

@@ -233,7 +233,8 @@ def define_inference_flags(flag_values, *, bucket: int) -> None:
     flags.DEFINE_float("tile_overlap", 1 / 3, "Fraction of a tile shared with its neighbour.",
                        flag_values=flag_values)
     flags.DEFINE_integer("bucket", bucket, "Pad images to multiples of this: one compilation "
-                         "per padded size.", flag_values=flag_values)
+                         "per padded size (0: the training loop's evaluation sizes, multiples "
+                         "of 32 up to 512, coarser above).", flag_values=flag_values)
 
 
 def parse_run_flags(argv, doc: str, *, bucket: int, define=None):
@@ -271,8 +272,8 @@ def inference_options(program: str, flag_values) -> dict:
         fail(program, f"--scales must be positive, got {','.join(flag_values.scales)}")
     if not 0 <= flag_values.tile_overlap < 1:
         fail(program, f"--tile_overlap must be in [0, 1), got {flag_values.tile_overlap}")
-    if flag_values.bucket < 1:
-        fail(program, f"--bucket must be >= 1, got {flag_values.bucket}")
+    if flag_values.bucket < 0:
+        fail(program, f"--bucket must be >= 0, got {flag_values.bucket}")
     return {"tile_size": tile_size or None, "tile_overlap": flag_values.tile_overlap,
             "scales": scales, "flip": flag_values.flip, "bucket": flag_values.bucket}
 

@@ -1,19 +1,20 @@
-"""`lapseg eval [--workdir W] [--config C] [--best] [--split validation] [inference flags]`
+"""`lapseg eval [--workdir W] [--config C] [--best] [--split val] [inference flags]`
 
 Evaluates a training run's latest checkpoint (or with --best its best-mIoU one) on a
-split of its dataset, image by image at full resolution, prints per-class IoU, mIoU,
-pixel accuracy and the boundary (trimap) accuracy (pixel accuracy within w pixels of a
-label boundary, w in 1, 2, 4, 8, 16: what boundary refinement buys), and writes them to
-`<workdir>/eval_<split>.json`:
+split of its dataset, image by image, each at its own resolution against its full label
+map, prints per-class IoU, mIoU, pixel accuracy and the boundary (trimap) accuracy (pixel
+accuracy within w pixels of a label boundary, w in 1, 2, 4, 8, 16: what boundary
+refinement buys), and writes them to `<workdir>/eval_<split>.json`:
 
   {"miou", "per_class_iou" (NaN: null), "class_names", "pixel_accuracy",
+   "class_pixels" (labelled pixels of each class in the split, at label resolution),
    "trimap_accuracy": {"1": ..., "2": ..., ...}, "trimap_pixels": {"1": ..., ...},
    "step", "split", "checkpoint": "latest" | "best", "num_images"}
 
 The model's config is the run's own `<workdir>/config.json` (written by `lapseg train`);
 --config replaces it, for runs without one. `--config.field=value` overrides either.
 Inference flags (--scales, --flip, --tile_size, --tile_overlap, --bucket) are those of
-`lapseg predict`; with the default --bucket=32 images are padded as the training loop's
+`lapseg predict`; with the default --bucket=0 images are padded as the training loop's
 evaluation pads them, so the mIoU is the one the loop reported for that checkpoint.
 """
 
@@ -57,6 +58,7 @@ def result_json(result, *, class_names, step, split, best, num_images) -> dict:
         "split": split,
         "checkpoint": "best" if best else "latest",
         "num_images": int(num_images),
+        "class_pixels": [int(v) for v in result["class_pixels"]],
     }
 
 
@@ -67,13 +69,14 @@ def result_path(workdir, split: str) -> str:
 
 
 def _define(flag_values):
-    flags.DEFINE_string("split", "validation", "Split of the config's dataset (tfds slices "
-                        "such as 'validation[:50]' work too).", flag_values=flag_values)
+    flags.DEFINE_string("split", "val", "Split of the config's dataset, e.g. val, test, "
+                        "train (tfds slices such as 'val[:50]' work too).",
+                        flag_values=flag_values)
 
 
 def main(argv) -> int:
     program = argv[0]
-    flag_values, positional = common.parse_run_flags(argv, __doc__, bucket=32, define=_define)
+    flag_values, positional = common.parse_run_flags(argv, __doc__, bucket=0, define=_define)
     if positional:
         common.fail(program, f"unexpected arguments {' '.join(positional)}", "see --help")
     options = common.inference_options(program, flag_values)
@@ -88,8 +91,7 @@ def main(argv) -> int:
     predictor, info, step = common.restore_predictor(program, config, workdir, options,
                                                      best=flag_values.best)
     try:
-        source = data.load_source(config.data.dataset, split, data_dir=config.data.data_dir,
-                                  source_dir=config.data.source_dir)
+        source = data.load_source(config.data.dataset, split, **data.location(config.data))
     except (ValueError, OSError) as err:  # a missing split, or data that does not build
         common.fail(program, str(err),
                     "pass a --split the dataset has" if "has no split" in str(err) else None)

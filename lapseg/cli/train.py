@@ -71,6 +71,9 @@ def main(argv) -> int:
         return 0
     skipped = f", {result['skipped_steps']} non-finite steps skipped" if result.get(
         "skipped_steps") else ""
+    if "miou" not in result:  # a dataset without a validation split
+        print(f"trained to step {result['step']}, not evaluated (workdir {workdir}{skipped})")
+        return 0
     print(f"final mIoU {result['miou']:.4f} at step {result['step']} "
           f"(workdir {workdir}{skipped})")
     return 0

@@ -1,11 +1,10 @@
-"""Adapters for tfds catalog datasets with segmentation masks.
+"""Adapters for tfds catalog datasets with segmentation masks (`oxford_iiit_pet`).
 
 Preparing these needs TensorFlow (their tfds builders read archives through `tf.io`),
 so lapseg only reads them: prepare once with `pip install lapseg[tf]` and
-`tfds build <tfds name> --file_format=array_record --data_dir=DIR` (Cityscapes wants its
-zips in DIR/downloads/manual first), then pass `data_dir=DIR`.
-
-Not here: PASCAL VOC / SBD (tfds's `voc` has boxes only and tfds has no SBD builder).
+`tfds build <tfds name> --file_format=array_record --data_dir=DIR`, then pass
+`data_dir=DIR`. Cityscapes, PASCAL VOC (+ SBD) and ADE20K are read from their own folders
+instead, without TensorFlow (`lapseg.data.cityscapes`, `voc`, `ade20k`).
 """
 
 import dataclasses
@@ -43,6 +42,10 @@ class CatalogEntry:
             label = self.label_map[label]
         return {"image": example[self.image_key], "label": label}
 
+    def raw(self, example: dict) -> dict:
+        """tfds example read without decoding -> {'image', 'label'}: the stored bytes."""
+        return {"image": example[self.image_key], "label": example[self.label_key]}
+
 
 def _lookup(mapping: dict, ignore_label: int) -> np.ndarray:
     """uint8 `[256]` table: `mapping[value]` where given, `ignore_label` elsewhere."""
@@ -51,46 +54,7 @@ def _lookup(mapping: dict, ignore_label: int) -> np.ndarray:
     return table
 
 
-# Cityscapes label ids -> the 19 train ids (cityscapesScripts' labels.py).
-_CITYSCAPES_TRAIN_IDS = {
-    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9,
-    23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
-}  # fmt: skip
-_CITYSCAPES_NAMES = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic_light",
-    "traffic_sign", "vegetation", "terrain", "sky", "person", "rider", "car",
-    "truck", "bus", "train", "motorcycle", "bicycle",
-)  # fmt: skip
-_CITYSCAPES_PALETTE = np.array(
-    [
-        [128, 64, 128], [244, 35, 232], [70, 70, 70], [102, 102, 156], [190, 153, 153],
-        [153, 153, 153], [250, 170, 30], [220, 220, 0], [107, 142, 35], [152, 251, 152],
-        [70, 130, 180], [220, 20, 60], [255, 0, 0], [0, 0, 142], [0, 0, 70],
-        [0, 60, 100], [0, 80, 100], [0, 0, 230], [119, 11, 32], [0, 0, 0],
-    ],
-    np.uint8,
-)  # fmt: skip
-
-# tfds's scene_parse150 stores the ADE20K instance annotations (ChallengeData2017
-# annotations_instance): the R channel is the category id 1..100, 0 unlabelled.
-_ADE_INSTANCE_CLASSES = 100
-
 CATALOG = {
-    "cityscapes": CatalogEntry(
-        tfds_name="cityscapes/semantic_segmentation",
-        image_key="image_left",
-        label_key="segmentation_label",
-        label_channel=0,
-        label_map=_lookup(_CITYSCAPES_TRAIN_IDS, 255),
-        info=info_lib.DatasetInfo(
-            name="cityscapes",
-            num_classes=19,
-            ignore_label=255,
-            class_names=_CITYSCAPES_NAMES,
-            palette=_CITYSCAPES_PALETTE,
-            image_size=(1024, 2048),
-        ),
-    ),
     # Trimap 1 pet, 2 background, 3 border (ignored).
     "oxford_iiit_pet": CatalogEntry(
         tfds_name="oxford_iiit_pet",
@@ -107,28 +71,18 @@ CATALOG = {
             image_size=None,
         ),
     ),
-    "scene_parse150": CatalogEntry(
-        tfds_name="scene_parse150",
-        image_key="image",
-        label_key="annotation",
-        label_channel=0,
-        label_map=_lookup({v: v - 1 for v in range(1, _ADE_INSTANCE_CLASSES + 1)}, 255),
-        info=info_lib.DatasetInfo(
-            name="scene_parse150",
-            num_classes=_ADE_INSTANCE_CLASSES,
-            ignore_label=255,
-            class_names=tuple(f"category_{i}" for i in range(1, _ADE_INSTANCE_CLASSES + 1)),
-            palette=np.concatenate(
-                [info_lib.pascal_palette(_ADE_INSTANCE_CLASSES + 1)[1:], [[255, 255, 255]]]
-            ).astype(np.uint8),
-            image_size=None,
-        ),
-    ),
 }
 
 
-def open_source(name: str, split: str, data_dir):
+def split_names(name: str, data_dir) -> tuple[str, ...]:
+    """The splits of catalog dataset `name` as prepared in `data_dir`."""
+    return tuple(_prepared(name, data_dir).info.splits)
+
+
+def open_source(name: str, split: str, data_dir, *, decode: bool = True):
     """The prepared tfds data source of catalog dataset `name`, split `split`, in `data_dir`.
+
+    `decode` False: the image and label features are read as their stored bytes.
 
     Returns:
       (tfds random-access source of raw tfds examples, its `CatalogEntry`).
@@ -137,6 +91,15 @@ def open_source(name: str, split: str, data_dir):
       FileNotFoundError: the dataset is not prepared in `data_dir` (says how to prepare it).
       ValueError: it is prepared, but not as ArrayRecord.
     """
+    entry = CATALOG[name]
+    builder = _prepared(name, data_dir)
+    skip = {entry.image_key: tfds.decode.SkipDecoding(), entry.label_key: tfds.decode.SkipDecoding()}
+    return builder.as_data_source(split=split, file_format="array_record",
+                                  decoders=None if decode else skip), entry
+
+
+def _prepared(name, data_dir):
+    """The builder of catalog dataset `name`, prepared as ArrayRecord in `data_dir`."""
     entry = CATALOG[name]
     builder = tfds.builder(entry.tfds_name, data_dir=data_dir)
     prepare = (
@@ -153,4 +116,4 @@ def open_source(name: str, split: str, data_dir):
             f"{name}: {builder.data_path} holds {builder.info.file_format.value} files; reading "
             f"without TensorFlow needs ArrayRecord: {prepare}"
         )
-    return builder.as_data_source(split=split, file_format="array_record"), entry
+    return builder

@@ -40,7 +40,7 @@ import numpy as np
 from lapseg.data import augment, sources
 from lapseg.ops import normalize as normalization
 
-EVAL_MULTIPLE = 32  # default eval size: the dataset's image size rounded up to this
+EVAL_MULTIPLE = 32  # evaluation sizes are multiples of this (the backbones' output stride)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -50,7 +50,10 @@ def default_config() -> ml_collections.ConfigDict:
     dataset: a name of `lapseg.data.names()` ('folder': your own data in source_dir).
     data_dir: tfds data directory (None: ~/tensorflow_datasets); datasets are built there.
     source_dir: camvid: local raw directory (None: download); folder: the directory of
-      images/, masks/ and classes.json (required, see `lapseg.data.folder`).
+      images/, masks/ and classes.json (required, see `lapseg.data.folder`); cityscapes,
+      voc, ade20k: the dataset's root folder as its authors ship it (required).
+    sbd_dir: voc only: SBD's benchmark_RELEASE folder, which adds the split train_aug.
+    train_split: the split training reads (VOC papers: 'train_aug').
     crop_size: (h, w) of training crops; None: the dataset's image size.
     scale_range: (low, high) of the uniform random scale factor (0.5-2, the papers' range).
     flip: random horizontal flips.
@@ -58,8 +61,9 @@ def default_config() -> ml_collections.ConfigDict:
     normalize: 'torch' (ImageNet RGB mean/std, 0-1 scale), 'caffe' (BGR, 0-255, minus
       mean) or 'none' (x / 255).
     num_epochs: training epochs (None: repeat forever); evaluation is always one pass.
-    eval_size: (h, w) evaluation images are padded to; None: the dataset's image size
-      rounded up to a multiple of 32.
+    eval_size: (h, w) every evaluation image is padded to; None (default): each image is
+      scored at its own size, padded only to `eval_padded_size` (images of one padded
+      size are batched together, one compilation per padded size).
     worker_count: grain worker processes (0: none, work happens in threads of this one).
     num_threads: threads preparing batches in each process.
     prefetch: batches buffered ahead, per process (worker_count 0) or per worker.
@@ -73,6 +77,8 @@ def default_config() -> ml_collections.ConfigDict:
             "dataset": "shapes",
             "data_dir": placeholder(str),
             "source_dir": placeholder(str),
+            "sbd_dir": placeholder(str),
+            "train_split": "train",
             "crop_size": placeholder(tuple),
             "scale_range": (0.5, 2.0),
             "flip": True,
@@ -97,20 +103,23 @@ def create_loader(
     Args:
       config: a ConfigDict with (some of) the fields of `default_config()`; missing
         fields take their defaults, other fields are ignored.
-      split: split name, e.g. 'train' or 'validation'.
+      split: split name, e.g. 'train' or 'val' (`lapseg.data.splits`).
       data_dir: tfds data directory (datasets are built there on first use).
       seed: seeds shuffling and augmentation.
       train: True: shuffle, augment, repeat for `num_epochs`, drop the last partial batch.
-        False: one pass in order, no augmentation, images padded to `eval_size`, the
-        last batch filled with blank examples (label all ignore) so that every pixel of
-        the split is seen exactly once and every process yields the same number of batches.
+        False: one pass, no augmentation; images of one padded size (`eval_size`, or
+        each image's `eval_padded_size`) are batched together, the last batch of each
+        size filled with blank examples (label all ignore), so that every pixel of the
+        split is seen exactly once, at its image's own resolution, and every process
+        yields the same sequence of batch shapes.
       process_index, process_count: this process's part (default: JAX's); see the module
         docstring.
 
     Returns:
       A `grain.IterDataset`; iterating yields dicts of numpy arrays
       `{'image': float32 [B, h, w, 3], 'label': int32 [B, h, w]}` with
-      `B = batch_size / process_count`, `(h, w)` = crop_size (train) or eval_size (eval),
+      `B = batch_size / process_count`, `(h, w)` = crop_size (train) or the padded
+      size of the batch's images (eval),
       ignored pixels holding the dataset's ignore label. Its iterators have
       `get_state()` / `set_state()`; see `checkpoint_args` for orbax.
     """
@@ -127,9 +136,9 @@ def create_loader(
             f"choose from {', '.join(normalization.CONVENTIONS)}"
         )
     info = sources.dataset_info(settings["dataset"], settings["source_dir"])
-    source = sources.load_source(
-        settings["dataset"], split, data_dir=data_dir, source_dir=settings["source_dir"]
-    )
+    location = {"data_dir": data_dir, "source_dir": settings["source_dir"],
+                "sbd_dir": settings["sbd_dir"]}
+    source = sources.load_source(settings["dataset"], split, **location)
     batch_size = settings["batch_size"] // process_count
     if train:
         # One stream for all processes (the seed of process 0 of old, so that a single
@@ -140,11 +149,28 @@ def create_loader(
         rows = _train_batches(source.seed(stream_seed), info, settings, batch_size)
         dataset = _process_rows(rows, process_index, process_count)
     else:
-        # Every process pads its shard to the same number of batches.
-        shard = source[process_index::process_count]
-        num_batches = math.ceil(math.ceil(len(source) / process_count) / batch_size)
-        dataset = _eval_batches(shard, info, settings, batch_size, num_batches)
+        if settings["eval_size"]:
+            sizes = np.tile(settings["eval_size"], (len(source), 1))
+        else:
+            raw = sources.load_source(settings["dataset"], split, decode=False, **location)
+            sizes = np.array([eval_padded_size(h, w) for h, w in sources.image_sizes(raw)])
+        dataset = _eval_batches(source, sizes, info, settings, batch_size,
+                                process_index, process_count)
     return _prefetch(dataset, settings)
+
+
+def eval_padded_size(height: int, width: int) -> tuple[int, int]:
+    """The size an image of `height` x `width` is zero-padded to (bottom, right) for
+    evaluation when `eval_size` is unset: each side rounded up to a multiple of 32 up to
+    512, of 64 up to 1024, of 128 up to 2048 and so on (one eighth of the side's octave),
+    so the padding adds at most 1/8 per side while a split of many sizes (VOC, ADE20K)
+    compiles a few dozen shapes, not one per image. Cityscapes' 1024 x 2048 and every
+    side up to 512 are padded exactly as the multiple-of-32 rule pads them."""
+    def side(n):
+        step = max(EVAL_MULTIPLE, 2 ** (math.ceil(math.log2(max(n, 1))) - 4))
+        return step * math.ceil(n / step)
+
+    return side(height), side(width)
 
 
 def _train_batches(shard, info, settings, batch_size):
@@ -222,19 +248,35 @@ def _process_rows(rows, process_index, process_count):
     return rows[process_index:whole:process_count]
 
 
-def _eval_batches(shard, info, settings, batch_size, num_batches):
-    eval_size = settings["eval_size"]
-    if not eval_size:
-        if info.image_size is None:
-            raise ValueError(f"{info.name} has images of varying size: set config.eval_size")
-        eval_size = [EVAL_MULTIPLE * math.ceil(s / EVAL_MULTIPLE) for s in info.image_size]
-    transform = augment.EvalPad(
-        size=tuple(eval_size), normalization=settings["normalize"], ignore_label=info.ignore_label
-    )
+def _eval_batches(source, sizes, info, settings, batch_size, process_index, process_count):
+    """Batches of `source` grouped by padded size (`sizes`: int `[N, 2]`, one per example).
+
+    For each size, in sorted order, every process takes its examples `[p::P]` of that
+    size, pads them to it (`augment.EvalPad`) and fills up to the same number of whole
+    batches with blank examples (image 0, label all ignore).
+    """
+    parts = []
     empty = {"image": np.zeros((0, 0, 3), np.uint8), "label": np.zeros((0, 0), np.uint8)}
-    blank = transform.map(empty)  # all padding: image 0, label ignore
-    blanks = grain.MapDataset.source([blank] * (num_batches * batch_size - len(shard)))
-    return grain.MapDataset.concatenate([shard.map(transform), blanks]).batch(batch_size)
+    for size in sorted({tuple(int(v) for v in s) for s in sizes}):
+        indices = np.flatnonzero((sizes == size).all(axis=1))
+        shard = indices[process_index::process_count]
+        num_batches = math.ceil(math.ceil(len(indices) / process_count) / batch_size)
+        transform = augment.EvalPad(size=size, normalization=settings["normalize"],
+                                    ignore_label=info.ignore_label)
+        blank = transform.map(empty)  # all padding: image 0, label ignore
+        parts.append(grain.MapDataset.range(len(shard)).map(_Take(source, shard)).map(transform))
+        parts.append(grain.MapDataset.source([blank] * (num_batches * batch_size - len(shard))))
+    return grain.MapDataset.concatenate([p for p in parts if len(p)]).batch(batch_size)
+
+
+class _Take:
+    """`index -> source[indices[index]]` (picklable, for grain's worker processes)."""
+
+    def __init__(self, source, indices):
+        self._source, self._indices = source, indices
+
+    def __call__(self, index):
+        return self._source[int(self._indices[index])]
 
 
 def checkpoint_args(iterator, *, restore=False):

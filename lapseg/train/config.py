@@ -66,6 +66,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.optimizer.momentum = 0.9
     config.optimizer.nesterov = False
     config.optimizer.weight_decay = 1e-4
+    # Which parameters are decayed (`lapseg.train.optim.WEIGHT_DECAY_MASKS`): 'kernels'
+    # (ndim > 1) or 'all' (BatchNorm scales/offsets, biases and scalars too, as the PyTorch
+    # references' `torch.optim.SGD(model.parameters(), weight_decay=...)`).
+    config.optimizer.weight_decay_mask = "kernels"
     config.optimizer.warmup_steps = 50
     config.optimizer.lr_power = 0.9
     # Per-parameter-group learning rates: ordered (path pattern, multiplier), first match wins,
@@ -171,10 +175,14 @@ def validate(config) -> None:
         fail("optimizer.weight_decay", opt.weight_decay, "must be a finite number >= 0")
     at_least("optimizer.warmup_steps", 0)
     data = config.data
-    for field in ("crop_size", "eval_size"):
+    for field, unset in (("crop_size", "the dataset's image size"),
+                         ("eval_size", "each image at its own size")):
         if data[field] is not None and not _size_pair(data[field]):
             fail(f"data.{field}", data[field], "must be (height, width), two integers > 0, "
-                 "or None for the dataset's image size")
+                 f"or None for {unset}")
+    split = data.get("train_split", "train")
+    if not (isinstance(split, str) and split):
+        fail("data.train_split", split, "must be a split name such as 'train' (VOC: 'train_aug')")
     low, high = (tuple(data.scale_range) + (None, None))[:2]
     if not (len(data.scale_range) == 2 and 0 < low <= high):
         fail("data.scale_range", data.scale_range, "must be (low, high) with 0 < low <= high")
@@ -184,8 +192,12 @@ def validate(config) -> None:
 
 def check_eval_size(config, info) -> None:
     """Raises `ConfigError` if `config.data.eval_size` is smaller than the images of the
-    dataset (`info`: its `lapseg.data.DatasetInfo`), which evaluation pads to it."""
+    dataset (`info`: its `lapseg.data.DatasetInfo`), which evaluation pads to it, or if
+    `crop_size` is unset for a dataset whose images vary in size."""
     eval_size, image_size = config.data.eval_size, info.image_size
+    if config.data.crop_size is None and image_size is None:
+        raise ConfigError(f"config.data.crop_size = None: {info.name} images vary in size, so "
+                          "training crops need one", "set --config.data.crop_size='(H, W)'")
     if eval_size is not None and image_size is not None and any(
             e < s for e, s in zip(eval_size, image_size)):
         raise ConfigError(

@@ -42,8 +42,8 @@ def label_maps(config):
     `BATCH_SIZE` (the last of each size may be smaller); stops after
     `config.basis.num_batches` batches (0 or None: all).
     """
-    source = data_lib.load_source(config.data.dataset, "train", data_dir=config.data.data_dir,
-                                  source_dir=config.data.source_dir).shuffle(seed=config.seed)
+    source = data_lib.load_source(config.data.dataset, config.data.get("train_split", "train"),
+                                  **data_lib.location(config.data)).shuffle(seed=config.seed)
     limit = config.basis.get("num_batches", None) or None
     buckets, produced = {}, 0
 

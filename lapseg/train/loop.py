@@ -129,8 +129,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     """Trains `config` in `workdir`, resuming from its latest checkpoint if any.
 
     Returns:
-      The final evaluation: `{'miou', 'per_class_iou', 'pixel_accuracy', 'step'}`, and
-      `skipped_steps` (non-finite steps skipped by this process, `config.nonfinite='skip'`).
+      The final evaluation on the dataset's `val` split: `{'miou', 'per_class_iou',
+      'pixel_accuracy', 'class_pixels', 'step'}` (only `step` for a dataset without a
+      validation split, which trains without evaluating), and `skipped_steps`
+      (non-finite steps skipped by this process, `config.nonfinite='skip'`).
 
     Raises:
       ConfigError: a config field training cannot use (`lapseg.train.config.validate`), or
@@ -166,13 +168,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
             f"config.data.batch_size = {config.data.batch_size} is not divisible by the "
             f"{step_lib.data_size(mesh)} devices of the mesh's 'data' axis ({jax.device_count()} "
             f"devices / config.mesh.spatial = {step_lib.spatial_size(mesh)})")
-    if error := step_lib.spatial_error(mesh, tuple(config.data.crop_size)[0]):
+    if error := step_lib.spatial_error(mesh, (config.data.crop_size or info.image_size)[0]):
         raise step_lib.MeshError(error)
-    if jax.process_count() > 1:  # process 0 builds the dataset (on first use), then all read
+    location = data_lib.location(config.data)
+    train_split = config.data.get("train_split", "train")
+    # Process 0 builds the dataset (on first use; listing the splits of a dataset lapseg
+    # generates builds it whole), then the others read.
+    eval_split = _eval_split(config, location, is_main) if is_main else None
+    if jax.process_count() > 1:
         if is_main:
-            data_lib.load_source(config.data.dataset, "train", data_dir=data_dir,
-                                 source_dir=config.data.source_dir)
+            for split in (train_split, eval_split):
+                if split is not None:
+                    data_lib.load_source(config.data.dataset, split, **location)
         distributed_lib.sync("lapseg_dataset_ready")
+        if not is_main:
+            eval_split = _eval_split(config, location, is_main)
     total_steps = config.num_train_steps
     try:
         tx = optim.make_optimizer(config.optimizer, total_steps)
@@ -180,7 +190,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         raise config_lib.ConfigError(f"config.{err}", "see lapseg/train/optim.py") from err
     loss_fn = losses.for_model(config.model, config.loss, ignore_label=ignore_label)
     replicated = step_lib.replicated(mesh)
-    crop = tuple(config.data.crop_size)
+    crop = tuple(config.data.crop_size or info.image_size)
     image_shape = (1, *crop, 3)
 
     model, abstract = _build(config, num_classes, tx, image_shape)
@@ -191,8 +201,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
     # Batches go onto the mesh in a background thread, `device_prefetch` ahead of the step.
     train_iter = data_pipeline.prefetch_to_device(
-        iter(loader("train", train=True)), functools.partial(step_lib.shard_batch, mesh=mesh),
+        iter(loader(train_split, train=True)), functools.partial(step_lib.shard_batch, mesh=mesh),
         config.data.get("device_prefetch", 2))
+    # Built (and the split checked) now, not after hours of training; iterated per evaluation.
+    eval_batches = None if eval_split is None else loader(eval_split, train=False)
     checkpointer = checkpoint_lib.Checkpointer(
         os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
     identity = _run_identity(config, info)
@@ -256,10 +268,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 writer.write(step, "train", train_metrics)
                 progress.update(step, float(train_metrics["loss"]),
                                 train_metrics["input_wait_fraction"])
-            if step % config.eval_every_steps == 0 or step == total_steps:
+            if eval_batches is not None and (step % config.eval_every_steps == 0
+                                             or step == total_steps):
                 guard.check_state(step, state)  # also covers best/ below
-                result = evaluate(state, eval_step, mesh, loader("validation", train=False),
-                                  num_classes)
+                result = evaluate(state, eval_step, mesh, eval_batches, num_classes)
                 writer.write(step, "eval", {"miou": result["miou"],
                                             "pixel_accuracy": result["pixel_accuracy"]})
                 if result["miou"] > best_miou:
@@ -281,13 +293,26 @@ def train_and_evaluate(config, workdir: str) -> dict:
         train_iter.close()
         progress.close()
         writer.close()
-    if result is None:  # restored at the last step: evaluate what was restored
-        result = evaluate(state, eval_step, mesh, loader("validation", train=False), num_classes)
+    if result is None and eval_batches is not None:  # restored at the last step
+        result = evaluate(state, eval_step, mesh, eval_batches, num_classes)
+    result = {} if result is None else result
     result["step"] = step
     result["skipped_steps"] = guard.skipped
-    if is_main:
+    if is_main and "miou" in result:
         print(log_lib.summary_table(result, info.class_names))
     return result
+
+
+def _eval_split(config, location, is_main):
+    """`'val'` where the dataset has a validation split; otherwise None, said once."""
+    splits = data_lib.splits(config.data.dataset, **location)
+    if data_lib.VAL in splits:
+        return data_lib.VAL
+    if is_main:
+        log.warning("%s has no validation split (it has %s): training without evaluation; "
+                    "score a checkpoint with `lapseg eval --split=NAME`",
+                    config.data.dataset, ", ".join(splits))
+    return None
 
 
 def _build(config, num_classes, tx, image_shape):

@@ -50,5 +50,5 @@ def test_eval_of_the_test_split(workdir):
 def test_eval_of_a_missing_split_lists_the_splits(workdir):
     message = run("eval", "--workdir", workdir, "--split=training")
     assert isinstance(message, str) and "\n" not in message, message
-    assert "no split 'training'; it has train, validation, test" in message
+    assert "no split 'training'; it has train, val, test" in message
     assert message.endswith("pass a --split the dataset has")

@@ -19,7 +19,7 @@ from tests.cli import helpers
 from tests.cli.helpers import run
 
 EVAL_KEYS = {"miou", "per_class_iou", "pixel_accuracy", "trimap_accuracy", "step", "split",
-             "checkpoint", "num_images"}
+             "checkpoint", "num_images", "class_pixels"}
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +44,11 @@ def test_train_saves_the_resolved_config(workdir):
 def test_eval_without_config_reads_the_run_config_and_writes_json(workdir, capsys):
     assert run("eval", "--workdir", workdir) == 0
     out = capsys.readouterr().out
-    result = json.loads((workdir / "eval_validation.json").read_text())
+    result = json.loads((workdir / "eval_val.json").read_text())
     assert EVAL_KEYS <= set(result)
     assert (result["step"], result["split"], result["checkpoint"], result["num_images"]) == (
-        2, "validation", "latest", 200)
+        2, "val", "latest", 200)
+    assert len(result["class_pixels"]) == 5 and all(v > 0 for v in result["class_pixels"])
     assert list(result["trimap_accuracy"]) == ["1", "2", "4", "8", "16"]
     assert all(0 <= a <= 1 for a in result["trimap_accuracy"].values())
     assert len(result["per_class_iou"]) == 5  # shapes: background + 4 shapes

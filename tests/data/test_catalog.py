@@ -18,33 +18,29 @@ def test_entries_are_consistent(name):
 
 
 def test_label_mappings():
-    cityscapes = catalog.CATALOG["cityscapes"].label_map
-    assert cityscapes[[0, 7, 8, 26, 33, 34]].tolist() == [255, 0, 1, 13, 18, 255]
     pet = catalog.CATALOG["oxford_iiit_pet"].label_map
     assert pet[[1, 2, 3]].tolist() == [1, 0, 255]  # pet, background, border
-    ade = catalog.CATALOG["scene_parse150"].label_map
-    assert ade[[0, 1, 100, 101]].tolist() == [255, 0, 99, 255]
 
 
 def test_standardize_picks_keys_and_channel():
-    entry = catalog.CATALOG["scene_parse150"]
-    annotation = np.zeros((4, 5, 3), np.uint8)
-    annotation[..., 0] = 3  # category 3 in R, instance ids in G
-    annotation[..., 1] = 7
+    entry = catalog.CATALOG["oxford_iiit_pet"]
+    mask = np.zeros((4, 5, 1), np.uint8)
+    mask[..., 0] = 2  # background
     image = np.ones((4, 5, 3), np.uint8)
-    example = entry.standardize({"image": image, "annotation": annotation})
+    example = entry.standardize({"image": image, "segmentation_mask": mask})
     assert example["image"] is image
-    assert example["label"].shape == (4, 5) and (example["label"] == 2).all()
+    assert example["label"].shape == (4, 5) and (example["label"] == 0).all()
 
 
 def test_unprepared_dataset_says_how_to_prepare(tmp_path):
     message = r"not prepared in .*lapseg\[tf\].*tfds build oxford_iiit_pet --file_format=array_record"
-    with pytest.raises(FileNotFoundError, match=message):
+    with pytest.raises(data.DataError, match=message):
         data.load_source("oxford_iiit_pet", "train", data_dir=tmp_path)
 
 
 def test_unknown_name_and_misplaced_source_dir(tmp_path):
-    with pytest.raises(ValueError, match="unknown dataset 'voc'.*camvid"):
-        data.load_source("voc", "train", data_dir=tmp_path)
-    with pytest.raises(ValueError, match="source_dir is for camvid and folder only"):
+    with pytest.raises(ValueError, match="unknown dataset 'pascal'.*camvid"):
+        data.load_source("pascal", "train", data_dir=tmp_path)
+    with pytest.raises(ValueError, match="source_dir is for camvid, folder, cityscapes, voc, "
+                       "ade20k only"):
         data.load_source("shapes", "train", data_dir=tmp_path, source_dir=tmp_path)

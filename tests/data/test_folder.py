@@ -77,7 +77,7 @@ def test_builds_and_reads(source_dir, tmp_path):
     assert len(jpeg) == 2  # the JPEG decodes to RGB like the PNG
     again = pickle.loads(pickle.dumps(validation))  # as grain sends it to worker processes
     np.testing.assert_array_equal(again[0]["label"], _mask())
-    with pytest.raises(ValueError, match="no split 'test'; it has train, validation"):
+    with pytest.raises(ValueError, match="no split 'test'; it has train, val"):
         _load(source_dir, tmp_path / "tfds", "test")
     info = data.dataset_info("folder", source_dir)
     assert (info.name, info.num_classes, info.ignore_label, info.image_size) == (
@@ -227,7 +227,6 @@ def test_camvid_as_a_folder_trains_and_evaluates(camvid_dir, tmp_path, monkeypat
     config.data.data_dir = str(tmp_path / "tfds")
     config.data.crop_size = (64, 64)
     config.data.batch_size = 8  # one example per virtual device
-    config.data.eval_size = (384, 480)  # sizes vary in a folder: the loop's eval needs one
     config.num_train_steps = 30
     config.log_every_steps = 10
     config.checkpoint_every_steps = 30
@@ -237,10 +236,10 @@ def test_camvid_as_a_folder_trains_and_evaluates(camvid_dir, tmp_path, monkeypat
     assert np.isfinite(result["miou"])
 
     assert cli.main(["eval", "--workdir", str(workdir)]) == 0
-    report = json.loads((workdir / "eval_validation.json").read_text())
+    report = json.loads((workdir / "eval_val.json").read_text())
     assert (report["num_images"], report["step"]) == (10, 30)
     assert report["class_names"] == list(camvid.CLASS_NAMES)
-    assert "no split 'test'; it has train, validation" in helpers.run(
+    assert "no split 'test'; it has train, val" in helpers.run(
         "eval", "--workdir", workdir, "--split=test")
 
     bad = root / "masks" / "val" / sorted(os.listdir(root / "masks" / "val"))[3]
