@@ -21,6 +21,7 @@ RUNTIME = [
     "etils",
     "pillow",
     "safetensors",
+    "huggingface_hub>=0.34",  # hf://ORG/REPO backbone weights (lapseg.backbones.hub); `hf` CLI
     "tensorboardX",  # TensorBoard event files without TensorFlow (always written)
     "flatbuffers",  # jax.export's serialization (`lapseg export`, lapseg.export)
 ]

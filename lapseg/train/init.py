@@ -9,6 +9,15 @@ overwrites part of those variables before the train state is made:
   `lapseg.backbones.load_torch_weights`; everything else keeps its initialiser. A file
   that does not fit the backbone raises a ValueError listing the missing, unexpected and
   mis-shaped keys, before step 0.
+- `config.init.backbone_weights = 'hf://ORG/REPO'` (or `'hf://ORG/REPO/FILE'`, FILE
+  defaulting to `model.safetensors`): the same from a file of a Hugging Face hub repo, read
+  through `huggingface_hub.hf_hub_download` (`lapseg.backbones.hub`), so `HF_HOME` says
+  where the cache is and `HF_HUB_OFFLINE=1` reads only the cache. timm's torchvision weights:
+  `hf://timm/resnet18.tv_in1k` ... `hf://timm/resnet152.tv_in1k` (torchvision's key
+  names), `hf://timm/vgg16.tv_in1k` (timm's classifier names, mapped back to
+  torchvision's); docs/weights.md lists them. A file that is not cached while offline, or a
+  repo or file that does not exist, is an `InitError` of one line naming the repo and the
+  command that pre-downloads it (`hf download ORG/REPO FILE`), before step 0.
 - `config.init.checkpoint = DIR`: another lapseg run (its work dir, its `checkpoints/`
   dir or one step dir of it): every variable (`params`, `batch_stats`, `constants`) whose
   path and shape match is copied, e.g. an ICNet from a trained PSPNet (the backbone), or
@@ -36,6 +45,7 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 
 from lapseg import backbones
+from lapseg.backbones import hub as hub_lib
 from lapseg.backbones import weights as weights_lib
 from lapseg.train import checkpoint as checkpoint_lib
 
@@ -47,7 +57,8 @@ _MAX_LISTED = 12  # paths (or groups) listed per category in the logged summary
 
 
 WEIGHTS_HINT = ("convert torchvision's weights with `lapseg convert-weights` (README: Starting "
-                "from ImageNet weights) and put them there, or pass "
+                "from ImageNet weights) and put them there, or name a Hugging Face copy "
+                "(e.g. hf://timm/resnet50.tv_in1k, docs/weights.md), or pass "
                 "--config.init.backbone_weights='' to train from scratch")
 
 
@@ -197,13 +208,26 @@ def from_backbone_weights(variables, path, arch: str, *, ignore=None):
 
     Args:
       variables: a model's variables (see `from_state_dict`).
-      path: a `.pth` / `.pt` / `.bin` (needs PyTorch), `.npz` or `.safetensors` file.
+      path: a `.pth` / `.pt` / `.bin` (needs PyTorch), `.npz` or `.safetensors` file, or a
+        Hugging Face name `hf://ORG/REPO[/FILE]` (`lapseg.backbones.hub`).
       arch: 'resnet18' ... 'resnet152' or 'vgg16' (e.g. `config.model_kwargs.backbone`).
       ignore: state-dict key patterns to drop (default: the ImageNet classifier's).
 
     Returns:
       `(variables, Report)`.
+
+    Raises:
+      InitError: a local file that does not exist, or an `hf://` name that cannot be read
+        (one line naming the repo and, offline, the command that pre-downloads it).
     """
+    if hub_lib.is_hub_name(path):
+        try:
+            state_dict, local = hub_lib.read_state_dict(path)
+        except hub_lib.HubError as err:
+            raise InitError(f"config.init.backbone_weights: {err}") from err
+        return from_state_dict(variables, state_dict, arch,
+                               source=f"backbone weights {path} ({local}) ({arch})",
+                               ignore=ignore)
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise InitError(f"config.init.backbone_weights: {path} does not exist; {WEIGHTS_HINT}")
