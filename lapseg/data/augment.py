@@ -14,6 +14,7 @@ give bit for bit what `TrainAugment` gives, example by example.
 
 import dataclasses
 import functools
+import math
 
 import grain
 import numpy as np
@@ -64,6 +65,22 @@ def pad_to(image, label, height, width, *, normalization, ignore_label):
     return {"image": padded_image, "label": padded_label}
 
 
+def enlarged_size(size, min_short_edge: int | None) -> tuple[int, int]:
+    """`size` `(H, W)` enlarged so that its short edge is at least `min_short_edge` (None:
+    unchanged), as guosheng/refinenet does to every image before augmenting it
+    (`main/my_get_batch_ds_info.m` `do_load_batch_data`: `short_edge=min(img_size); if
+    short_edge<train_opts.input_img_short_edge_min todo_scale=
+    train_opts.input_img_short_edge_min/short_edge; ...`, then
+    `img_data_batch=imresize(img_data_batch, todo_scale)`, with
+    `run_config.input_img_short_edge_min=450` in `main/demo_refinenet_train.m`). MATLAB's
+    `imresize` with a scale factor makes `ceil(scale .* A_2d_size)` (`deriveSizeFromScale`
+    in `imresize.m`), in float64 as here."""
+    if min_short_edge is None or min(size) >= min_short_edge:
+        return tuple(size)
+    scale = min_short_edge / min(size)
+    return tuple(math.ceil(scale * s) for s in size)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainAugment(grain.transforms.RandomMap):
     """Random scale, crop (padding where the scaled image is smaller), flip, normalise.
@@ -72,6 +89,14 @@ class TrainAugment(grain.transforms.RandomMap):
     positions that keep the crop inside the scaled image padded to at least `crop_size`;
     the flip is horizontal with probability 1/2. All draws come from grain's per-example
     rng, so the result depends only on (pipeline seed, example index).
+
+    `min_short_edge` (None: off): an image whose short edge is shorter is first enlarged to
+    it (`enlarged_size`, RefineNet's `input_img_short_edge_min=450`), and the random scale
+    applies to the enlarged size. Deviation: the enlargement and the random scale are one
+    resize here (bilinear image, nearest label, from the original pair), where the reference
+    resizes the image twice (bicubic `imresize`, `do_load_batch_data` then
+    `main/batch_do_data_augmentation.m` `apply_data_aug`); its label is resized once, by
+    nearest, to the final image size (`main/batch_do_data_crop.m`), as here.
     """
 
     crop_size: tuple[int, int]
@@ -79,6 +104,7 @@ class TrainAugment(grain.transforms.RandomMap):
     flip: bool
     normalization: str
     ignore_label: int
+    min_short_edge: int | None = None
 
     def random_map(self, element, rng: np.random.Generator):
         image, label = self.window(element, rng)
@@ -94,8 +120,9 @@ class TrainAugment(grain.transforms.RandomMap):
         """The scaled, cropped, maybe flipped uint8 pair, before padding and normalisation:
         `[h, w, 3]` and `[h, w]` with `h, w` at most the crop size."""
         image, label = element["image"], element["label"]
+        height, width = enlarged_size(label.shape, self.min_short_edge)
         scale = rng.uniform(*self.scale_range)
-        scaled = (max(1, round(label.shape[0] * scale)), max(1, round(label.shape[1] * scale)))
+        scaled = (max(1, round(height * scale)), max(1, round(width * scale)))
         crop_height, crop_width = self.crop_size
         top = rng.integers(max(scaled[0] - crop_height, 0) + 1)
         left = rng.integers(max(scaled[1] - crop_width, 0) + 1)

@@ -6,7 +6,8 @@ full resolution in one linear step:
 
     low_j   = relu(bn(conv1x1 48 (bilinear-down(feature_j, size of res5))))  (low_level_features)
     x       = [res5, low_1, low_2, ...]                      (concatenated)
-    x       = (conv3x3 256 + BN + ReLU) x 2
+    x       = dropout p1 (conv3x3 256 + BN + ReLU (x))        (p1 = 0.5 in the reference)
+    x       = dropout p2 (conv3x3 256 + BN + ReLU (x))        (p2 = 0.1 in the reference)
     F       = conv1x1 L (x)                                  [N, H/r, W/r, L]
     scores  = DUpsample(F; W) + mean                          [N, H, W, C]   (ops.dupsample)
     logits  = scores / T                                      (adaptive-temperature softmax)
@@ -15,12 +16,26 @@ The fusion head follows Tramac/awesome-semantic-segmentation-pytorch `core/model
 (`FeatureFused` + `_DUHead`: align-corners bilinear resizing, then per-feature 1x1 conv
 48 + BN + ReLU, concatenation `[deep, low...]`, two 3x3 convs 256 + BN + ReLU), with the
 1x1 projection to L channels of haochange/DUpsampling `models/dunet.py` (`conv4`, with
-bias) in front of a *fixed* W, as in the paper (W is fitted to the labels beforehand and
-frozen). W and the patch mean are the variables `dupsampling_w` `[L, r*r*C]` and
+bias) in front of W. W is fitted to the labels before training; `trainable_w=False` (the
+default) then freezes it, the paper's description, while `trainable_w=True` makes it a
+parameter that keeps training, as the released code does: LinZhuoChen/DUpsampling
+`train.py` runs `model.pre_compute_W(i, data)` for 5 epochs ("Precompute weight for 5
+epoches") and then trains with `models/dunet_sybn.py`'s optimiser over
+`filter(lambda p: p.requires_grad, self.model.parameters())`, which holds
+`decoder.dupsample.conv_w` (W); `freeze_w` (`param.requires_grad = False`) is defined but
+never called. W and the patch mean are the variables `dupsampling_w` `[L, r*r*C]` and
 `dupsampling_mean` `[r*r*C]`; the module never reads a file: they start as an orthonormal
 block-DCT code (`ops.dupsample.cosine_matrix`) and zero, and the PCA fitted to the labels
 (`lapseg.bases.dupsampling_matrix`) enters through `lapseg.bases.attach`, as training does
-before step 0. `trainable_w=True` makes W a parameter.
+before step 0 (the reference fits W by SGD on the reconstruction loss of `conv_w(conv_p(.))`
+instead of a PCA).
+
+Dropout (`dropout_rates`, default `(0, 0)`, off): the reference's `Decoder` has
+`self.dropout2 = nn.Dropout(0.5)` after `conv2` + `bn2` + ReLU and `self.dropout3 =
+nn.Dropout(0.1)` after `conv3` + `bn3` + ReLU, before `conv4` (the projection to L)
+(haochange/DUpsampling `models/dunet.py` and LinZhuoChen/DUpsampling
+`models/dunet_sybn.py`); element-wise, in training only, rng 'dropout'.
+`recipes.DUPSAMPLING_REFERENCE` holds `(0.5, 0.1)` and `trainable_w=True`.
 
 Fused features: `features` defaults to ('res5', 'stem', 'res4'): the deepest map plus the
 stem's output (stride 2, the reference's `conv1_3`) and the last block of res4 (stride 16,
@@ -45,8 +60,11 @@ has no mean (W from the file is then used alone).
 
 Temperature: `logits = scores / T` with `T = exp(log_temperature)`, a learned scalar
 initialised to 0 (T = 1). The exponential keeps T positive without clipping; the
-scalar has no weight decay (the optimiser decays kernels only). 'logits' are therefore
-the tempered scores that the softmax cross-entropy sees.
+scalar has no weight decay with `optimizer.weight_decay_mask='kernels'` (the default);
+with 'all' it is decayed towards T = 1, where the reference (LinZhuoChen/DUpsampling
+`models/dunet_sybn.py`, `self.T = torch.nn.Parameter(torch.Tensor([1.00]))` in an SGD with
+`weight_decay`) decays T towards 0. 'logits' are therefore the tempered scores that the
+softmax cross-entropy sees.
 
 Input sizes that are not multiples of r give features of `ceil(H / r)`; the upsampled
 map is cropped at the bottom/right to `H x W`.
@@ -79,6 +97,8 @@ class DUpsampling(nn.Module):
         (stride r); the others are resized down to it and fused ('res5', 'stem', 'res4').
       reduce_channels: width of each low-level 1x1 reduction (48).
       channels: width of the two 3x3 convs (256).
+      dropout_rates: element-wise dropout after each 3x3 conv in training (reference:
+        (0.5, 0.1); default off).
       dtype: compute dtype; param_dtype: parameter dtype.
     """
 
@@ -91,8 +111,16 @@ class DUpsampling(nn.Module):
     features: Sequence[str] = ("res5", "stem", "res4")
     reduce_channels: int = 48
     channels: int = 256
+    dropout_rates: Sequence[float] = (0.0, 0.0)
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+
+    def __post_init__(self):
+        rates = tuple(self.dropout_rates)
+        if len(rates) != 2 or not all(isinstance(r, (int, float)) and 0 <= r < 1 for r in rates):
+            raise ValueError(f"DUpsampling dropout_rates must be two rates in [0, 1) (after each "
+                             f"3x3 conv), got {self.dropout_rates!r}")
+        super().__post_init__()
 
     def _check_backbone(self) -> None:
         info = self.backbone.feature_info()
@@ -103,7 +131,8 @@ class DUpsampling(nn.Module):
                              f"backbone's output_stride or the ratio")
 
     def __call__(self, images: jnp.ndarray, train: bool = False) -> dict:
-        """`images`: `[N, H, W, 3]` normalised; `train`: batch-stat BN (mutable 'batch_stats')."""
+        """`images`: `[N, H, W, 3]` normalised; `train`: batch-stat BN (mutable 'batch_stats')
+        and dropout (rng 'dropout', when `dropout_rates` are not 0)."""
         normalize.check_images(images)
         self._check_backbone()
         return self.decode(self.backbone(images, train), images.shape[1:3], train)
@@ -119,8 +148,11 @@ class DUpsampling(nn.Module):
                 resize.resize_bilinear(features[name], low_size, align_corners=True), train)
             for j, name in enumerate(self.features[1:])]
         x = jnp.concatenate(fused, axis=-1)
-        x = ConvBN(self.channels, 3, name="fuse1", **kw)(x, train)
-        x = ConvBN(self.channels, 3, name="fuse2", **kw)(x, train)
+        # Dropout 0.5 / 0.1 after each conv + BN + ReLU in the reference (`dropout2`,
+        # `dropout3` of haochange/DUpsampling `models/dunet.py` `Decoder`).
+        for i, rate in enumerate(self.dropout_rates, start=1):
+            x = ConvBN(self.channels, 3, name=f"fuse{i}", **kw)(x, train)
+            x = nn.Dropout(rate, deterministic=not train, name=f"dropout{i}")(x)
         code = nn.Conv(self.dim, (1, 1), name="project", **kw)(x)  # F, [N, h, w, L]
 
         depth = self.ratio * self.ratio * self.num_classes

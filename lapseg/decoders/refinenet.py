@@ -27,6 +27,22 @@ is mild (x1.2); it runs after normalisation rather than on uint8 pixels (a linea
 commutes with the per-channel affine normalisation, up to the uint8 rounding the reference
 has). The default 1.0 is the paper's description (no enlargement); the configs use 1.2.
 
+BatchNorm statistics: the released training code never uses batch statistics. It sets
+`train_opts.bnorm_moment_type_trn='global'` (`main/gen_net_opts_model_type1.m`), with which
+`main/my_matconvnet_resnet/+dagnn/BatchNorm.m` normalises by the stored moments in training
+too (`vl_nnbnorm(inputs{1}, params{1}, params{2}, 'moments', params{3}, ...)`, forward and
+backward), and `main/My_net_util.m` `fix_batch_norm_resnet` sets the moments'
+`trainMethod='fixed'`, which no branch of the update in
+`main/cnn_layer_dagnn_wrapper_backward.m` handles ('average', 'gradient'), so they are never
+changed. The BN scales and offsets keep `addParam`'s `trainMethod` 'gradient'
+(`main/my_matconvnet_resnet/@DagNN/DagNN.m`), so they train (their learning rate and
+decay come from the pretrained .mat, which is not in the repository: not verified).
+`bn_statistics='global'` does that here: the backbone runs with `train=False` (BN from the
+running mean/variance, which stay as loaded, ImageNet's) while its parameters get
+gradients as usual; the decoder has no BN. A backbone with dropout (VGG-16) would have it
+off too. The default 'batch' is the common PyTorch practice (batch statistics in
+training, running averages updated); `recipes.REFINENET101` sets 'global'.
+
 Loss: the original code scores the 1/4-resolution map against labels resized by nearest
 (`cnn_layer_dense_softmaxloss_forward.m`), i.e. `loss.weights = {'coarse_logits': 1.0}`
 with this library's deep supervision; weighting `'logits'` instead trains at full
@@ -46,6 +62,10 @@ from lapseg import backbones
 from lapseg.layers.refine import (ChainedResidualPooling, MultiResolutionFusion,
                                   ResidualConvUnit, conv3x3)
 from lapseg.ops import normalize, resize
+
+
+# BatchNorm in training: batch statistics, or the stored (global) ones, frozen.
+BN_STATISTICS = ("batch", "global")
 
 
 def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
@@ -94,6 +114,9 @@ class RefineNet(nn.Module):
       crp_order: 'pool_conv' (paper, port) or 'conv_pool' (original code's improved version).
       dropout_rate: dropout on the two deepest features and before the classifier (0.5).
       input_scale: the image is resized by this factor before the backbone (reference: 1.2).
+      bn_statistics: BatchNorm in training, 'batch' (batch statistics, running averages
+        updated) or 'global' (the running statistics, frozen; the reference's
+        `bnorm_moment_type_trn='global'`, see the module docstring).
       dtype: compute dtype; param_dtype: parameter dtype.
     """
 
@@ -107,6 +130,7 @@ class RefineNet(nn.Module):
     crp_order: str = "pool_conv"
     dropout_rate: float = 0.5
     input_scale: float = 1.0
+    bn_statistics: str = "batch"
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
@@ -116,16 +140,23 @@ class RefineNet(nn.Module):
                              f"and channels {self.channels}")
         if not self.input_scale > 0:
             raise ValueError(f"RefineNet input_scale must be positive, got {self.input_scale}")
+        if self.bn_statistics not in BN_STATISTICS:
+            raise ValueError(f"RefineNet bn_statistics must be one of {BN_STATISTICS}, got "
+                             f"{self.bn_statistics!r}")
         super().__post_init__()
 
     def __call__(self, images: jnp.ndarray, train: bool = False) -> dict:
-        """`images`: `[N, H, W, 3]` normalised; `train`: batch-stat BN, dropout (rng 'dropout')."""
+        """`images`: `[N, H, W, 3]` normalised; `train`: dropout (rng 'dropout') and, with
+        `bn_statistics='batch'`, batch-stat BN (mutable 'batch_stats')."""
         normalize.check_images(images)
         size = images.shape[1:3]
         scaled = scaled_size(size, self.input_scale)
         if scaled != tuple(size):
             images = resize.resize_bilinear(images, scaled, align_corners=False)
-        return self.decode(self.backbone(images, train), size, train)
+        # 'global': BN on the stored moments in training too (guosheng/refinenet
+        # `bnorm_moment_type_trn='global'`); gradients still reach the BN scales/offsets.
+        backbone_train = train and self.bn_statistics == "batch"
+        return self.decode(self.backbone(images, backbone_train), size, train)
 
     @nn.compact
     def decode(self, features: dict, size: tuple[int, int], train: bool = False) -> dict:

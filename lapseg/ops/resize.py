@@ -315,9 +315,39 @@ def nearest_indices(in_size: int, out_size: int, *, centered: bool = False) -> n
     return np.minimum(src, in_size - 1)
 
 
-def resize_nearest(labels: jnp.ndarray, size: Size, *, centered: bool = False) -> jnp.ndarray:
+def matlab_nearest_indices(in_size: int, out_size: int) -> np.ndarray:
+    """Source index (0-based) of each output index for MATLAB `imresize(A, [rows cols],
+    'nearest')`, evaluated in float64 as MATLAB's `imresize.m` does (MathWorks source, read
+    from a public copy of R2013-era `imresize.m`; MATLAB itself not run here):
+
+    - `scale = output_size ./ A_2d_size` (`deriveScaleFromSize`);
+    - 'nearest' is the `box` kernel, `f = (-0.5 <= x) & (x < 0.5)`, width 1, with
+      antialiasing off ("For the 'nearest' method, the default is false", `parseMethodArg`);
+    - `contributions`: `u = x/scale + 0.5 * (1 - 1/scale)` for 1-based output `x`,
+      `left = floor(u - kernel_width/2)`, candidates `left + (0:P-1)` with
+      `P = ceil(kernel_width) + 2`, weights `box(u - indices)`, indices clamped by
+      `min(max(1, indices), in_length)`; the one candidate of weight 1 is the source.
+
+    In exact arithmetic this is `floor((i + 1/2) * in / out)`, the pixel under the output
+    pixel's centre, like PyTorch's 'nearest-exact' (`nearest_indices(centered=True)`,
+    float32); the three differ only where `(i + 1/2) * in / out` is an integer (a tie
+    between two pixels), which each rounds its own way, e.g. 6 -> 5: MATLAB takes 2 for
+    output 2, the exact floor 3. For integer factors (`in = f out`) and for odd `in` (no
+    ties) they agree (`tests/decoders/test_refinenet.py`).
+    """
+    scale = out_size / in_size
+    u = np.arange(1, out_size + 1, dtype=np.float64) / scale + 0.5 * (1 - 1 / scale)
+    candidates = np.floor(u - 0.5)[:, None] + np.arange(3)
+    distance = u[:, None] - candidates
+    hit = (-0.5 <= distance) & (distance < 0.5)  # exactly one per row
+    source = candidates[np.arange(out_size), np.argmax(hit, axis=1)]
+    return (np.clip(source, 1, in_size) - 1).astype(np.int64)
+
+
+def resize_nearest(labels: jnp.ndarray, size: Size, *, centered: bool = False,
+                   matlab: bool = False) -> jnp.ndarray:
     """Nearest-neighbour resize of label maps, equal to PyTorch `F.interpolate(mode='nearest')`
-    (or, `centered`, `mode='nearest-exact'`).
+    (or, `centered`, `mode='nearest-exact'`; or, `matlab`, MATLAB `imresize(..., 'nearest')`).
 
     `Y[n, p, q] = X[n, src_h(p), src_w(q)]` with `src(d) = floor(d * in / out)`, the top-left
     pixel of each block, or `floor((d + 1/2) * in / out)`, the pixel at the block's centre
@@ -330,6 +360,9 @@ def resize_nearest(labels: jnp.ndarray, size: Size, *, centered: bool = False) -
       labels: `[N, H, W]` of any dtype (integer class ids in practice).
       size: output `(h, w)` (or one int for both).
       centered: sample block centres instead of top-left corners.
+      matlab: sample block centres with MATLAB's rounding (`matlab_nearest_indices`; the
+        label downsampling of guosheng/refinenet, `main/cnn_layer_dense_softmaxloss_forward.m`
+        `imresize(one_gt_mask, node_map_size, 'nearest')`); implies centres.
 
     Returns:
       `[N, h, w]` in labels' dtype.
@@ -337,6 +370,9 @@ def resize_nearest(labels: jnp.ndarray, size: Size, *, centered: bool = False) -
     chex.assert_rank(labels, 3)
     out_h, out_w = _pair(size, "resize_nearest: size")
     _, in_h, in_w = labels.shape
-    rows = nearest_indices(in_h, out_h, centered=centered)
-    cols = nearest_indices(in_w, out_w, centered=centered)
+    if matlab:
+        rows, cols = matlab_nearest_indices(in_h, out_h), matlab_nearest_indices(in_w, out_w)
+    else:
+        rows = nearest_indices(in_h, out_h, centered=centered)
+        cols = nearest_indices(in_w, out_w, centered=centered)
     return labels[:, rows[:, None], cols[None, :]]

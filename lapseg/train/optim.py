@@ -1,5 +1,5 @@
 """Optimiser of the papers' recipes: SGD + momentum, poly LR with warm-up, per-parameter-group
-learning-rate multipliers, weight decay on kernels only.
+learning-rate multipliers, weight decay on kernels only or on every parameter.
 
 `lr(t) = base_lr * (1 - t / T) ** power` after a linear warm-up over `warmup_steps`
 (semseg `poly_learning_rate`, power 0.9).
@@ -16,6 +16,38 @@ A parameter's path is its keys joined by '/', e.g. `backbone/layer1_0/conv1/conv
 
 `resolve_multipliers(params, rules)` gives every parameter's multiplier; `describe_groups`
 summarises them (logged at the start of training).
+
+Weight decay (`config.optimizer.weight_decay_mask`, `WEIGHT_DECAY_MASKS`): 'kernels' (the
+default) decays the arrays with ndim > 1 only; 'all' decays every parameter, BatchNorm
+scales/offsets, conv biases and scalars too, as the PyTorch references do by handing all
+parameters to `torch.optim.SGD(..., weight_decay=wd)` and the MatConvNet one by giving
+every parameter `weightDecay` 1:
+
+- hszhao/semseg `tool/train.py`: `params_list.append(dict(params=module.parameters(), ...))`
+  for `modules_ori` and `modules_new`, then `torch.optim.SGD(params_list, ...,
+  weight_decay=args.weight_decay)`;
+- Dootmaan/DSRL `train.py`: `torch.optim.SGD(train_params, ..., weight_decay=
+  args.weight_decay, ...)`, `train_params` from `modeling/deeplab.py`
+  `get_1x_lr_params` / `get_10x_lr_params`, which yield the parameters of every `nn.Conv2d`,
+  `SynchronizedBatchNorm2d` and `nn.BatchNorm2d` (`freeze_bn` defaults to False);
+- LinZhuoChen/DUpsampling `models/dunet_sybn.py`: `torch.optim.SGD(filter(lambda p:
+  p.requires_grad, self.model.parameters()), ..., weight_decay=self.opt.wd)`, which
+  includes the temperature `self.T = torch.nn.Parameter(torch.Tensor([1.00]))`;
+  haochange/DUpsampling `models/dunet.py`: `torch.optim.SGD(self.model.parameters(), ...,
+  weight_decay=self.opt.wd)`;
+- guosheng/refinenet `main/cnn_layer_dagnn_wrapper_backward.m` (the backward of the ResNet
+  and of the refine blocks, `main/gen_network_featnet_resnet.m`,
+  `main/gen_network_refine_group.m`): `thisDecay = optimizer_param.weightDecay *
+  net.params(p).weightDecay` for every parameter trained by 'gradient'; the new
+  layers' filters and biases get `weightDecay = 1` (`main/My_net_util.m`
+  `add_conv_layer_dagnn`), and the ResNet's parameters (BN included) keep `addParam`'s
+  default `'weightDecay', {1}` (`main/my_matconvnet_resnet/@DagNN/DagNN.m`) unless the
+  pretrained .mat sets another value: not verified, the .mat is not in the repository
+  (MatConvNet's importer, `libs/matconvnet/utils/layers.py` `CaffeParam.toMatlab`, writes
+  only `name` and `value`).
+
+With 'all', lapseg's scalars are decayed towards 0 in their own parametrisation: DUpsampling's
+`log_temperature` towards T = 1, where the reference decays T itself towards 0.
 """
 
 import fnmatch
@@ -84,24 +116,41 @@ def describe_groups(params, rules) -> str:
     return "\n".join(lines)
 
 
-def weight_decay_mask(params):
-    """True for kernels (ndim > 1); False for biases, BatchNorm scales/offsets, temperatures."""
-    return jax.tree.map(lambda p: p.ndim > 1, params)
+WEIGHT_DECAY_MASKS = ("kernels", "all")
+
+
+def check_weight_decay_mask(mode) -> str:
+    """`mode` if it is one of `WEIGHT_DECAY_MASKS`, else ValueError naming the field."""
+    if mode not in WEIGHT_DECAY_MASKS:
+        raise ValueError(f"optimizer.weight_decay_mask = {mode!r}: must be one of "
+                         f"{', '.join(map(repr, WEIGHT_DECAY_MASKS))}")
+    return mode
+
+
+def weight_decay_mask(params, mode: str = "kernels"):
+    """Which parameters weight decay applies to: 'kernels', True for kernels (ndim > 1) and
+    False for biases, BatchNorm scales/offsets and temperatures; 'all', True for every one
+    (the references' `torch.optim.SGD(model.parameters(), weight_decay=...)`)."""
+    check_weight_decay_mask(mode)
+    return jax.tree.map(lambda p: mode == "all" or p.ndim > 1, params)
 
 
 def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
-    """SGD-momentum with L2 weight decay on kernels and per-group learning rates.
+    """SGD-momentum with L2 weight decay and per-group learning rates.
 
     Weight decay is added to the gradient before momentum (as torch.optim.SGD does), masked
-    to kernels only; a group's multiplier scales its learning rate (so its decay step too,
-    as in Caffe's `lr_mult`).
+    by `config.weight_decay_mask` ('kernels', the default, or 'all'; `weight_decay_mask`);
+    a group's multiplier scales its learning rate (so its decay step too, as in Caffe's
+    `lr_mult` and PyTorch's per-group `lr`).
     """
     schedule = learning_rate_schedule(config, total_steps)
     rules = check_rules(config.get("lr_multipliers", ()))
+    mode = check_weight_decay_mask(config.get("weight_decay_mask", "kernels"))
 
     def sgd(multiplier):
         return optax.chain(
-            optax.add_decayed_weights(config.weight_decay, mask=weight_decay_mask),
+            optax.add_decayed_weights(config.weight_decay,
+                                      mask=lambda params: weight_decay_mask(params, mode)),
             optax.sgd(lambda step: multiplier * schedule(step), momentum=config.momentum,
                       nesterov=config.get("nesterov", False)),
         )

@@ -60,7 +60,7 @@ NEW_HEAD_10X = (("backbone/*", 1.0), ("*", 10.0))
 CADENCE = {
     "camvid": {"eval_every_steps": 460},
     "cityscapes": {"eval_every_steps": 5000, "checkpoint_every_steps": 2000},
-    "scene_parse150": {"eval_every_steps": 5000, "checkpoint_every_steps": 2000},
+    "ade20k": {"eval_every_steps": 5000, "checkpoint_every_steps": 2000},
 }
 
 
@@ -68,11 +68,14 @@ def finetune(model: str, model_kwargs: dict, *, dataset: str, crop_size: tuple[i
              batch_size: int, learning_rate: float, num_train_steps: int,
              weight_decay: float = 1e-4, scale_range: tuple[float, float] = (0.5, 2.0),
              eval_size: tuple[int, int] | None = None, loss_weights: dict | None = None,
-             lr_multipliers: tuple = NEW_HEAD_10X, pretrained: bool = True):
+             lr_multipliers: tuple = NEW_HEAD_10X, pretrained: bool = True,
+             weight_decay_mask: str = "kernels"):
     """`base_config()` set to the shared fine-tuning recipe (see the module docstring).
 
     `loss_weights` defaults to `{'logits': 1.0}`; `eval_size` to the schema's default (the
-    image size rounded up to 32); `lr_multipliers` to the new head at 10x. With `pretrained`
+    image size rounded up to 32); `lr_multipliers` to the new head at 10x;
+    `weight_decay_mask` ('kernels' or 'all', `lapseg.train.optim.WEIGHT_DECAY_MASKS`) to
+    kernels only ('all' is what semseg, DSRL, DUpsampling and RefineNet do). With `pretrained`
     (and `model_kwargs` naming a backbone) the backbone starts from its ImageNet weights (`config.init.backbone_weights =
     imagenet_weights(backbone_weights_name(model_kwargs))`).
     """
@@ -87,7 +90,8 @@ def finetune(model: str, model_kwargs: dict, *, dataset: str, crop_size: tuple[i
         config.data.eval_size = tuple(eval_size)
     config.optimizer.update({"learning_rate": learning_rate, "momentum": 0.9,
                              "weight_decay": weight_decay, "warmup_steps": 0, "lr_power": 0.9,
-                             "lr_multipliers": tuple(lr_multipliers)})
+                             "lr_multipliers": tuple(lr_multipliers),
+                             "weight_decay_mask": weight_decay_mask})
     config.loss.weights = dict(loss_weights or {"logits": 1.0})
     config.num_train_steps = num_train_steps
     config.update(CADENCE.get(dataset, {}))
@@ -102,10 +106,20 @@ PSPNET50 = {"backbone": "resnet50", "backbone_kwargs": {"deep_stem": True, "outp
 # guosheng/refinenet `main/gen_net_opts_model_type1.m` `do_config_refinenet`:
 # `gen_featnet_config_resnet_custom(train_opts, resnet_layer_num, 1.2, 4, 1)`, i.e. the image is
 # enlarged x1.2 before the ResNet (`my_get_batch_ds_info.m` `gen_net_input_info`), in training
-# and at test time; `input_scale` does that inside the model.
+# and at test time; `input_scale` does that inside the model. BatchNorm on the stored
+# (ImageNet) statistics in training too, frozen: `train_opts.bnorm_moment_type_trn='global'`
+# in the same file (`bn_statistics`, see lapseg/decoders/refinenet.py).
 REFINENET101 = {"backbone": "resnet101", "backbone_kwargs": {"output_stride": 32},
                 "channels": (512, 256, 256, 256), "crp_stages": 4, "crp_order": "pool_conv",
-                "input_scale": 1.2}
+                "input_scale": 1.2, "bn_statistics": "global"}
+# DUpsampling's released training (LinZhuoChen/DUpsampling `train.py`, `train.sh`
+# `--model DUNet_sybn`): W pre-fitted ("Precompute weight for 5 epoches",
+# `model.pre_compute_W`), then trained with the network (`models/dunet_sybn.py`'s SGD holds
+# every parameter with `requires_grad`; `freeze_w` is never called), and dropout 0.5 / 0.1
+# after the decoder's two 3x3 convs (`self.dropout2 = nn.Dropout(0.5)`,
+# `self.dropout3 = nn.Dropout(0.1)`). Model fields for the DUpsampling configs'
+# `model_kwargs` (see lapseg/decoders/dupsampling.py).
+DUPSAMPLING_REFERENCE = {"trainable_w": True, "dropout_rates": (0.5, 0.1)}
 # ICNet (Zhao et al., ECCV 2018) on a half-width deep-stem ResNet-50, and its cascade label
 # guidance: lambda = 0.4 / 0.4 / 1 for the 1/16, 1/8 and 1/4 branch outputs, as the paper's
 # Sec. 5 (implementation details) sets them (0.4 for lambda_1 and lambda_2, 1 for lambda_3,

@@ -143,3 +143,65 @@ def test_crop_then_batch_normalisation_equals_train_augment(scale_range, crop, c
     np.testing.assert_array_equal(got["image"], np.stack([e["image"] for e in expected]))
     np.testing.assert_array_equal(got["label"], np.stack([e["label"] for e in expected]))
     assert got["image"].dtype == np.float32 and got["label"].dtype == np.int32
+
+
+def test_label_resize_samples_centres_as_matlab_imresize_nearest():
+    """The labels' nearest resize (PIL's NEAREST, through `scaled_window`) samples the pixel
+    under each output pixel's centre, as MATLAB's `imresize(mask, size, 'nearest')` does for
+    guosheng/refinenet (`main/batch_do_data_crop.m`; numpy transcription of `imresize.m` in
+    tests/decoders/matlab_reference.py). Odd input sizes: no ties between two pixels, where
+    the two round differently."""
+    from tests.decoders import matlab_reference
+
+    _, label = _pair(37, 53)
+    for scaled in ((26, 37), (74, 106), (45, 61), (13, 19)):  # down and up, 0.35 to 2
+        _, got = augment.scaled_window(_pair(37, 53)[0], label, scaled, 0, 0, *scaled)
+        np.testing.assert_array_equal(got, matlab_reference.imresize_nearest(label, scaled),
+                                      err_msg=str(scaled))
+
+
+def test_enlarged_size_is_refinenets_short_edge_rule():
+    # guosheng/refinenet: todo_scale = 450 / short_edge when short_edge < 450, then
+    # imresize(img, todo_scale), whose output is ceil(todo_scale * size).
+    assert augment.enlarged_size((360, 480), 450) == (450, 600)  # CamVid: x1.25
+    assert augment.enlarged_size((1024, 2048), 450) == (1024, 2048)  # Cityscapes: unchanged
+    assert augment.enlarged_size((450, 333), 450) == (609, 450)  # ceil(450 / 333 * 450) = 609
+    assert augment.enlarged_size((37, 53), None) == (37, 53)
+    for h, w in ((37, 53), (13, 7), (300, 301), (449, 1000)):
+        enlarged = augment.enlarged_size((h, w), 450)
+        scale = 450.0 / min(h, w)
+        assert enlarged == (int(np.ceil(scale * h)), int(np.ceil(scale * w)))
+        assert min(enlarged) >= 450
+
+
+def test_min_short_edge_enlarges_before_the_random_scale():
+    """`min_short_edge`: the pair is resized as if first enlarged so its short edge is
+    `min_short_edge` (here 45 for a 27 x 41 image: x5/3 -> 45 x 69), then scaled by the
+    random factor; at scale 1 the whole enlarged pair is the PIL resize of the original to
+    45 x 69 (image bilinear, label nearest); images already large enough are untouched."""
+    image, label = _pair(27, 41)
+    element = {"image": image, "label": label}
+    enlarged = augment.enlarged_size((27, 41), 45)
+    assert enlarged == (45, 69)  # ceil(45 / 27 * 41) = ceil(68.33)
+    kwargs = dict(crop_size=(160, 160), flip=False, normalization="none", ignore_label=IGNORE)
+    at_one = augment.TrainCrop(scale_range=(1.0, 1.0), min_short_edge=45, **kwargs)
+    out = at_one.random_map(element, np.random.default_rng(0))
+    np.testing.assert_array_equal(out["valid"], enlarged)
+    want_label = np.asarray(PIL.Image.fromarray(label).resize((69, 45), PIL.Image.NEAREST))
+    want_image = np.asarray(PIL.Image.fromarray(image).resize((69, 45), PIL.Image.BILINEAR))
+    np.testing.assert_array_equal(out["label"][:45, :69], want_label)
+    assert np.abs(out["image"][:45, :69].astype(int) - want_image.astype(int)).max() <= 1
+    # The random factor multiplies the enlarged size: round(45 s) x round(69 s).
+    scaled = augment.TrainCrop(scale_range=(0.5, 2.0), min_short_edge=45, **kwargs)
+    for seed in range(6):
+        s = np.random.default_rng(seed).uniform(0.5, 2.0)  # the transform's first draw
+        got = scaled.random_map(element, np.random.default_rng(seed))["valid"]
+        np.testing.assert_array_equal(got, (round(45 * s), round(69 * s)))
+    # Short edge already >= min_short_edge (or None): the same draws and output as before.
+    plain = augment.TrainAugment(scale_range=(0.5, 2.0), **kwargs)
+    for min_edge in (27, 20, None):
+        same = augment.TrainAugment(scale_range=(0.5, 2.0), min_short_edge=min_edge, **kwargs)
+        a = plain.random_map(element, np.random.default_rng(5))
+        b = same.random_map(element, np.random.default_rng(5))
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])

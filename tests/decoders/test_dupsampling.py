@@ -5,14 +5,17 @@ decreases on the 8-device mesh."""
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from lapseg import backbones, bases, data, models
 from lapseg.decoders.dupsampling import DUpsampling
 from lapseg.ops import dupsample
-from tests.decoders.decoder_utils import (TINY, TinyBackbone, blocky_batch, load_config,
-                                          output_dtypes, output_shapes, param_count, rbg_prng)
+from lapseg.train import optim, recipes
+from tests.decoders.decoder_utils import (TINY, TinyBackbone, blocky_batch, filled_variables,
+                                          load_config, output_dtypes, output_shapes, param_count,
+                                          rbg_prng)
 from tests.training import loss_curve
 
 
@@ -132,6 +135,91 @@ def test_frozen_and_trainable_w():
     model = models.create_model("dupsampling", num_classes=3, ratio=32, dim=8, add_mean=False, **TINY)
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
     assert set(variables["constants"]) == {"dupsampling_w"}
+
+
+def _small(**fields):
+    """DUpsampling on the five-conv stand-in backbone at OS 16, L = 8, 3 classes."""
+    return models.create_model("dupsampling", num_classes=3, backbone=TinyBackbone(output_stride=16),
+                               ratio=16, dim=8, reduce_channels=8, channels=16, **fields)
+
+
+def test_dropout_after_each_fusion_conv_in_training_only():
+    """haochange/DUpsampling `models/dunet.py` `Decoder.forward`: conv2 + bn2 + ReLU ->
+    `dropout2` (nn.Dropout(0.5)) -> conv3 + bn3 + ReLU -> `dropout3` (nn.Dropout(0.1)) ->
+    conv4 (the projection to L). Training outputs depend on the 'dropout' rng, evaluation
+    does not need one and is deterministic; the masks sit after fuse1 / fuse2 and feed the
+    projection."""
+    model = _small(**recipes.DUPSAMPLING_REFERENCE)
+    assert tuple(model.dropout_rates) == (0.5, 0.1) and model.trainable_w
+    images = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
+    variables = filled_variables(model, images.shape)
+
+    @jax.jit
+    def train(key):
+        return model.apply(variables, images, train=True, rngs={"dropout": key},
+                           mutable=["batch_stats", "intermediates"], capture_intermediates=True)
+
+    (a, state), (b, _), (a_again, _) = (train(jax.random.key(k)) for k in (1, 2, 1))
+    assert not np.allclose(a["logits"], b["logits"], atol=1e-3)
+    np.testing.assert_array_equal(a["logits"], a_again["logits"])
+    evaluate = jax.jit(lambda v: model.apply(v, images))  # no rng: dropout is off
+    np.testing.assert_array_equal(evaluate(variables)["logits"], evaluate(variables)["logits"])
+
+    seen = {k: v["__call__"][0] for k, v in state["intermediates"].items()
+            if k in ("fuse1", "fuse2", "dropout1", "dropout2", "project")}
+    for i, rate in ((1, 0.5), (2, 0.1)):
+        before, after = np.asarray(seen[f"fuse{i}"]), np.asarray(seen[f"dropout{i}"])
+        kept = after != 0
+        np.testing.assert_allclose(after[kept], before[kept] / (1 - rate), rtol=1e-6)
+        dropped = (before > 0) & ~kept  # element-wise, among the ReLU's non-zero outputs
+        n = (before > 0).sum()
+        assert abs(dropped.sum() / n - rate) < 4 * np.sqrt(rate * (1 - rate) / n)  # 4 sigma
+    kernel = variables["params"]["project"]["kernel"][0, 0]
+    bias = variables["params"]["project"]["bias"]
+    np.testing.assert_allclose(seen["project"], np.asarray(seen["dropout2"]) @ kernel + bias,
+                               rtol=1e-4, atol=1e-4)
+
+    # Rates (0, 0), the default: training is deterministic too.
+    plain = _small()
+    plain_variables = filled_variables(plain, images.shape)
+    outs = [plain.apply(plain_variables, images, train=True, rngs={"dropout": jax.random.key(k)},
+                        mutable=["batch_stats"])[0]["logits"] for k in (1, 2)]
+    np.testing.assert_array_equal(*outs)
+    with pytest.raises(ValueError, match="dropout_rates"):
+        _small(dropout_rates=(0.5,))
+
+
+@pytest.mark.parametrize("trainable_w", [True, False])
+def test_gradient_reaches_w_only_when_trainable(trainable_w):
+    """LinZhuoChen/DUpsampling trains W with the network after pre-fitting it (`train.py`:
+    `pre_compute_W`, then an SGD over every `requires_grad` parameter; `freeze_w` never
+    called): `trainable_w=True` puts W in 'params', where the loss's gradient reaches it and
+    an optimiser step moves it; frozen, it stays in 'constants', out of the optimiser."""
+    model = _small(trainable_w=trainable_w)
+    batch = blocky_batch(3, size=64)
+    images, labels = jnp.asarray(batch["image"][:2]), jnp.asarray(batch["label"][:2])
+    variables = filled_variables(model, images.shape)
+    fitted = random_constants(3, 16, 8)
+    variables = bases.attach(variables, fitted)
+
+    def loss(params):
+        out, _ = model.apply({**variables, "params": params}, images, train=True,
+                             mutable=["batch_stats"])
+        logp = jax.nn.log_softmax(out["logits"])
+        return -jnp.take_along_axis(logp, labels[..., None], -1).mean()
+
+    params = variables["params"]
+    grads = jax.jit(jax.grad(loss))(params)
+    assert ("dupsampling_w" in params) == trainable_w
+    assert ("dupsampling_w" in variables["constants"]) != trainable_w
+    if trainable_w:
+        assert float(jnp.abs(grads["dupsampling_w"]).max()) > 0
+        config = {"learning_rate": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "warmup_steps": 0,
+                  "lr_power": 0.9, "lr_multipliers": recipes.NEW_HEAD_10X}
+        tx = optim.make_optimizer(ml_collections.ConfigDict(config), total_steps=10)
+        updates, _ = tx.update(grads, tx.init(params), params)
+        moved = params["dupsampling_w"] + updates["dupsampling_w"]
+        assert float(jnp.abs(moved - fitted["dupsampling_w"]).max()) > 0
 
 
 def test_default_constants_are_an_orthonormal_block_dct():

@@ -10,6 +10,7 @@ import pytest
 from lapseg import backbones, data, models
 from lapseg.decoders.refinenet import RefineNet, scaled_size
 from lapseg.ops import resize
+from tests.decoders import matlab_reference
 from tests.decoders.decoder_utils import (TINY, TinyBackbone, blocky_batch, filled_variables,
                                           load_config, output_shapes,
                                           output_dtypes, output_shapes_at_stride, param_count,
@@ -214,11 +215,92 @@ def test_input_scale_enlarges_the_image_before_the_backbone():
         models.create_model("refinenet", input_scale=0.0, **kwargs)
 
 
+@pytest.mark.parametrize("bn_statistics", ["global", "batch"])
+def test_global_bn_statistics_are_used_and_frozen_in_training(bn_statistics):
+    """guosheng/refinenet trains with `bnorm_moment_type_trn='global'`
+    (`main/gen_net_opts_model_type1.m`): BN normalises by the stored moments in training
+    (`+dagnn/BatchNorm.m`) and the moments never change (`fix_batch_norm_resnet`). With
+    'global', a training forward (mutable 'batch_stats') equals the eval forward, leaves
+    batch_stats bit for bit as they were, and still gives the BN scales and offsets a
+    gradient; 'batch' (the PyTorch practice) differs on all three counts but the gradient."""
+    model = models.create_model("refinenet", num_classes=3, backbone=TinyBackbone(),
+                                channels=(16, 8, 8, 8), dropout_rate=0.0,
+                                bn_statistics=bn_statistics)
+    images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    variables = filled_variables(model, images.shape)  # random running statistics
+    assert jax.tree.leaves(variables["batch_stats"])
+
+    def loss(params, train):
+        out, state = model.apply({**variables, "params": params}, images, train=train,
+                                 mutable=["batch_stats"], rngs={"dropout": jax.random.key(2)})
+        return jnp.mean(out["logits"] ** 2), (out, state["batch_stats"])
+
+    (_, (train_out, stats)), grads = jax.jit(
+        jax.value_and_grad(lambda p: loss(p, True), has_aux=True))(variables["params"])
+    eval_out = jax.jit(lambda v: model.apply(v, images, train=False))(variables)
+    same_stats = jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)),
+                                           stats, variables["batch_stats"]))
+    # Two compiled programs (with and without the gradient): equal up to float32 rounding.
+    same_logits = bool(jnp.allclose(train_out["logits"], eval_out["logits"], rtol=1e-5, atol=1e-5))
+    assert same_stats == same_logits == (bn_statistics == "global")
+    for name in ("stem", "res5"):  # the backbone's BN parameters still train
+        bn_grads = grads["backbone"][name]["bn"]
+        assert all(float(jnp.abs(bn_grads[k]).max()) > 0 for k in ("scale", "bias"))
+    with pytest.raises(ValueError, match="bn_statistics"):
+        models.create_model("refinenet", num_classes=3, bn_statistics="frozen", **TINY)
+
+
+def test_matlab_nearest_indices_match_imresize_nearest():
+    """`resize.matlab_nearest_indices` against the numpy transcription of MATLAB's
+    `imresize(A, [rows cols], 'nearest')` (`tests/decoders/matlab_reference.py`), down and up,
+    every size pair up to 64 and the label maps of the RefineNet configs."""
+    for in_size in range(1, 65):
+        for out_size in range(1, 65):
+            np.testing.assert_array_equal(resize.matlab_nearest_indices(in_size, out_size),
+                                          matlab_reference.source_indices(in_size, out_size),
+                                          err_msg=f"{in_size} -> {out_size}")
+    rng = np.random.default_rng(0)
+    # Labels at the crop size -> 'coarse_logits' at ceil(round(1.2 H) / 4) (CamVid 360 x 480 ->
+    # 108 x 144, Cityscapes 600 x 600 -> 180 x 180), and an odd pair.
+    for in_hw, out_hw in (((360, 480), (108, 144)), ((600, 600), (180, 180)), ((45, 61), (14, 16))):
+        labels = rng.integers(0, 19, (2, *in_hw), dtype=np.uint8)
+        got = np.asarray(resize.resize_nearest(labels, out_hw, matlab=True))
+        want = np.stack([matlab_reference.imresize_nearest(x, out_hw) for x in labels])
+        np.testing.assert_array_equal(got, want)
+        # PyTorch's 'nearest-exact' (centered) agrees on these shapes; corners do not.
+        np.testing.assert_array_equal(resize.resize_nearest(labels, out_hw, centered=True), want)
+        assert (np.asarray(resize.resize_nearest(labels, out_hw)) != want).mean() > 0.5
+
+
+def test_matlab_nearest_is_the_centre_formula_up_to_ties():
+    """MATLAB's nearest takes `floor((i + 1/2) * in / out)` (0-based), the pixel under the output
+    pixel's centre, except where that product is an integer (a tie between two pixels), which
+    MATLAB's float64 `u = x/scale + 0.5 * (1 - 1/scale)` rounds its own way; integer factors
+    and odd input sizes have no such ties. PyTorch's 'nearest-exact' (float32) likewise."""
+    ties = 0
+    for in_size in range(1, 97):
+        for out_size in range(1, 97):
+            i = np.arange(out_size)
+            centre = (2 * i + 1) * in_size // (2 * out_size)
+            tie = (2 * i + 1) * in_size % (2 * out_size) == 0
+            matlab = matlab_reference.source_indices(in_size, out_size)
+            torch_exact = resize.nearest_indices(in_size, out_size, centered=True)
+            for got in (matlab, torch_exact):
+                np.testing.assert_array_equal(got[~tie], centre[~tie])
+                assert np.all(np.abs(got[tie] - centre[tie]) <= 1)
+            if in_size % out_size == 0 or in_size % 2:
+                np.testing.assert_array_equal(matlab, centre)
+            ties += int((matlab != centre).sum())
+    assert ties > 0  # they do occur: 6 -> 5 takes pixel 2 for output 2, the formula 3
+    assert matlab_reference.source_indices(6, 5)[2] == 2 == resize.matlab_nearest_indices(6, 5)[2]
+
+
 @pytest.mark.parametrize("name", ["cityscapes_refinenet_resnet101", "camvid_refinenet_resnet101"])
 def test_config_builds(name):
     config = load_config(name)
     assert config.model == "refinenet" and dict(config.loss.weights) == {"coarse_logits": 1.0}
     assert config.model_kwargs.input_scale == 1.2  # the reference's enlargement
+    assert config.model_kwargs.bn_statistics == "global"  # bnorm_moment_type_trn='global'
     model = models.from_config(config, data.dataset_info(config.data.dataset).num_classes)
     assert output_shapes(model, (1, 64, 64, 3))["logits"][:3] == (1, 64, 64)
 

@@ -71,3 +71,52 @@ def test_describe_groups_lists_every_multiplier_and_unused_patterns():
 def test_bad_rules_name_the_entry(rules):
     with pytest.raises(ValueError, match=r"lr_multipliers\[0\]"):
         optim.resolve_multipliers(PARAMS, rules)
+
+
+@pytest.mark.parametrize("mode", ["kernels", "all"])
+def test_two_sgd_steps_equal_the_hand_computed_update(mode):
+    # torch.optim.SGD (the references' optimiser, e.g. hszhao/semseg tool/train.py) with
+    # per-group lr = base_lr * multiplier, momentum m and weight decay wd, written out in numpy:
+    #   d_t = g_t + wd * p_{t-1} (only where decayed);  b_t = m * b_{t-1} + d_t (b_0 = 0);
+    #   p_t = p_{t-1} - lr * multiplier * b_t.
+    # 'kernels' decays the 4-D kernels only; 'all' every array, biases and the scalar too.
+    lr, momentum, wd = 0.3, 0.9, 0.05
+    config = ml_collections.ConfigDict({
+        "learning_rate": lr, "momentum": momentum, "weight_decay": wd, "warmup_steps": 0,
+        "lr_power": 0.0, "lr_multipliers": RULES, "weight_decay_mask": mode})
+    tx = optim.make_optimizer(config, total_steps=10)
+    rng = np.random.default_rng(1)
+    params = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), PARAMS)
+    grads = [jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), PARAMS)
+             for _ in range(2)]
+    state, current = tx.init(params), params
+    for g in grads:
+        updates, state = tx.update(g, state, current)
+        current = jax.tree.map(lambda p, u: p + u, current, updates)
+
+    flat = lambda tree: {"/".join(k): np.asarray(v, np.float64)
+                         for k, v in traverse_util.flatten_dict(tree).items()}
+    got, p0, g1, g2 = flat(current), flat(params), flat(grads[0]), flat(grads[1])
+    decayed = set()
+    for path, multiplier in optim.resolve_multipliers(PARAMS, RULES).items():
+        decay = wd if (mode == "all" or p0[path].ndim > 1) else 0.0
+        decayed |= {path} if decay else set()
+        b1 = g1[path] + decay * p0[path]
+        p1 = p0[path] - lr * multiplier * b1
+        b2 = momentum * b1 + g2[path] + decay * p1
+        p2 = p1 - lr * multiplier * b2
+        np.testing.assert_allclose(got[path], p2, rtol=1e-5, atol=1e-6, err_msg=path)
+    kernels = {"backbone/conv/kernel", "coefficients_res5/conv/kernel",
+               "coefficients_res4/conv/kernel"}
+    assert decayed == (set(p0) if mode == "all" else kernels)
+
+
+def test_weight_decay_mask_modes_and_bad_mode():
+    assert jax.tree.leaves(optim.weight_decay_mask(PARAMS, "all")) == [True] * 7
+    assert jax.tree.leaves(optim.weight_decay_mask(PARAMS)) == jax.tree.leaves(
+        jax.tree.map(lambda p: p.ndim > 1, PARAMS))
+    config = ml_collections.ConfigDict({
+        "learning_rate": 1.0, "momentum": 0.0, "weight_decay": 0.1, "warmup_steps": 0,
+        "lr_power": 0.0, "lr_multipliers": (), "weight_decay_mask": "bn"})
+    with pytest.raises(ValueError, match="weight_decay_mask = 'bn'"):
+        optim.make_optimizer(config, total_steps=10)
