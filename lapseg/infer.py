@@ -247,6 +247,6 @@ def restore_model(config, workdir, *, best: bool = False, step=None):
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
     directory = os.path.join(os.path.abspath(os.fspath(workdir)), "best" if best else "checkpoints")
-    identity = {"model": config.model, "num_classes": int(info.num_classes)}
+    identity = {"model": config.model, **checkpoint_lib.contract(config, info)}
     variables, step = checkpoint_lib.read_variables(directory, abstract, meta=identity, step=step)
     return model, variables, info, step

@@ -6,6 +6,7 @@ sharded over devices XLA inserts the cross-device sum itself: no psum needed.
 """
 
 import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -17,7 +18,9 @@ def confusion_matrix(pred, labels, num_classes: int, ignore_label: int) -> jnp.n
     """Counts `M[t, p]` = pixels with label t predicted as p.
 
     Args:
-      pred: int `[...]` predicted class ids.
+      pred: int `[...]` predicted class ids. Ids outside `[0, num_classes)` raise a
+        ValueError naming the id on concrete predictions; under `jit` (not checked: no
+        host sync) their pixels are not counted, in any row or column.
       labels: int `[...]`, same shape; pixels equal to `ignore_label` are not counted.
         Other ids outside `[0, num_classes)` raise a ValueError on concrete labels
         (`ops.labels.check_labels`); under `jit` they are not counted.
@@ -29,11 +32,30 @@ def confusion_matrix(pred, labels, num_classes: int, ignore_label: int) -> jnp.n
     """
     label_ops.check_shape(labels, pred.shape, against=f"predictions of shape {tuple(pred.shape)}")
     label_ops.check_labels(labels, num_classes, ignore_label)
+    _check_predictions(pred, num_classes)
     labels = labels.astype(jnp.int32)
-    valid = (labels != ignore_label) & (labels >= 0) & (labels < num_classes)
-    index = jnp.where(valid, labels * num_classes + pred.astype(jnp.int32), num_classes * num_classes)
+    pred = pred.astype(jnp.int32)
+    valid = ((labels != ignore_label) & (labels >= 0) & (labels < num_classes)
+             & (pred >= 0) & (pred < num_classes))
+    index = jnp.where(valid, labels * num_classes + pred, num_classes * num_classes)
     counts = jnp.bincount(index.reshape(-1), length=num_classes * num_classes + 1)
     return counts[:-1].reshape(num_classes, num_classes).astype(jnp.int32)
+
+
+def _check_predictions(pred, num_classes: int) -> None:
+    """Raises ValueError if concrete `pred` holds an id outside `[0, num_classes)` (the
+    lowest such id if one is negative, else the highest); no-op on traced arrays."""
+    if isinstance(pred, jax.core.Tracer):
+        return
+    values = np.asarray(pred)
+    if not values.size:
+        return
+    low, high = values.min(), values.max()
+    if low < 0 or high >= num_classes:
+        bad = low if low < 0 else high
+        raise ValueError(f"predictions hold id {bad.item()}: expected class ids "
+                         f"0..{num_classes - 1}; pass class ids (the argmax of the logits "
+                         "over the last axis)")
 
 
 def summarize(confusion) -> dict:

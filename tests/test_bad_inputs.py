@@ -147,6 +147,53 @@ def _dirs(*parts):
     return path
 
 
+def _no_space_for(suffix):
+    """Writes of files ending in `suffix` fail as on a full disk (ENOSPC)."""
+    def setup(paths, monkeypatch):
+        import builtins  # pylint: disable=import-outside-toplevel
+        real_open = builtins.open
+
+        def fake_open(path, mode="r", *args, **kwargs):
+            if str(path).endswith(suffix) and any(m in mode for m in "wax"):
+                raise OSError(28, "No space left on device", str(path))
+            return real_open(path, mode, *args, **kwargs)
+        monkeypatch.setattr(builtins, "open", fake_open)
+    return setup
+
+
+def _build_on_a_full_disk(paths, monkeypatch):
+    from lapseg.data import sources  # pylint: disable=import-outside-toplevel
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(sources, "_tfds_builder", full)
+
+
+def _shapes_as_three_classes(paths, monkeypatch):
+    """`shapes` described as 3 classes: its labels 3 and 4 are then out of range, a bad
+    dataset whose labels only the training step sees."""
+    import dataclasses as dc  # pylint: disable=import-outside-toplevel
+    from lapseg.data import shapes  # pylint: disable=import-outside-toplevel
+
+    info = shapes.dataset_info()
+    three = dc.replace(info, num_classes=3, class_names=info.class_names[:3],
+                       palette=np.concatenate([info.palette[:3], info.palette[-1:]]))
+    monkeypatch.setattr(shapes, "dataset_info", lambda config_name=None: three)
+
+
+def _all_ignored_folder(paths, _):
+    """A folder dataset of shapes' 5 class names whose val masks are all ignored."""
+    root = os.path.join(paths["tmp"], "mine")
+    names = '["background", "circle", "square", "triangle", "cross"]'
+    with open(os.path.join(_dirs(root), "classes.json"), "w", encoding="utf-8") as f:
+        f.write(f'{{"names": {names}, "ignore_label": 255}}')
+    for split, value in (("train", 1), ("val", 255)):
+        image = np.random.default_rng(0).integers(0, 255, (96, 96, 3), np.uint8)
+        PIL.Image.fromarray(image).save(os.path.join(_dirs(root, "images", split), "a.png"))
+        PIL.Image.fromarray(np.full((96, 96), value, np.uint8)).save(
+            os.path.join(_dirs(root, "masks", split), "a.png"))
+
+
 def _drop_best(paths, _):
     shutil.rmtree(os.path.join(paths["run"], "best"))
 
@@ -255,6 +302,72 @@ CASES = [
                                    "--config.optimizer.learning_rate=1e6"),
          ("training diverged at step", "lower --config.optimizer.learning_rate"),
          keeps=("checkpoints", "best")),
+    # Issue #26, small items. Each exits before restoring a model (restore_model is None:
+    # calling it would exit 1).
+    Case("predict with overlay alpha 5", ("predict", "--workdir={run}", "--alpha=5", "{tmp}/a.png"),
+         ("--alpha must be in [0, 1], got 5.0",),
+         setup=lambda paths, patch: [_png("a.png")(paths, patch),
+                                     patch.setattr("lapseg.cli.common.restore_model", None)]),
+    Case("eval with a 0,0 tile", ("eval", "--workdir={run}", "--tile_size=0,0"),
+         ("--tile_size must be positive, got 0,0",),
+         setup=lambda paths, patch: patch.setattr("lapseg.cli.common.restore_model", None)),
+    Case("predict into an output dir that is a file",
+         ("predict", "--workdir={run}", "--output_dir={tmp}/out", "{tmp}/a.png"),
+         ("--output_dir", "/out is a file, not a directory"),
+         setup=lambda paths, patch: [_png("a.png")(paths, patch),
+                                     _write("out", "a file\n")(paths, patch),
+                                     patch.setattr("lapseg.cli.common.restore_model", None)]),
+    # Issue #26: values that would hang or crash later, the work dir's files.
+    Case("negative grain workers", _toy_train("--config.data.worker_count=-1"),
+         ("config.data.worker_count = -1", ">= 0")),
+    Case("zero epochs", _toy_train("--config.data.num_epochs=0"),
+         ("config.data.num_epochs = 0", ">= 1")),
+    Case("distributed join timeout 0", _toy_train(
+        "--config.distributed.initialization_timeout_seconds=0"),
+         ("config.distributed.initialization_timeout_seconds = 0", ">= 1")),
+    Case("coordinator address without a port", _toy_train(
+        "--config.distributed.coordinator_address=localhost"),
+         ("config.distributed.coordinator_address = 'localhost'", "host:port")),
+    Case("coordinator port 99999", _toy_train(
+        "--config.distributed.coordinator_address=127.0.0.1:99999"),
+         ("config.distributed.coordinator_address", "1..65535")),
+    Case("config.json on a full disk", _resume("--config.num_train_steps=6"),
+         ("cannot write", "config.json", "No space left on device", "free disk space"),
+         setup=_no_space_for("config.json.tmp"), keeps=("checkpoints", "best", "config.json")),
+    Case("dataset build on a full disk", _toy_train("--config.data.data_dir={tmp}/tfds"),
+         ("cannot write the dataset build in", "tfds", "No space left on device"),
+         setup=_build_on_a_full_disk),
+    Case("unprepared catalog dataset", _toy_train("--config.data.dataset=oxford_iiit_pet",
+                                                  "--config.data.data_dir={tmp}/tfds"),
+         ("oxford_iiit_pet", "is not prepared", "tfds build oxford_iiit_pet",
+          "(or pass the data_dir of such a build)")),
+    Case("labels outside the classes", _toy_train(),
+         ("label pixels that are neither a class id nor the ignore label",),
+         setup=_shapes_as_three_classes),
+    Case("loss weight for an output the model lacks", _resume(
+        "--config.num_train_steps=6", "--config.loss.weights={{'logits': 1.0, 'aux': 0.4}}"),
+         ("config.loss", "'aux'", "its training outputs are logits"),
+         keeps=("checkpoints", "best", "config.json")),
+    Case("class weights of the wrong length", _resume(
+        "--config.num_train_steps=6", "--config.loss.class_weights=(1.0, 2.0)"),
+         ("class_weights has 2 weights for 5 classes",), keeps=("config.json",)),
+    Case("eval with another normalisation", ("eval", "--workdir={run}",
+                                             "--config.data.normalize=none"),
+         ("normalize='torch'", "normalize='none'")),
+    Case("eval of a split whose labels are all ignored",
+         ("eval", "--workdir={run}", "--config.data.dataset=folder",
+          "--config.data.source_dir={tmp}/mine", "--config.data.data_dir={tmp}/tfds"),
+         ("nothing was scored", "ignore label (255)"), setup=_all_ignored_folder),
+    Case("predict into a read-only output dir",
+         ("predict", "--workdir={run}", "{tmp}/a.png", "--output_dir={tmp}/out"),
+         ("cannot write in --output_dir", "Read-only file system"),
+         setup=lambda paths, patch: [_png("a.png")(paths, patch), patch.setattr(
+             "lapseg.cli.predict.tempfile.TemporaryFile",
+             lambda dir=None: (_ for _ in ()).throw(OSError(30, "Read-only file system")))]),
+    Case("broken config.json on resume", _resume("--config.num_train_steps=6"),
+         ("config.json", "not a readable config", "delete it"),
+         setup=lambda paths, _: open(os.path.join(paths["run"], "config.json"), "w",
+                                     encoding="utf-8").write("{broken")),
     # Evaluation, prediction, export, weight conversion.
     Case("eval of a missing work dir", ("eval", "--workdir={tmp}/nowhere"),
          ("lapseg eval: work dir", "nowhere", "does not exist")),

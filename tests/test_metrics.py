@@ -92,3 +92,29 @@ def test_confusion_matrix_rejects_ids_outside_the_classes_when_concrete():
     # Under jit nothing is checked (no host sync); the bad pixels are not counted.
     jitted = jax.jit(lambda p, l: metrics.confusion_matrix(p, l, 3, 255))(pred, labels)
     np.testing.assert_array_equal(jitted.sum(1), [1, 2, 1])
+
+
+def _numpy_confusion(pred, labels, num_classes):
+    """M[t, p] over the pixels whose label and prediction are both class ids 0..C-1."""
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    for t, p in zip(labels.ravel(), pred.ravel()):
+        if 0 <= t < num_classes and 0 <= p < num_classes:
+            confusion[t, p] += 1
+    return confusion
+
+
+@pytest.mark.parametrize("bad", [5, 3, -1])
+def test_confusion_matrix_out_of_range_predictions_raise_or_are_not_counted(bad):
+    """Issue #26: prediction 5 (of 3 classes) was counted in M[1, 2], -1 in M[0, 2]."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, (2, 9, 11)).astype(np.int32)
+    labels[:, :2] = IGNORE
+    pred = rng.integers(0, 3, labels.shape).astype(np.int32)
+    np.testing.assert_array_equal(metrics.confusion_matrix(pred, labels, 3, IGNORE),
+                                  _numpy_confusion(pred, labels, 3))
+    pred[:, 3:6, 2:7] = bad
+    with pytest.raises(ValueError, match=rf"predictions hold id {bad}: expected class ids 0..2"):
+        metrics.confusion_matrix(pred, labels, 3, IGNORE)
+    # Under jit nothing is checked; those pixels are counted in no cell.
+    jitted = jax.jit(lambda p, l: metrics.confusion_matrix(p, l, 3, IGNORE))(pred, labels)
+    np.testing.assert_array_equal(jitted, _numpy_confusion(pred, labels, 3))

@@ -268,6 +268,9 @@ def inference_options(program: str, flag_values) -> dict:
         fail(program, f"bad --scales or --tile_size: {err}", "see --help")
     if tile_size and len(tile_size) != 2:
         fail(program, f"--tile_size takes 'H,W', got {','.join(flag_values.tile_size)}")
+    if tile_size and min(tile_size) <= 0:
+        fail(program, f"--tile_size must be positive, got {','.join(flag_values.tile_size)}",
+             "pass 'H,W' in pixels, e.g. 512,512, or leave it out for whole images")
     if not scales or min(scales) <= 0:
         fail(program, f"--scales must be positive, got {','.join(flag_values.scales)}")
     if not 0 <= flag_values.tile_overlap < 1:

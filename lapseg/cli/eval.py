@@ -18,6 +18,7 @@ Inference flags (--scales, --flip, --tile_size, --tile_overlap, --bucket) are th
 evaluation pads them, so the mIoU is the one the loop reported for that checkpoint.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -108,15 +109,27 @@ def main(argv) -> int:
         return image_counts(predictor(example["image"]), example["label"])
 
     result = metrics.evaluate(count_fn, source, num_classes=info.num_classes, widths=widths)
+    if not result["class_pixels"].sum():
+        common.fail(program, f"nothing was scored: every label pixel of the {len(source)} "
+                    f"images of {config.data.dataset} {split} is the ignore label "
+                    f"({info.ignore_label})", "check the split's labels")
     print(f"{config.model} on {config.data.dataset} {split} ({len(source)} images, "
           f"{'best' if flag_values.best else 'latest'} checkpoint, step {step}, of {workdir})")
     print(log_lib.summary_table(result, info.class_names))
     print(trimap_table(result))
     path = result_path(workdir, split)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(result_json(result, class_names=info.class_names, step=step, split=split,
-                              best=flag_values.best, num_images=len(source)), f, indent=2)
-        f.write("\n")
+    report = result_json(result, class_names=info.class_names, step=step, split=split,
+                         best=flag_values.best, num_images=len(source))
+    try:
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+            f.write("\n")
+        os.replace(path + ".tmp", path)
+    except OSError as err:  # a read-only work dir, a full disk: the metrics are printed above
+        with contextlib.suppress(OSError):
+            os.remove(path + ".tmp")
+        common.fail(program, f"the metrics are above, but {path} could not be written "
+                    f"({err.strerror or err})", "make the work dir writable or free disk space")
     print(f"written to {path}")
     return 0
 

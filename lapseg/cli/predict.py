@@ -2,8 +2,10 @@
 
 For each image writes `<output_dir>/<stem>_label.png`, a palette PNG whose pixel values
 are the predicted class ids, and `<stem>_overlay.png`, the class colours blended over
-the image. The model is a training run's (`lapseg train --workdir W`), restored from its
-latest checkpoint or with --best from its best-mIoU one; its config is the run's own
+the image (--alpha, 0 to 1, their weight). An image with an EXIF orientation (phone
+photos) is turned upright first, as viewers show it, and both PNGs are upright. The
+model is a training run's (`lapseg train --workdir W`), restored from its latest
+checkpoint or with --best from its best-mIoU one; its config is the run's own
 `<workdir>/config.json`, or --config for runs without one.
 
 IMAGES are files, directories (their *.png, *.jpg and *.jpeg files, any case, not
@@ -20,6 +22,7 @@ Inference flags, shared with `lapseg eval`:
 import glob
 import os
 import sys
+import tempfile
 
 from absl import flags
 
@@ -33,7 +36,7 @@ def _define(flag_values):
     flags.DEFINE_string("output_dir", "predictions", "Where the PNGs go.", flag_values=flag_values)
     flags.DEFINE_string("palette", "", "Palette: 'voc' or a dataset name (default: the config's).",
                         flag_values=flag_values)
-    flags.DEFINE_float("alpha", 0.5, "Weight of the class colours in the overlay.",
+    flags.DEFINE_float("alpha", 0.5, "Weight of the class colours in the overlay (0 to 1).",
                        flag_values=flag_values)
 
 
@@ -86,14 +89,38 @@ def _image_stems(program, paths) -> dict:
     return stems
 
 
+def check_output_dir(program, path) -> None:
+    """A one-line exit unless `path` is a directory or can be made one: it, or its nearest
+    existing parent, must not be a file."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = "is" if existing == os.path.abspath(path) else f"is under {existing}, which is"
+        common.fail(program, f"--output_dir {path} {where} a file, not a directory",
+                    "pass a directory (it is made if missing)")
+    try:  # writable (a read-only file system, no permission, a full disk): before any work
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        common.fail(program, f"cannot write in --output_dir {path} ({err.strerror or err})",
+                    "pass a writable directory")
+
+
 def main(argv) -> int:
     program = argv[0]
     flag_values, paths = common.parse_run_flags(argv, __doc__, bucket=128, define=_define)
     stems = _image_stems(program, image_paths(program, paths))
     options = common.inference_options(program, flag_values)
+    if not 0 <= flag_values.alpha <= 1:
+        common.fail(program, f"--alpha must be in [0, 1], got {flag_values.alpha}",
+                    "pass the overlay's colour weight, e.g. --alpha=0.5")
+    check_output_dir(program, flag_values.output_dir)
     common.quiet_logging()
     # pylint: disable=import-outside-toplevel  (JAX only once the flags are good)
     import PIL.Image
+    import PIL.ImageOps
 
     from lapseg import visualize
     from lapseg.data import images
@@ -116,16 +143,21 @@ def main(argv) -> int:
     for stem, path in stems.items():
         try:
             with PIL.Image.open(path) as image:
-                image = images.rgb_array(image, path)
-        except (OSError, ValueError) as err:
+                # Upright as viewers show it (EXIF orientation, e.g. a phone held sideways).
+                image = images.rgb_array(PIL.ImageOps.exif_transpose(image), path)
+        except (OSError, ValueError, SyntaxError) as err:  # PIL: unreadable, cut, corrupt
             common.fail(program, f"cannot read image {path}: {err}")
         pred = predictor(image)
         label_path = os.path.join(output_dir, f"{stem}_label.png")
         overlay_path = os.path.join(output_dir, f"{stem}_overlay.png")
-        visualize.label_png(pred, palette, ignore_label=info.ignore_label).save(label_path)
-        PIL.Image.fromarray(visualize.overlay(
-            image, pred, palette, ignore_label=info.ignore_label, alpha=flag_values.alpha),
-        ).save(overlay_path)
+        try:
+            visualize.label_png(pred, palette, ignore_label=info.ignore_label).save(label_path)
+            PIL.Image.fromarray(visualize.overlay(
+                image, pred, palette, ignore_label=info.ignore_label, alpha=flag_values.alpha),
+            ).save(overlay_path)
+        except OSError as err:  # the disk filled up meanwhile
+            common.fail(program, f"cannot write {label_path} ({err.strerror or err})",
+                        "free disk space or pass another --output_dir")
         print(f"{path}: {label_path}, {overlay_path}")
     return 0
 

@@ -4,8 +4,10 @@ Trains the config's model in the work dir, resuming from its latest checkpoint, 
 prints the final evaluation table. Without --config it trains the default job
 (`lapseg/train/config.py`: FCN-8s on a quarter-width ResNet-18, from scratch, on the
 generated shapes data). The work dir receives the resolved config (`config.json`, which
-`lapseg eval` / `lapseg predict --workdir W` read), checkpoints, `metrics.jsonl` and
-TensorBoard events.
+`lapseg eval` / `lapseg predict --workdir W` read; written before the run's first
+checkpoint, so a run that fails earlier leaves it as it was), checkpoints, `metrics.jsonl`
+and TensorBoard events. One run at a time per work dir: a second gets one line naming
+the running process (`<workdir>/train.lock`; a killed run's lock is taken over).
 
 Several processes train one model with --config.distributed.* (a manual launch: the same
 coordinator_address and num_processes everywhere, each its own process_id; on a TPU pod
@@ -40,6 +42,7 @@ def main(argv) -> int:
     from lapseg import data
     from lapseg.train import checkpoint, distributed, init, loop, step
     from lapseg.train import config as config_lib
+    from lapseg.train import lock
 
     config, workdir = flag_values.config, flag_values.workdir
     try:
@@ -50,10 +53,15 @@ def main(argv) -> int:
         common.fail(argv[0], str(err), err.todo or f"set --{str(err).split(' ', 1)[0]}")
     except init.InitError as err:  # config.init names a missing or unfitting file or run
         common.fail(argv[0], str(err).replace("\n", " "))
+    except lock.WorkdirLockedError as err:  # another run trains in this work dir
+        common.fail(argv[0], str(err), "wait for it to end, or pass another --workdir")
+    except lock.WorkdirWriteError as err:  # read-only, no permission, full disk
+        common.fail(argv[0], str(err), "pass a writable --workdir, or free disk space")
     except loop.DivergenceError as err:
+        skip = ("" if config.nonfinite == "skip" else " or set --config.nonfinite=skip")
         common.fail(argv[0], str(err),
                     f"lower --config.optimizer.learning_rate (now "
-                    f"{config.optimizer.learning_rate:g}) or set --config.nonfinite=skip; "
+                    f"{config.optimizer.learning_rate:g}){skip}; "
                     f"rerunning resumes from the last checkpoint, which is from before step "
                     f"{err.step}")
     except checkpoint.CheckpointWriteError as err:  # no space: older checkpoints are kept

@@ -12,14 +12,16 @@ config as given.
 
 import hashlib
 import pathlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import tensorflow_datasets as tfds
 
 
-def files(root, dirs: Iterable[str], contents: Iterable[str] = ()) -> str:
+def files(root, dirs: Iterable[str], contents: Iterable[str] = (),
+          skip: Callable[[str], bool] | None = None) -> str:
     """16 hex digits hashing the bytes of `root/<contents>` and the relative path, size and
-    mtime of every file under `root/<dirs>` (recursively); missing entries are skipped."""
+    mtime of every file under `root/<dirs>` (recursively); missing entries are skipped, and
+    so are files with a path component (below `root/<dir>`) for which `skip(name)` is true."""
     root = pathlib.Path(root)
     digest = hashlib.sha256()
     for name in contents:
@@ -28,6 +30,8 @@ def files(root, dirs: Iterable[str], contents: Iterable[str] = ()) -> str:
             digest.update(name.encode() + b"\0" + path.read_bytes() + b"\n")
     for name in dirs:
         for path in sorted((root / name).rglob("*")):
+            if skip is not None and any(map(skip, path.relative_to(root / name).parts)):
+                continue
             if path.is_file():
                 stat = path.stat()
                 digest.update(f"{path.relative_to(root).as_posix()}\0{stat.st_size}\0"

@@ -19,11 +19,15 @@ hashes classes.json and the relative path, size and mtime of every file under im
 and masks/, so an edited folder is rebuilt and an unchanged one reused. Images and masks
 are stored as they are (JPEG stays JPEG), except that images not in RGB are converted to
 RGB PNGs and masks not in mode L to L PNGs. Every problem is a one-line ValueError naming
-the file.
+the file. Hidden files and directories (`.DS_Store`, `._a.png`) and the files and
+directories that operating systems leave behind (`Thumbs.db`, `desktop.ini`, `__MACOSX/`,
+`@eaDir/`; `SYSTEM_NAMES`) are skipped, and left out of the fingerprint; a build that
+skips any says so in one log line.
 """
 
 import io
 import json
+import logging
 import pathlib
 
 from etils import epath
@@ -47,6 +51,14 @@ LAYOUT = (
     "stems, and classes.json"
 )
 CLASSES_EXAMPLE = '{"names": ["background", "cat"], "ignore_label": 255}'
+# Files and directories that file managers and OS features write (lower case), skipped as
+# hidden files (names starting with '.') are.
+SYSTEM_NAMES = frozenset({
+    "thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini", "icon\r",  # Windows, macOS
+    "__macosx", "@eadir", "$recycle.bin", "system volume information",  # directories
+})
+
+log = logging.getLogger(__name__)
 
 
 class Folder(fingerprint_lib.SourceBuilder):
@@ -69,7 +81,7 @@ class Folder(fingerprint_lib.SourceBuilder):
         del dl_manager  # Nothing to download.
         info = dataset_info(self._source_dir)
         return {split: self._generate_examples(pairs, info) for split, pairs in
-                scan(self._source_dir).items()}
+                scan(self._source_dir, report=True).items()}
 
     def _generate_examples(self, pairs, info):
         for image_path, mask_path in pairs:
@@ -132,23 +144,39 @@ def _palette(path, palette, num_classes) -> np.ndarray:
     return np.array(rows, np.uint8)
 
 
-def _files(directory: pathlib.Path) -> list[pathlib.Path]:
-    """The files directly in `directory`, hidden ones (.DS_Store) left out, sorted."""
-    return sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith("."))
+def skipped(name: str) -> bool:
+    """Whether a file or directory name is hidden (`.DS_Store`) or an OS's (`Thumbs.db`)."""
+    return name.startswith(".") or name.lower() in SYSTEM_NAMES
 
 
-def scan(source_dir) -> dict:
+def _files(directory: pathlib.Path, skips: list) -> list[pathlib.Path]:
+    """The files directly in `directory`, hidden and system ones left out (and appended to
+    `skips`), sorted."""
+    files = []
+    for path in sorted(directory.iterdir()):
+        if skipped(path.name):
+            skips.append(path)
+        elif path.is_file():
+            files.append(path)
+    return files
+
+
+def scan(source_dir, *, report: bool = False) -> dict:
     """`{split: [(image_path, mask_path), ...]}` of `source_dir`, checking the layout only
     (no file is read): every image has a mask and every mask an image, no split is empty,
-    `train` exists."""
+    `train` exists. Hidden and system files and directories (`skipped`) are left out; with
+    `report` (when building), one log line says how many and names the first."""
     root = pathlib.Path(source_dir)
     if not root.is_dir():
         _fail(f"source directory {root} does not exist", f"create it with {LAYOUT}")
+    skips = []
     for kind in ("images", "masks"):
         if not (root / kind).is_dir():
             _fail(f"{root / kind} does not exist", f"expected in {root}: {LAYOUT}")
-        for path in (root / kind).iterdir():
-            if path.is_dir() and path.name not in SPLIT_DIRS.values() and path.name[0] != ".":
+        for path in sorted((root / kind).iterdir()):
+            if skipped(path.name):
+                skips.append(path)
+            elif path.is_dir() and path.name not in SPLIT_DIRS.values():
                 _fail(f"{path} is not a split directory",
                       f"name splits {', '.join(SPLIT_DIRS.values())} or move it out")
     if not (root / "images" / "train").is_dir():
@@ -160,13 +188,17 @@ def scan(source_dir) -> dict:
             present, absent = (image_dir, mask_dir) if image_dir.is_dir() else (mask_dir, image_dir)
             _fail(f"{present} exists but {absent} does not", "add it or remove both")
         if image_dir.is_dir():
-            found[split] = _pairs(image_dir, mask_dir)
+            found[split] = _pairs(image_dir, mask_dir, skips)
+    if report and skips:
+        log.info("folder: skipped %d hidden or system file%s in %s (%s%s)", len(skips),
+                 "" if len(skips) == 1 else "s", root, skips[0].relative_to(root).as_posix(),
+                 ", ..." if len(skips) > 1 else "")
     return found
 
 
-def _pairs(image_dir, mask_dir):
+def _pairs(image_dir, mask_dir, skips):
     images = {}
-    for path in _files(image_dir):
+    for path in _files(image_dir, skips):
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             _fail(f"image {path} is not a .png, .jpg or .jpeg file", "convert it or move it out")
         if path.stem in images:
@@ -176,7 +208,7 @@ def _pairs(image_dir, mask_dir):
     if not images:
         _fail(f"{image_dir} holds no images", "add .png/.jpg/.jpeg images or remove the split")
     masks = {}
-    for path in _files(mask_dir):
+    for path in _files(mask_dir, skips):
         if path.suffix.lower() != MASK_SUFFIX:
             _fail(f"mask {path} is not a .png file",
                   "save masks as PNG (lossless class ids) or move it out")
@@ -243,8 +275,9 @@ def read_pair(image_path, mask_path, info: info_lib.DatasetInfo) -> tuple[bytes,
 
 def fingerprint(source_dir) -> str:
     """16 hex digits hashing classes.json and every file's relative path, size and mtime
-    under `images/` and `masks/`: changes whenever the dataset does."""
-    return fingerprint_lib.files(source_dir, ("images", "masks"), contents=(CLASSES_FILE,))
+    under `images/` and `masks/` (not the skipped ones): changes whenever the dataset does."""
+    return fingerprint_lib.files(source_dir, ("images", "masks"), contents=(CLASSES_FILE,),
+                                 skip=skipped)
 
 
 def builder(data_dir, source_dir) -> Folder:

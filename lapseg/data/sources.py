@@ -10,6 +10,7 @@ and `train_aug`); `validation` is accepted for `val` everywhere, and tfds slices
 as `val[:50]` work too.
 """
 
+import errno
 import io
 
 import grain
@@ -77,13 +78,19 @@ def _tfds_builder(name, data_dir, source_dir):
     return builder
 
 
-def _converting(function, *args, **kwargs):
-    """`function(...)`, its anticipated failures as one-line `DataError`s."""
+def _converting(function, *args, data_dir=None, **kwargs):
+    """`function(...)`, its anticipated failures as one-line `DataError`s (a write failure,
+    e.g. a full disk, names the build's `data_dir`)."""
     try:  # the source's own checks name the file (folder, camvid, readers); tfds adds nothing
         return function(*args, **kwargs)
     except DataError:
         raise
-    except (ValueError, OSError) as err:  # incl. FileNotFoundError, ConnectionError
+    except OSError as err:  # incl. FileNotFoundError, ConnectionError
+        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES) and data_dir:
+            raise DataError(f"cannot write the dataset build in {data_dir} ({err.strerror}); "
+                            "free disk space or pass a writable --config.data.data_dir") from err
+        raise DataError(" ".join(str(err).split())) from err
+    except ValueError as err:
         raise DataError(" ".join(str(err).split())) from err
 
 
@@ -113,7 +120,7 @@ def splits(name: str, *, data_dir, source_dir=None, sbd_dir=None) -> tuple[str, 
         return _converting(lambda: READERS[name].reader(source_dir, **options).split_names())
     if name in catalog.CATALOG:
         return tuple(_canonical(s) for s in _converting(catalog.split_names, name, data_dir))
-    builder = _converting(_tfds_builder, name, data_dir, source_dir)
+    builder = _converting(_tfds_builder, name, data_dir, source_dir, data_dir=data_dir)
     return tuple(_canonical(s) for s in builder.info.splits)
 
 
@@ -165,10 +172,10 @@ def load_source(name: str, split: str, *, data_dir, source_dir=None, sbd_dir=Non
         options = {"sbd_dir": sbd_dir} if name == "voc" else {}
         builder = _converting(READERS[name].builder, data_dir, source_dir,
                               _canonical(split_name), **options)
-        _converting(builder.download_and_prepare, file_format="array_record")
+        _converting(builder.download_and_prepare, file_format="array_record", data_dir=data_dir)
         split = _canonical(split_name) + bracket + rest
     else:
-        builder = _converting(_tfds_builder, name, data_dir, source_dir)
+        builder = _converting(_tfds_builder, name, data_dir, source_dir, data_dir=data_dir)
         split = _stored_split(name, split, list(builder.info.splits))
     skip = {"image": tfds.decode.SkipDecoding(), "label": tfds.decode.SkipDecoding()}
     source = _CheckedSource(builder.as_data_source(split=split, decoders=None if decode else skip),

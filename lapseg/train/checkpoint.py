@@ -47,6 +47,21 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be restored into this run (other model, corrupt files)."""
 
 
+# What a checkpoint's model expects of its inputs and labels, saved in its `meta`: eval,
+# predict, export and a resumed run must repeat it (`contract`); a config that contradicts
+# it is refused, naming the field. Checkpoints saved before these keys existed lack them,
+# and are not checked for them.
+CONTRACT_KEYS = ("num_classes", "ignore_label", "normalize", "input_scale")
+
+
+def contract(config, info) -> dict:
+    """The preprocessing contract of `config` on a dataset of `info` (`DatasetInfo`):
+    class count, ignore label, input normalisation and the model's input scale."""
+    return {"num_classes": int(info.num_classes), "ignore_label": int(info.ignore_label),
+            "normalize": str(config.data.normalize),
+            "input_scale": float(config.model_kwargs.get("input_scale", None) or 1.0)}
+
+
 class CheckpointWriteError(CheckpointError):
     """A checkpoint could not be written (no space left, a failed write); the older
     checkpoints are untouched."""
@@ -307,10 +322,16 @@ def _check_meta(manager, step, meta, where, reader):
     saved_meta = manager.restore(
         step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     for key, value in meta.items():
+        if key in CONTRACT_KEYS and key not in saved_meta:
+            continue  # saved before the contract was stored
         if saved_meta.get(key) != value:
+            field = {"normalize": "data.normalize", "input_scale": "model_kwargs.input_scale",
+                     "ignore_label": "the dataset's ignore label"}.get(key, key)
             raise CheckpointError(
                 f"checkpoint {where} was written for {key}={saved_meta.get(key)!r}, "
-                f"but {reader} has {key}={value!r}")
+                f"but {reader} has {key}={value!r}"
+                + (f" (config {field}; the run's checkpoints fix it)"
+                   if key in CONTRACT_KEYS[1:] else ""))
 
 
 def _check_tree(saved, target, where):
@@ -384,17 +405,41 @@ def read_variables(directory, abstract_variables, *, meta, step=None):
         raise CheckpointError(f"no checkpoint in {directory} (it does not exist)")
     manager = partial_reader(directory)
     try:
-        step = existing_step(manager, step, directory)
-        where = f"{directory}/{step}"
-        _check_meta(manager, step, meta, where, "this model")
-        variables = dict(abstract_variables)
-        target = {"params": variables.pop("params"), "model_state": variables}
-        saved = manager.item_metadata(step)["state"]
-        saved = getattr(saved, "tree", saved)
-        _check_tree({key: saved.get(key, {}) for key in target}, target, where)
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-            partial_restore=True)))["state"]
+        if step is not None:
+            step = existing_step(manager, step, directory)
+            return _read_variables(manager, step, directory, abstract_variables, meta), step
+        existing_step(manager, None, directory)  # "no checkpoint in ..." when empty
+        unreadable = []  # (step, error), newest first: fall back as training's restore does
+        for candidate in sorted(manager.all_steps(), reverse=True):
+            try:
+                variables = _read_variables(manager, candidate, directory, abstract_variables,
+                                            meta)
+            except Exception as err:  # pylint: disable=broad-except  (see Checkpointer.restore)
+                unreadable.append((candidate, err))
+                continue
+            for bad, err in unreadable:
+                log.warning("checkpoint step %d in %s is unreadable (%s): using step %d",
+                            bad, directory, _first_line(err), candidate)
+            return variables, candidate
+        newest = unreadable[0][1]
+        if isinstance(newest, CheckpointError):
+            raise newest
+        raise CheckpointError(
+            f"no readable checkpoint in {directory}: "
+            + "; ".join(f"step {s}: {_first_line(err)}" for s, err in unreadable)) from newest
     finally:
         manager.close()
-    return {"params": restored["params"], **restored["model_state"]}, step
+
+
+def _read_variables(manager, step, directory, abstract_variables, meta):
+    where = f"{directory}/{step}"
+    _check_meta(manager, step, meta, where, "this model")
+    variables = dict(abstract_variables)
+    target = {"params": variables.pop("params"), "model_state": variables}
+    saved = manager.item_metadata(step)["state"]
+    saved = getattr(saved, "tree", saved)
+    _check_tree({key: saved.get(key, {}) for key in target}, target, where)
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True)))["state"]
+    return {"params": restored["params"], **restored["model_state"]}

@@ -19,6 +19,7 @@ makes it a config file argument (`--config=lapseg/train/config.py:W/config.json`
 how `lapseg eval` / `lapseg predict` restore a work dir without `--config`.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -26,6 +27,7 @@ import os
 import ml_collections
 
 from lapseg.data import pipeline as data_pipeline
+from lapseg.train.lock import WorkdirWriteError
 
 CONFIG_FILE = "config.json"  # the resolved config of a run, in its work dir
 
@@ -183,11 +185,34 @@ def validate(config) -> None:
     split = data.get("train_split", "train")
     if not (isinstance(split, str) and split):
         fail("data.train_split", split, "must be a split name such as 'train' (VOC: 'train_aug')")
+    for field in ("worker_count", "cache_mb", "device_prefetch"):
+        at_least(f"data.{field}", 0)
+    for field in ("num_threads", "prefetch"):
+        at_least(f"data.{field}", 1)
+    if data.num_epochs is not None:
+        at_least("data.num_epochs", 1)
+    _validate_distributed(config.get("distributed"), fail, at_least)
     low, high = (tuple(data.scale_range) + (None, None))[:2]
     if not (len(data.scale_range) == 2 and 0 < low <= high):
         fail("data.scale_range", data.scale_range, "must be (low, high) with 0 < low <= high")
     if config.get("mesh") is not None:
         at_least("mesh.spatial", 1)
+
+
+def _validate_distributed(settings, fail, at_least) -> None:
+    """`config.distributed`: the timeouts positive (0 would wait forever) and the coordinator
+    address `host:port` with a port in 1..65535, checked before any process starts."""
+    if not isinstance(settings, ml_collections.ConfigDict):
+        return
+    for field in ("initialization_timeout_seconds", "heartbeat_timeout_seconds",
+                  "shutdown_timeout_seconds"):
+        at_least(f"distributed.{field}", 1)
+    address = settings.get("coordinator_address")
+    if address is not None:
+        host, _, port = str(address).rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            fail("distributed.coordinator_address", address,
+                 "must be 'host:port' with a port in 1..65535, e.g. '10.0.0.1:1234'")
 
 
 def check_eval_size(config, info) -> None:
@@ -224,7 +249,12 @@ def check_resumable(config, workdir) -> None:
     path = os.path.join(os.fspath(workdir), CONFIG_FILE)
     if not os.path.isfile(path):
         return
-    saved = load(path)
+    try:
+        saved = load(path)
+    except ValueError as err:
+        raise ConfigError(f"work dir {workdir} has checkpoints, but {err}",
+                          f"restore {path} from a backup or delete it (the next checkpoint "
+                          "rewrites it)") from err
     for field in MODEL_FIELDS:
         old, new = _leaves(saved[field], field), _leaves(config[field], field)
         for key in sorted(set(old) | set(new)):
@@ -268,12 +298,18 @@ def default_job() -> ml_collections.ConfigDict:
 def save(config, workdir) -> str:
     """Writes `config` to `<workdir>/config.json` atomically; returns the path."""
     path = os.path.join(os.fspath(workdir), CONFIG_FILE)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(config.to_json(indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(config.to_json(indent=2, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError as err:  # a full disk, a read-only work dir: nothing half-written stays
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise WorkdirWriteError(f"cannot write {path} ({err.strerror or err})") from err
     return path
+
 
 
 def _tuples(value):
@@ -316,7 +352,12 @@ def load(path) -> ml_collections.ConfigDict:
     except (OSError, ValueError) as err:
         raise ValueError(f"{path} is not a readable config: {err}") from err
     config = base_config()
-    _merge(config, values, "")
+    try:
+        if not isinstance(values, dict):
+            raise TypeError(f"a JSON {type(values).__name__}, not an object")
+        _merge(config, values, "")
+    except (TypeError, AttributeError, KeyError, ValueError) as err:
+        raise ValueError(f"{path} is not a readable config: {err}") from err
     config.lock()
     return config
 

@@ -16,8 +16,10 @@ three.
 
 Failures are bounded, never a hang:
 
-- A process that cannot reach the coordinator (or whose peers never come) fails after
-  `initialization_timeout_seconds` with a `DistributedError`.
+- A process that cannot reach the coordinator (or whose peers never come) ends after
+  `initialization_timeout_seconds` (+1 s) with one line on stderr and exit status 2 (a
+  watchdog thread: JAX's client would abort with a C++ stack dump); a join JAX reports
+  as failed is a `DistributedError`.
 - A process that dies (killed, out of memory, a crash) stops sending heartbeats; after
   at most `heartbeat_timeout_seconds` the coordination service tells every other process,
   and each terminates (status 134, SIGABRT) with JAX's message "Terminating process
@@ -31,6 +33,9 @@ On CPU, cross-process collectives need an implementation: `initialize` selects g
 """
 
 import logging
+import os
+import sys
+import threading
 
 import jax
 
@@ -93,6 +98,12 @@ def initialize(settings) -> bool:
               "shutdown_timeout_seconds": int(get("shutdown_timeout_seconds", 300))}
     where = (f"process {index if index is not None else '?'} of "
              f"{count if count is not None else '?'} at {address or 'an auto-detected address'}")
+    # JAX's client aborts the process (SIGABRT and a C++ stack dump) a few seconds after the
+    # timeout when the coordinator is unreachable or a peer never joins; this watchdog ends
+    # the process first, with one line and exit status 2.
+    watchdog = threading.Timer(timeout + 1, _give_up, args=(where, timeout))
+    watchdog.daemon = True
+    watchdog.start()
     try:
         jax.distributed.initialize(**kwargs)
     except RuntimeError as err:  # XlaRuntimeError is one too (e.g. DEADLINE_EXCEEDED)
@@ -109,10 +120,23 @@ def initialize(settings) -> bool:
             f"cannot join the distributed job: {err} (no TPU pod, SLURM or Open MPI job was "
             f"detected: set config.distributed.coordinator_address, num_processes and "
             f"process_id)") from err
+    finally:
+        watchdog.cancel()
     log.info("joined the distributed job: process %d of %d, %d local and %d global devices",
              jax.process_index(), jax.process_count(), jax.local_device_count(),
              jax.device_count())
     return True
+
+
+def _give_up(where, timeout):
+    """Ends this process (status 2) with one line: the job could not be joined in time."""
+    sys.stderr.write(
+        f"lapseg: cannot join the distributed job as {where} within {timeout} s "
+        "(config.distributed.initialization_timeout_seconds): the coordinator is unreachable "
+        "or a process did not start — check --config.distributed.* and that every process "
+        "was launched (README: Several processes)\n")
+    sys.stderr.flush()
+    os._exit(2)  # pylint: disable=protected-access  (the main thread is blocked in C++)
 
 
 def is_main() -> bool:

@@ -19,10 +19,12 @@ wait, then each reads its rows of every global batch. Process 0 alone logs and w
 `config.json`, metrics and `best.json`; checkpoints are written by all together (orbax).
 """
 
+import contextlib
 import functools
 import json
 import logging
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +41,7 @@ from lapseg.train import config as config_lib
 from lapseg.train import distributed as distributed_lib
 from lapseg.train import fitted as fitted_lib
 from lapseg.train import init as init_lib
+from lapseg.train import lock as lock_lib
 from lapseg.train import logging as log_lib
 from lapseg.train import optim
 from lapseg.train import state as state_lib
@@ -82,11 +85,24 @@ class FiniteGuard:
         self._state_checked = None  # the step whose state `check_state` last passed
 
     def record(self, step, metrics):
-        self._pending.append((step, metrics["loss"], metrics["grad_norm"]))
+        self._pending.append((step, metrics["loss"], metrics["grad_norm"],
+                              metrics.get("label_errors", 0)))
 
     def check(self):
-        """Reads the recorded steps (they are computed by now at a log step: no stall)."""
+        """Reads the recorded steps (they are computed by now at a log step: no stall).
+
+        Also raises `DataError` at the first step whose batch held label ids outside
+        `0..C-1` other than the ignore label (the step's `label_errors`): they are never
+        trained on or scored, so bad data would otherwise train quietly.
+        """
         pending, self._pending = jax.device_get(self._pending), []
+        for step, _, _, errors in pending:
+            if errors:
+                raise data_lib.DataError(
+                    f"the training batch of step {step} holds {int(errors)} label pixels that "
+                    "are neither a class id nor the ignore label; fix the dataset's labels "
+                    "(or its ignore label)")
+        pending = [item[:3] for item in pending]
         bad = [(step, loss, norm) for step, loss, norm in pending
                if not (np.isfinite(loss) and np.isfinite(norm))]
         if bad and self.mode == "stop":
@@ -114,8 +130,10 @@ class FiniteGuard:
 
 
 def _run_identity(config, info):
-    return {"model": config.model, "num_classes": int(info.num_classes),
-            "dataset": config.data.dataset}
+    """What a checkpoint pins: the model, and the preprocessing contract that eval, predict
+    and export must repeat (`checkpoint_lib.contract`)."""
+    return {"model": config.model, "dataset": config.data.dataset,
+            **checkpoint_lib.contract(config, info)}
 
 
 def evaluate(state, eval_step, mesh, loader, num_classes):
@@ -143,7 +161,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     config_lib.validate(config)
     distributed_lib.initialize(config.get("distributed"))
     workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    # One run per work dir (process 0 of a job holds the lock for all), before any write.
+    with lock_lib.WorkdirLock(workdir) if distributed_lib.is_main() else contextlib.nullcontext():
+        return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config, workdir):
     is_main = distributed_lib.is_main()
     if not is_main:  # process 0 logs for all; the others only warn
         lapseg_log = logging.getLogger("lapseg")
@@ -160,8 +183,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     if os.path.isdir(os.path.join(workdir, "checkpoints")):
         config_lib.check_resumable(config, workdir)
-    if is_main:
-        config_lib.save(config, workdir)
     mesh = step_lib.make_mesh(spatial=config.get("mesh", {}).get("spatial", 1))
     if config.data.batch_size % step_lib.data_size(mesh):
         raise step_lib.MeshError(
@@ -170,6 +191,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
             f"devices / config.mesh.spatial = {step_lib.spatial_size(mesh)})")
     if error := step_lib.spatial_error(mesh, (config.data.crop_size or info.image_size)[0]):
         raise step_lib.MeshError(error)
+    total_steps = config.num_train_steps
+    try:
+        tx = optim.make_optimizer(config.optimizer, total_steps)
+    except ValueError as err:  # e.g. a malformed lr_multipliers entry, named by the message
+        raise config_lib.ConfigError(f"config.{err}", "see lapseg/train/optim.py") from err
+    loss_fn = losses.for_model(config.model, config.loss, ignore_label=ignore_label)
+    replicated = step_lib.replicated(mesh)
+    crop = tuple(config.data.crop_size or info.image_size)
+    image_shape = (1, *crop, 3)
+
+    model, abstract = _build(config, num_classes, tx, image_shape)
+    _check_loss(config, model, loss_fn, abstract, image_shape, num_classes)
     location = data_lib.location(config.data)
     train_split = config.data.get("train_split", "train")
     # Process 0 builds the dataset (on first use; listing the splits of a dataset lapseg
@@ -183,17 +216,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
         distributed_lib.sync("lapseg_dataset_ready")
         if not is_main:
             eval_split = _eval_split(config, location, is_main)
-    total_steps = config.num_train_steps
-    try:
-        tx = optim.make_optimizer(config.optimizer, total_steps)
-    except ValueError as err:  # e.g. a malformed lr_multipliers entry, named by the message
-        raise config_lib.ConfigError(f"config.{err}", "see lapseg/train/optim.py") from err
-    loss_fn = losses.for_model(config.model, config.loss, ignore_label=ignore_label)
-    replicated = step_lib.replicated(mesh)
-    crop = tuple(config.data.crop_size or info.image_size)
-    image_shape = (1, *crop, 3)
-
-    model, abstract = _build(config, num_classes, tx, image_shape)
     if is_main:
         log.info("learning-rate groups:\n%s",
                  optim.describe_groups(abstract.params, config.optimizer.lr_multipliers))
@@ -249,6 +271,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
     input_wait = log_lib.InputWait()  # device idle for want of a batch, per log interval
     pending = None  # the last step's loss: the device is busy until it is ready
 
+    saved_config = []
+
+    def commit_config():
+        """`config.json` of this run, written before its first checkpoint or `best/` save:
+        a run that fails before it saves anything leaves the work dir's config as it was."""
+        if is_main and not saved_config:
+            config_lib.save(config, workdir)
+            saved_config.append(True)
+
     step = int(state.step)
     try:
         while step < total_steps:
@@ -262,6 +293,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             if step % config.log_every_steps == 0 or step == total_steps:
                 train_metrics = jax.device_get(train_metrics)  # syncs: step time is real here
                 guard.check()
+                train_metrics.pop("label_errors", None)
                 if config.nonfinite == "skip":
                     train_metrics["skipped_steps"] = guard.skipped
                 train_metrics["input_wait_fraction"] = input_wait.interval()
@@ -272,15 +304,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                              or step == total_steps):
                 guard.check_state(step, state)  # also covers best/ below
                 result = evaluate(state, eval_step, mesh, eval_batches, num_classes)
+                if not result["class_pixels"].sum() and is_main:
+                    log.warning("step %d: nothing was scored, every label pixel of the %s "
+                                "split is the ignore label (%d)", step, eval_split, ignore_label)
                 writer.write(step, "eval", {"miou": result["miou"],
                                             "pixel_accuracy": result["pixel_accuracy"]})
                 if result["miou"] > best_miou:
                     best_miou = result["miou"]
+                    commit_config()
                     _save_best(workdir, state, identity, step, best_miou)
             preempted = checkpointer.reached_preemption(step)
             if (step % config.checkpoint_every_steps == 0 or step == total_steps
                     or preempted):
                 guard.check_state(step, state)  # before the save deletes an old checkpoint
+                commit_config()
                 checkpointer.save(step, state, meta=identity, data_iterator=train_iter,
                                   force=True)
             if preempted:
@@ -330,7 +367,42 @@ def _build(config, num_classes, tx, image_shape):
             f"({config.model!r}, ...))") from err
 
 
+def _check_loss(config, model, loss_fn, abstract, image_shape, num_classes):
+    """Raises `ConfigError` if `config.loss` does not fit the model: a weight for an output
+    the model lacks, `class_weights` of another length than the classes. Traced abstractly
+    (`jax.eval_shape`: nothing runs), so a bad loss fails in a second, not at step 1."""
+    class_weights = config.loss.get("class_weights", None)
+    if class_weights is not None and len(class_weights) != num_classes:
+        raise config_lib.ConfigError(
+            f"config.loss.class_weights has {len(class_weights)} weights for {num_classes} "
+            "classes", f"give one weight per class ({num_classes}), or unset it")
+    images = jax.ShapeDtypeStruct(image_shape, jnp.float32)
+    labels = jax.ShapeDtypeStruct(image_shape[:3], jnp.int32)
+
+    def loss(variables, images, labels):
+        outputs, _ = model.apply(
+            {"params": variables.params, **variables.model_state}, images, train=True,
+            rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"])
+        return loss_fn(outputs, labels, {"image": images, "label": labels})
+
+    try:
+        jax.eval_shape(loss, abstract, images, labels)
+    except (KeyError, ValueError, TypeError) as err:
+        outputs = jax.eval_shape(lambda v, x: model.apply(
+            {"params": v.params, **v.model_state}, x, train=True,
+            rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"])[0], abstract, images)
+        first = " ".join(str(err).split())[:200]
+        raise config_lib.ConfigError(
+            f"config.loss = {config.loss.to_dict()!r} does not fit model {config.model!r} "
+            f"({type(err).__name__}: {first}); its training outputs are "
+            f"{', '.join(sorted(outputs))}",
+            "set --config.loss.weights to weights of those outputs") from err
+
+
 def _read_best(workdir):
+    if jax.process_index() == 0:
+        _swap_best(workdir)  # a swap a killed run left half done
+    distributed_lib.sync("lapseg_best_recovered")
     path = os.path.join(workdir, "best", "best.json")
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
@@ -339,11 +411,39 @@ def _read_best(workdir):
 
 
 def _save_best(workdir, state, identity, step, miou):
-    """The best-mIoU checkpoint, kept apart from the rolling last-N ones."""
-    best = checkpoint_lib.Checkpointer(os.path.join(workdir, "best"), max_to_keep=1,
-                                       async_save=False)
+    """The best-mIoU checkpoint, kept apart from the rolling last-N ones.
+
+    Written whole into `best.staging/` (checkpoint and `best.json`), then swapped in for
+    `best/` (`_swap_best`), so `best/` is always one complete checkpoint, the old one or
+    the new one, even when the new result is for a step `best/` already holds (a resumed
+    run that beats it at the same step).
+    """
+    staging = os.path.join(workdir, "best.staging")
+    if jax.process_index() == 0 and os.path.exists(staging):
+        shutil.rmtree(staging)
+    distributed_lib.sync(f"lapseg_best_staging_{step}")
+    best = checkpoint_lib.Checkpointer(staging, max_to_keep=1, async_save=False)
     best.save(step, state, meta=identity, force=True)
     best.close()
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "best", "best.json"), "w", encoding="utf-8") as f:
+        with open(os.path.join(staging, "best.json"), "w", encoding="utf-8") as f:
             json.dump({"step": step, "miou": miou}, f)
+        _swap_best(workdir)
+    distributed_lib.sync(f"lapseg_best_saved_{step}")
+
+
+def _swap_best(workdir):
+    """Moves a complete `best.staging/` (it has `best.json`) to `best/`, the old `best/`
+    out of the way first; also finishes a swap a killed run left half done."""
+    best, staging, old = (os.path.join(workdir, name) for name in
+                          ("best", "best.staging", "best.old"))
+    if os.path.isfile(os.path.join(staging, "best.json")):
+        if os.path.exists(best):
+            if os.path.exists(old):
+                shutil.rmtree(old)
+            os.rename(best, old)
+        os.rename(staging, best)
+    if os.path.exists(old) and os.path.isfile(os.path.join(best, "best.json")):
+        shutil.rmtree(old)
+    elif os.path.exists(old) and not os.path.exists(best):
+        os.rename(old, best)  # killed between the two renames without a complete staging

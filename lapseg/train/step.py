@@ -207,6 +207,11 @@ def train_step(state, batch, rng, *, model, tx, loss_fn, ignore_label, nonfinite
     metrics = {"loss": loss, **parts}
     metrics["pixel_accuracy"] = metrics_lib.pixel_accuracy(logits, batch["label"], ignore_label)
     metrics["grad_norm"] = grad_norm
+    # Label pixels neither a class id nor the ignore label: never trained on or scored
+    # under jit, so the loop raises on them (`loop.FiniteGuard.check`).
+    labels = batch["label"]
+    metrics["label_errors"] = jnp.sum((labels != ignore_label)
+                                      & ((labels < 0) | (labels >= logits.shape[-1])))
     return new_state, metrics
 
 

@@ -1,11 +1,15 @@
 """`lapseg predict IMAGES...`: files, directories and glob patterns, in order, each image
-once; a directory or pattern that matches nothing is a one-line error naming it."""
+once; a directory or pattern that matches nothing is a one-line error naming it. Images
+are read upright (EXIF orientation)."""
 
 import os
+import types
 
+import numpy as np
+import PIL.Image
 import pytest
 
-from lapseg.cli import predict
+from lapseg.cli import common, predict
 from lapseg.train import config as config_lib
 from tests.cli.helpers import run
 
@@ -66,3 +70,36 @@ def test_the_command_names_an_empty_match_before_restoring_anything(tree):
         assert code.startswith("lapseg predict: no ") and message in code, code
     code = run("predict", "--workdir", tree / "w", "a")  # found: then the missing checkpoint
     assert isinstance(code, str) and "no checkpoint in" in code, code
+
+
+def test_an_exif_rotated_photo_is_predicted_and_written_upright(tmp_path, monkeypatch):
+    """Issue #26: a phone photo stored sideways with EXIF orientation 6 (rotate 90 degrees
+    clockwise to view) was predicted, and written, sideways."""
+    stored = np.zeros((32, 48, 3), np.uint8)
+    stored[:16, :16, 0] = 255  # a red block in the stored top-left corner
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 6  # Orientation
+    PIL.Image.fromarray(stored).save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    with PIL.Image.open(tmp_path / "phone.jpg") as jpeg:  # the stored pixels, decoded
+        upright = np.rot90(np.asarray(jpeg), k=-1)  # 48 high, 32 wide; the block top-right
+    assert upright[:16, 16:, 0].mean() > 200 and upright[16:, :, 0].mean() < 50
+    given = []
+
+    def predictor(image):  # class 1 where the image is red
+        given.append(image)
+        return (image[..., 0] > 128).astype(np.int32)
+
+    info = types.SimpleNamespace(num_classes=2, ignore_label=255,
+                                 palette=np.array([[0, 0, 0], [0, 255, 0], [255, 255, 255]],
+                                                  np.uint8))
+    monkeypatch.setattr(common, "restore_predictor", lambda *args, **kwargs: (predictor, info, 1))
+    config_lib.save(config_lib.base_config(), tmp_path / "w")
+    assert run("predict", "--workdir", tmp_path / "w", f"--output_dir={tmp_path / 'out'}",
+               tmp_path / "phone.jpg") == 0
+    (image,) = given
+    assert image.shape == (48, 32, 3)
+    np.testing.assert_array_equal(image, upright)
+    with PIL.Image.open(tmp_path / "out" / "phone_label.png") as png:
+        np.testing.assert_array_equal(np.asarray(png), upright[..., 0] > 128)
+    with PIL.Image.open(tmp_path / "out" / "phone_overlay.png") as png:
+        assert png.size == (32, 48)

@@ -2,6 +2,7 @@
 and 40 + 10 real CamVid pairs as a folder that trains 30 steps and evaluates."""
 
 import json
+import logging
 import os
 import pickle
 import shutil
@@ -131,6 +132,22 @@ def test_rebuilt_when_the_folder_changes_reused_when_not(source_dir, tmp_path, m
     (source_dir / "classes.json").write_text(json.dumps({"names": ["bg", "cat", "dog"]}))
     assert len(_load(source_dir, data_dir)) == 3  # classes.json counts too
     assert len(_builds(data_dir)) == 4
+
+
+def test_hidden_and_system_files_are_skipped_and_said_once(source_dir, tmp_path, caplog):
+    """Issue #26: a Thumbs.db (or desktop.ini, ...) stopped the build ('not a .png')."""
+    clean = folder.fingerprint(source_dir)
+    for name in ("images/train/Thumbs.db", "images/train/desktop.ini", "images/val/.DS_Store",
+                 "masks/train/._a.png", "masks/val/Desktop.ini", "images/__MACOSX/train/._b.jpg",
+                 "masks/.DS_Store", "images/train/@eaDir/a.png@SynoEAStream"):
+        (source_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (source_dir / name).write_bytes(b"not an image")
+    assert folder.fingerprint(source_dir) == clean  # they are no part of the dataset
+    caplog.set_level(logging.INFO, logger="lapseg.data.folder")
+    assert len(_load(source_dir, tmp_path / "tfds")) == 2
+    assert len(_load(source_dir, tmp_path / "tfds", "validation")) == 1
+    said = [r.getMessage() for r in caplog.records if r.name == "lapseg.data.folder"]
+    assert len(said) == 1 and "skipped 8 hidden or system files" in said[0], said
 
 
 def _remove(path):

@@ -308,3 +308,27 @@ def test_bad_launch_settings_are_one_line(tmp_path):
                   "--config.distributed.process_id=2")
     assert isinstance(message, str) and "\n" not in message, message
     assert "process_id must be in [0, num_processes = 2), got 2" in message
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("process_id", [0, 1], ids=["absent peer", "unreachable coordinator"])
+def test_a_job_that_cannot_be_joined_ends_in_one_line(toy_file, tmp_path, process_id):
+    """Process 0 waiting for a peer that never starts, or process 1 for a coordinator that
+    is not there: one line and exit status 2 soon after the join timeout (JAX alone would
+    abort with a C++ stack dump), nothing written to the work dir."""
+    argv = [sys.executable, "-c", LAUNCHER, "train", "--config", str(toy_file), "--workdir",
+            str(tmp_path / "w"), *TOY_FLAGS, "--config.distributed.initialization_timeout_seconds=3",
+            f"--config.distributed.coordinator_address=127.0.0.1:{_free_port()}",
+            "--config.distributed.num_processes=2", f"--config.distributed.process_id={process_id}"]
+    start = time.perf_counter()
+    proc = subprocess.run(argv, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu",
+                                               "PYTHONPATH": str(ROOT),
+                                               "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+                          capture_output=True, text=True, timeout=120, check=False)
+    elapsed = time.perf_counter() - start
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert lines and lines[-1].startswith("lapseg: cannot join the distributed job"), lines[-5:]
+    assert "initialization_timeout_seconds" in lines[-1] and "Traceback" not in proc.stderr
+    assert elapsed < 60, elapsed
+    assert not (tmp_path / "w" / "config.json").exists()
