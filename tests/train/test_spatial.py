@@ -117,8 +117,10 @@ def test_split_height_equals_the_unsplit_model(name):
     # off by 2.5e-3.
     assert worst <= 3e-4 * scale
     assert metrics_s["loss"] == pytest.approx(metrics["loss"], rel=1e-5)
+    # BatchNorm running statistics: the gradients' float-rounding bound, per array (PSPNet's
+    # moved by up to 7e-5 on values of ~0.1 with jax 0.10.2; an uneven split is far worse).
     for a, b in zip(jax.tree.leaves(model_state), jax.tree.leaves(model_state_s)):
-        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)  # BatchNorm running statistics
+        np.testing.assert_allclose(b, a, rtol=0, atol=3e-4 * max(float(np.abs(a).max()), 1e-6))
 
 
 def test_spatial_training_matches_data_parallel(tmp_path, monkeypatch):
