@@ -3,7 +3,9 @@
 
 Data: trains on VOC + SBD `train_aug` and evaluates on VOC `val`:
 `--config.data.source_dir=.../VOCdevkit/VOC2012 --config.data.sbd_dir=.../benchmark_RELEASE`
-(README: Datasets). (The reference trains on SBD train minus VOC val, `seg11valid.txt`.)
+(README: Datasets). (The reference trains on SBD `train` (`net.py`: `SBDDSegDataLayer`,
+`split='train'`) and scores VOC 2011 `seg11valid`, the val images not in SBD train
+(`solve.py`: `../data/segvalid11.txt`).)
 
 Recipe: SGD momentum 0.99, weight decay 5e-4, fixed learning rate 1e-10 on the loss
 *summed* over the pixels of one image (Caffe's `normalize: false`, batch 1). lapseg's loss
@@ -16,10 +18,12 @@ the same pixel count: weight decay 5e-4 / (500 x 375) = 2.7e-9 gives the referen
 187,500x harder relative to the gradient step. Biases: lr x2 (`lr_mult: 2`) and no decay
 (`decay_mult: 0`; lapseg decays kernels only). Pixels are the whole crop, the valid
 (non-ignored) ones in the reference; the difference is the ignored fraction of an image.
-No augmentation (the paper found none helped): each image is trained whole, padded
-(bottom/right, label ignored) to the 500 x 500 batch shape. Caffe VGG-16 weights, hence
+No augmentation (the reference's data layers crop and flip nothing): each image is trained
+whole, padded (bottom/right, label ignored) to the 500 x 500 batch shape. Caffe VGG-16 weights, hence
 'caffe' input normalisation (BGR, 0-255 minus mean).
 Skips scaled by 0.01 / 0.0001 ('fcn8s_atonce'), upsampling fixed to bilinear.
+Length: 37,500 steps of 8 images, the 300,000 images of the reference's 300,000 single-image
+iterations (`solver.prototxt` `max_iter: 300000`; `solve.py`: 75 x `solver.step(4000)`).
 """
 
 from lapseg.train import recipes
@@ -49,5 +53,5 @@ def get_config():
     config.optimizer.lr_multipliers = (("*/bias", 2.0),)  # the reference's biases at 2x (lr_mult 2)
 
     config.loss.weights = {"logits": 1.0}
-    config.num_train_steps = 10000
+    config.num_train_steps = 300_000 // 8
     return config

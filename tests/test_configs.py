@@ -55,7 +55,9 @@ def test_finetune_recipe_sets_the_shared_fields():
 
 
 # The paper configs start from ImageNet weights (ICNet: no half-width weights exist; the
-# shapes jobs train from scratch). The expected file per config, by IMAGENET_WEIGHTS key:
+# shapes jobs train from scratch): a Hugging Face name where the hub holds the file, else
+# `$LAPSEG_WEIGHTS/<name>.npz` (semseg's deep-stem ResNet-50, Caffe's VGG-16). The expected
+# weights per config, by IMAGENET_WEIGHTS key:
 PRETRAINED = {
     "ade20k_pspnet_resnet50": "resnet50_deep_stem", "camvid_pspnet_resnet50": "resnet50_deep_stem",
     "cityscapes_pspnet_resnet50": "resnet50_deep_stem",
@@ -68,14 +70,108 @@ PRETRAINED = {
     "camvid_icnet_resnet50": None, "cityscapes_icnet_resnet50": None, "default": None,
     "shapes_lrr": None,
 }  # fmt: skip
+HUB = {"resnet50": "hf://timm/resnet50.tv_in1k", "resnet101": "hf://timm/resnet101.tv_in1k"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_paper_configs_start_from_imagenet_weights(path, tmp_path, monkeypatch):
     monkeypatch.setenv(recipes.WEIGHTS_DIR_ENV, str(tmp_path))
     name = PRETRAINED[path.stem]  # a new config must say here where it starts from
-    expected = str(tmp_path / f"{name}.npz") if name else None
+    expected = HUB.get(name) or (str(tmp_path / f"{name}.npz") if name else None)
     assert load_config(path).init.backbone_weights == expected
+
+
+def test_pretrained_weights_prefer_the_hub(monkeypatch, tmp_path):
+    """Every torchvision backbone has a hub name (docs/weights.md's table); the deep-stem
+    ResNet-50 and Caffe's VGG-16 have none and stay `.npz` files."""
+    monkeypatch.setenv(recipes.WEIGHTS_DIR_ENV, str(tmp_path))
+    for depth in (18, 34, 50, 101, 152):
+        assert recipes.pretrained_weights(f"resnet{depth}") == f"hf://timm/resnet{depth}.tv_in1k"
+    assert recipes.pretrained_weights("vgg16") == "hf://timm/vgg16.tv_in1k"
+    for name in ("resnet50_deep_stem", "vgg16_caffe"):
+        assert recipes.pretrained_weights(name) == str(tmp_path / f"{name}.npz")
+        assert recipes.imagenet_weights(name) == str(tmp_path / f"{name}.npz")
+    assert set(recipes.HUB_WEIGHTS) <= set(recipes.IMAGENET_WEIGHTS)
+    with pytest.raises(ValueError, match="resnet7"):
+        recipes.pretrained_weights("resnet7")
+
+
+# Which parameters each config decays (`config.optimizer.weight_decay_mask`): 'all' where the
+# reference hands every parameter to its SGD (semseg, Dootmaan/DSRL, DUpsampling, RefineNet,
+# LRR's coefficient biases; GCN takes semseg's recipe), 'kernels' where it decays weights only
+# (FCN's `decay_mult: 0` biases, hellochick's ICNet) or the recipe is lapseg's own.
+DECAY_ALL = {"ade20k_pspnet_resnet50", "camvid_pspnet_resnet50", "cityscapes_pspnet_resnet50",
+             "camvid_dsrl_pspnet", "cityscapes_dsrl_pspnet", "camvid_dupsampling_resnet50",
+             "cityscapes_dupsampling_resnet50", "camvid_refinenet_resnet101",
+             "cityscapes_refinenet_resnet101", "camvid_gcn_resnet50", "cityscapes_gcn_resnet101",
+             "voc_lrr_vgg16"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_weight_decay_mask(path):
+    expected = "all" if path.stem in DECAY_ALL else "kernels"
+    assert load_config(path).optimizer.weight_decay_mask == expected
+
+
+@pytest.mark.parametrize("name", ["camvid_refinenet_resnet101", "cityscapes_refinenet_resnet101"])
+def test_refinenet_configs_follow_the_reference_data_and_labels(name):
+    """guosheng/refinenet: short edge enlarged to 450, MATLAB nearest label downsampling,
+    frozen global BN statistics."""
+    config = load_config(CONFIG_DIR / f"{name}.py")
+    assert config.data.min_short_edge == 450
+    assert config.loss.label_sampling == "matlab"
+    assert config.model_kwargs.bn_statistics == "global" and config.model_kwargs.input_scale == 1.2
+    from lapseg import losses  # pylint: disable=import-outside-toplevel
+
+    losses.for_model(config.model, config.loss, ignore_label=255)  # the option is honoured
+
+
+@pytest.mark.parametrize("name", ["camvid_dupsampling_resnet50", "cityscapes_dupsampling_resnet50"])
+def test_dupsampling_configs_follow_dunet_sybn(name):
+    """LinZhuoChen/DUpsampling `train.sh` / `models/dunet_sybn.py`: trainable W, dropout
+    0.5 / 0.1, L = 64 at ratio 16 (OS 16), one learning rate, batch 16."""
+    config = load_config(CONFIG_DIR / f"{name}.py")
+    for key, value in recipes.DUPSAMPLING_REFERENCE.items():
+        assert config.model_kwargs[key] == value
+    assert (config.model_kwargs.dim, config.model_kwargs.ratio) == (64, 16)
+    assert config.model_kwargs.backbone_kwargs.output_stride == 16
+    assert tuple(config.optimizer.lr_multipliers) == () and config.data.batch_size == 16
+    assert config.optimizer.learning_rate == 0.007 and config.optimizer.warmup_steps == 0
+
+
+def test_camvid_lengths():
+    """The CamVid configs train about 100 epochs of the 367 images (ICNet and DSRL too)."""
+    for path in CONFIGS:
+        config = load_config(path)
+        if config.data.dataset != "camvid" or path.stem == "camvid_lrr_resnet50":
+            continue
+        epochs = config.num_train_steps * config.data.batch_size / 367
+        assert 99 <= epochs <= 101, (path.stem, epochs)
+
+
+def test_voc_lrr_rates_and_stages():
+    """golnazghiasi/LRR: coefficient filters at the per-level rates, their biases at 2 (an
+    absolute rate, `AddSubModel.m`), VGG biases at 2x; 65 epochs of the 32x level at 1e-3,
+    then 16 of everything at 1e-3 / 16."""
+    spec = importlib.util.spec_from_file_location("voc_lrr", CONFIG_DIR / "voc_lrr_vgg16.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    rules = dict(config.optimizer.lr_multipliers)
+    for level, rate in zip(module.VGG_LEVELS, (0.1, 0.05, 0.0125, 0.1 / 512)):
+        assert rules[f"*coefficients_{level}/*"] == rate
+        assert rules[f"*coefficients_{level}/*/bias"] == 2.0
+    assert rules["backbone/*/bias"] == 2.0
+    assert config.loss.label_sampling == "center" and config.loss.dilation_erosion
+    coarse, refine = module.get_config("coarse"), module.get_config("refine")
+    assert set(coarse.loss.weights) == {"level_32"} and coarse.optimizer.learning_rate == 1e-3
+    assert refine.optimizer.learning_rate == 1e-3 / 16
+    per_epoch = module.TRAIN_AUG_IMAGES / config.data.batch_size
+    assert round(coarse.num_train_steps / per_epoch) == 65
+    assert round(refine.num_train_steps / per_epoch) == 16
+    assert round(config.num_train_steps / per_epoch) == 81
+    with pytest.raises(ValueError, match="stage must be one of"):
+        module.get_config("fine")
 
 
 RECIPES_DOC = CONFIG_DIR.parent / "docs" / "recipes.md"

@@ -56,6 +56,9 @@ def default_config() -> ml_collections.ConfigDict:
     train_split: the split training reads (VOC papers: 'train_aug').
     crop_size: (h, w) of training crops; None: the dataset's image size.
     scale_range: (low, high) of the uniform random scale factor (0.5-2, the papers' range).
+    min_short_edge: None (default), or training images whose short edge is shorter are
+      first enlarged to it, the random scale then applying to the enlarged size
+      (`augment.TrainAugment`; RefineNet's `input_img_short_edge_min=450`).
     flip: random horizontal flips.
     batch_size: GLOBAL batch size; each process yields batch_size / process_count.
     normalize: 'torch' (ImageNet RGB mean/std, 0-1 scale), 'caffe' (BGR, 0-255, minus
@@ -81,6 +84,7 @@ def default_config() -> ml_collections.ConfigDict:
             "train_split": "train",
             "crop_size": placeholder(tuple),
             "scale_range": (0.5, 2.0),
+            "min_short_edge": placeholder(int),
             "flip": True,
             "batch_size": 16,
             "normalize": "torch",
@@ -184,6 +188,7 @@ def _train_batches(shard, info, settings, batch_size):
         flip=settings["flip"],
         normalization=settings["normalize"],
         ignore_label=info.ignore_label,
+        min_short_edge=settings["min_short_edge"],
     )
     return (
         shard.shuffle()

@@ -230,7 +230,9 @@ class DSRL(nn.Module):
         height, width = images.shape[1:3]
         low = (math.ceil(height / self.scale), math.ceil(width / self.scale))
         # x2 bilinear without align corners: a 2x2 mean for even sizes (PyTorch
-        # F.interpolate(scale_factor=0.5)); the reference resizes with PIL beforehand.
+        # F.interpolate(scale_factor=0.5)), which reads every input pixel. The reference
+        # (Dootmaan/DSRL) halves with F.interpolate(bilinear, align_corners=True), which
+        # interpolates between pixels and reads only part of them (docs/recipes.md).
         low_images = resize.resize_bilinear(images, low, align_corners=False)
         outputs, features = self._run_base(low_images, train)
         if self.sssr_upsampling == "bilinear":

@@ -4,12 +4,18 @@ Most decoders are trained by `segmentation.deep_supervision` over their output d
 with per-output weights from `config.loss.weights`; models whose objective has other
 terms (LRR's dilation/erosion objectives, DSRL's MSE + feature affinity) register a
 loss module here.
+
+`config.loss.label_sampling` says how the labels are downsampled by nearest to an output
+coarser than the input (`segmentation.labels_like`): 'corner' (the default, PyTorch's
+'nearest'), 'center' or 'matlab' (MATLAB's `imresize(..., 'nearest')`, RefineNet's
+reference). LRR's loss reads it itself ('center' by default, 'corner'; its dilation/erosion
+targets know no other); DSRL's samples at corners only.
 """
 
 import functools
 import importlib
 
-from lapseg.losses.segmentation import deep_supervision, masked_cross_entropy
+from lapseg.losses.segmentation import LABEL_SAMPLING, deep_supervision, masked_cross_entropy
 
 # model name -> "module:factory"; the factory takes (loss_config, ignore_label=) and returns
 # a loss_fn.
@@ -17,15 +23,24 @@ _SPECIAL = {
     "lrr": "lapseg.losses.lrr:loss_for_config",
     "dsrl": "lapseg.losses.dsrl:loss_for_config",
 }
+# The `label_sampling` values a special loss honours (the others: every `LABEL_SAMPLING`).
+_SPECIAL_SAMPLING = {"lrr": ("center", "corner"), "dsrl": ("corner",)}
 
 
 def for_model(name: str, loss_config, *, ignore_label: int):
-    """The loss of model `name`, configured by `loss_config` (`weights`, `class_weights`, ...).
+    """The loss of model `name`, configured by `loss_config` (`weights`, `class_weights`,
+    `label_sampling`, ...).
 
     The returned function maps `(outputs, labels, batch)` — the model's output dict,
     int labels `[N, H, W]` and the whole input batch (for losses that need the image) —
-    to `(loss, metrics)`.
+    to `(loss, metrics)`. A `label_sampling` the model's loss does not know raises a
+    ValueError naming the field, before anything is traced.
     """
+    sampling = loss_config.get("label_sampling", None)
+    known = _SPECIAL_SAMPLING.get(name, LABEL_SAMPLING)
+    if sampling is not None and sampling not in known:
+        raise ValueError(f"config.loss.label_sampling = {sampling!r}: the {name} loss samples "
+                         f"labels by {', '.join(map(repr, known))} only")
     if name in _SPECIAL:
         module_name, attr = _SPECIAL[name].split(":")
         factory = getattr(importlib.import_module(module_name), attr)
@@ -35,8 +50,9 @@ def for_model(name: str, loss_config, *, ignore_label: int):
         weights=dict(loss_config.get("weights", None) or {"logits": 1.0}),
         ignore_label=ignore_label,
         class_weights=loss_config.get("class_weights", None),
+        label_sampling=sampling or "corner",
     )
     return lambda outputs, labels, batch: supervised(outputs, labels)
 
 
-__all__ = ["deep_supervision", "for_model", "masked_cross_entropy"]
+__all__ = ["LABEL_SAMPLING", "deep_supervision", "for_model", "masked_cross_entropy"]

@@ -7,7 +7,8 @@
 - `L_fa`: feature affinity between FTM(SSSR) and the SISR image, `feature_affinity_loss`.
 
 Config fields (with the paper's defaults): `weights` ({'logits': 1.0}), `class_weights`,
-`mse_weight` (w1 = 0.1), `fa_weight` (w2 = 1.0), `fa_subsample` (16), `fa_p` (2), `fa_q` (1).
+`mse_weight` (w1 = 0.1), `fa_weight` (w2 = 1.0), `fa_subsample` (16), `fa_p` (2), `fa_q` (1),
+`fa_normalize` (True: each pixel's vector divided by its p-norm; False: the reference's).
 
 `fa_subsample` = 16 is the reference's: Dootmaan/DSRL `utils/fa_loss.py`
 `FALoss(subscale=0.0625)` average-pools both maps by `int(1 / subscale)` = 16 before the
@@ -15,7 +16,8 @@ affinity matrices, and its `train.py` calls `FALoss()` with that default, on the
 outputs at the original resolution (as here); lapseg's earlier 8 had no source. Subsampling
 keeps the `[hw, hw]` matrices affordable (1024 x 2048: 64 x 128 pixels, 256 MiB per f32
 matrix and image). Deviations from that file, each to follow the paper's Eq. 5: each
-pixel's vector is divided by its p-norm (the reference has those lines commented out), and
+pixel's vector is divided by its p-norm (the reference has those lines commented out;
+`fa_normalize=False` follows it, and `recipes.dsrl_pspnet50` sets that), and
 the L1 sum is divided by `N (hw)^2`, not `(hw)^2` (see `feature_affinity_loss`); the
 weights are the paper's 0.1 / 1.0, not the reference's `w_sr = w_fa = 0.5` (`train.py`).
 """
@@ -44,17 +46,20 @@ def _p_norm(x: jnp.ndarray, p: float) -> jnp.ndarray:
     return jnp.where(positive, jnp.where(positive, total, 1.0) ** (1.0 / p), 0.0)
 
 
-def feature_affinity(features: jnp.ndarray, *, subsample: int = 16, p: float = 2.0) -> jnp.ndarray:
+def feature_affinity(features: jnp.ndarray, *, subsample: int = 16, p: float = 2.0,
+                     normalize: bool = True) -> jnp.ndarray:
     """Pairwise affinity of the (subsampled) pixels of a feature map.
 
     `S[n, i, j] = (F_i / ||F_i||_p)^T (F_j / ||F_j||_p)` over the pixels i, j of `F`, the
     map average-pooled by `subsample` (the reference's `AvgPool2d`); all-zero pixels
-    get zero rows.
+    get zero rows. Without `normalize`, `S[n, i, j] = F_i^T F_j` (Dootmaan/DSRL
+    `utils/fa_loss.py`, whose normalising lines are commented out).
 
     Args:
       features: `[N, H, W, C]`.
       subsample: pooling factor (1 keeps the resolution).
       p: the normalising norm.
+      normalize: divide each pixel's vector by its p-norm first.
 
     Returns:
       f32 `[N, hw, hw]`, `hw = (H // subsample) * (W // subsample)`.
@@ -62,12 +67,14 @@ def feature_affinity(features: jnp.ndarray, *, subsample: int = 16, p: float = 2
     chex.assert_rank(features, 4)
     x = _average_pool(features.astype(jnp.float32), subsample)
     x = x.reshape(x.shape[0], -1, x.shape[-1])
-    x = x / jnp.maximum(_p_norm(x, p), 1e-12)
+    if normalize:
+        x = x / jnp.maximum(_p_norm(x, p), 1e-12)
     return jnp.einsum("nic,njc->nij", x, x)
 
 
 def feature_affinity_loss(seg_features: jnp.ndarray, sr_features: jnp.ndarray, *,
-                          subsample: int = 16, p: float = 2.0, q: float = 1.0) -> jnp.ndarray:
+                          subsample: int = 16, p: float = 2.0, q: float = 1.0,
+                          normalize: bool = True) -> jnp.ndarray:
     """`L_fa = mean_{n, i, j} |S_seg[n, i, j] - S_sr[n, i, j]|^q` (Eq. 5; q = 1 is L1).
 
     The reference divides the L1 sum by `(hw)^2` only, i.e. sums over the batch; the mean
@@ -77,7 +84,7 @@ def feature_affinity_loss(seg_features: jnp.ndarray, sr_features: jnp.ndarray, *
     Args:
       seg_features: `[N, H, W, C1]`, FTM of the SSSR output.
       sr_features: `[N, H, W, C2]`, the SISR output; same N, H, W.
-      subsample, p: see `feature_affinity`.
+      subsample, p, normalize: see `feature_affinity`.
       q: power of the absolute difference.
 
     Returns:
@@ -85,8 +92,8 @@ def feature_affinity_loss(seg_features: jnp.ndarray, sr_features: jnp.ndarray, *
     """
     chex.assert_rank([seg_features, sr_features], 4)
     chex.assert_equal_shape_prefix([seg_features, sr_features], 3)
-    difference = (feature_affinity(seg_features, subsample=subsample, p=p)
-                  - feature_affinity(sr_features, subsample=subsample, p=p))
+    difference = (feature_affinity(seg_features, subsample=subsample, p=p, normalize=normalize)
+                  - feature_affinity(sr_features, subsample=subsample, p=p, normalize=normalize))
     return jnp.mean(jnp.abs(difference) ** q)
 
 
@@ -101,7 +108,8 @@ def loss_for_config(loss_config, *, ignore_label: int):
     mse_weight = float(loss_config.get("mse_weight", 0.1))
     fa_weight = float(loss_config.get("fa_weight", 1.0))
     fa = dict(subsample=int(loss_config.get("fa_subsample", 16)),
-              p=float(loss_config.get("fa_p", 2.0)), q=float(loss_config.get("fa_q", 1.0)))
+              p=float(loss_config.get("fa_p", 2.0)), q=float(loss_config.get("fa_q", 1.0)),
+              normalize=bool(loss_config.get("fa_normalize", True)))
 
     def loss_fn(outputs, labels, batch):
         missing = sorted({"sisr", "ftm"} - set(outputs))

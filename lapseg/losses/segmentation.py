@@ -7,7 +7,11 @@ each at its branch's resolution; `lapseg.train.recipes.ICNET_LOSS_WEIGHTS`), Ref
 (`coarse_logits`). Each output is compared with the labels resized by NEAREST to its own
 resolution (never bilinear: labels are categorical); the default 'corner' sampling takes
 each block's top-left pixel, as PyTorch's `mode='nearest'` and TF1's
-`resize_nearest_neighbor` (ICNet's reference, hellochick/ICNet-tensorflow) do.
+`resize_nearest_neighbor` (ICNet's reference, hellochick/ICNet-tensorflow) do; 'center'
+takes the pixel at each block's centre (PyTorch's 'nearest-exact'), and 'matlab' the pixel
+MATLAB's `imresize(..., 'nearest')` takes (guosheng/refinenet
+`main/cnn_layer_dense_softmaxloss_forward.m`: `imresize(one_gt_mask, node_map_size,
+'nearest')`). `config.loss.label_sampling` picks one (`lapseg.losses.for_model`).
 """
 
 from typing import Mapping, Optional, Sequence
@@ -65,13 +69,15 @@ def masked_cross_entropy(
     return (nll * weight).sum() / jnp.maximum(weight.sum(), 1e-12)
 
 
-LABEL_SAMPLING = ("corner", "center")
+LABEL_SAMPLING = ("corner", "center", "matlab")
 
 
 def labels_like(labels: jnp.ndarray, logits: jnp.ndarray, sampling: str = "corner") -> jnp.ndarray:
     """`labels` `[N, H, W]` resized by nearest to the spatial size of `logits` `[N, h, w, C]`:
-    sampling each block's top-left pixel ('corner', PyTorch 'nearest') or its centre ('center',
-    'nearest-exact'; see `ops.resize.resize_nearest`)."""
+    sampling each block's top-left pixel ('corner', PyTorch 'nearest'), its centre ('center',
+    'nearest-exact') or the pixel MATLAB's `imresize(..., 'nearest')` picks ('matlab', centres
+    with MATLAB's rounding, `ops.resize.matlab_nearest_indices`); see
+    `ops.resize.resize_nearest`."""
     if sampling not in LABEL_SAMPLING:
         raise ValueError(f"label sampling must be one of {LABEL_SAMPLING}, got {sampling!r}")
     chex.assert_rank(labels, 3)
@@ -83,7 +89,8 @@ def labels_like(labels: jnp.ndarray, logits: jnp.ndarray, sampling: str = "corne
             f"than any output (transposed H and W?)")
     if tuple(labels.shape[1:3]) == tuple(size):
         return labels
-    return resize.resize_nearest(labels, size, centered=sampling == "center")
+    return resize.resize_nearest(labels, size, centered=sampling == "center",
+                                 matlab=sampling == "matlab")
 
 
 def deep_supervision(
@@ -103,7 +110,8 @@ def deep_supervision(
       weights: output key -> loss weight, e.g. `{'logits': 1.0, 'aux': 0.4}`.
       ignore_label: label value excluded from every term.
       class_weights: optional `[C]` per-class weights.
-      label_sampling: how labels are downsampled to a coarser output (`labels_like`).
+      label_sampling: how labels are downsampled to a coarser output (`labels_like`:
+        'corner', 'center' or 'matlab').
 
     Returns:
       `(loss, metrics)`: the f32 total and `{'loss/<key>': term}` for every key.

@@ -1,17 +1,21 @@
 """The fine-tuning recipe that the papers' configs share, as one parameterised function.
 
 PSPNet, RefineNet, GCN, DUpsampling and DSRL all fine-tune an ImageNet-pretrained backbone
-with SGD (momentum 0.9), poly learning rate (power 0.9) without warm-up, the new head at
-10x the base rate (`NEW_HEAD_10X`, per-group rates in `config.optimizer.lr_multipliers`), and
-random scaling + cropping + flips. `configs/*.py` call `finetune` with what differs (model,
-dataset, crop, batch, rate, steps) and then set their extras:
+with SGD (momentum 0.9), poly learning rate (power 0.9) without warm-up, by default the new
+head at 10x the base rate (`NEW_HEAD_10X`, per-group rates in
+`config.optimizer.lr_multipliers`), and random scaling + cropping + flips. `configs/*.py`
+call `finetune` with what differs (model, dataset, crop, batch, rate, steps, which
+parameters are decayed) and then set their extras:
 
     config = recipes.finetune("gcn", {...}, dataset="camvid", crop_size=(360, 480),
                               batch_size=8, learning_rate=0.01, num_train_steps=4600,
-                              weight_decay=5e-4)
+                              weight_decay_mask="all")
 
-The LRR configs share `lrr`: the paper's objective (every pyramid level, weights 1, plus
-the optional dilation/erosion objectives), SGD momentum 0.9, weight decay 5e-4.
+The LRR configs share `lrr`: golnazghiasi/LRR's objective (every pyramid level, weights 1,
+plus the optional dilation/erosion objectives), SGD momentum 0.9, weight decay 5e-4.
+
+`pretrained_weights` names each config's ImageNet weights: a Hugging Face name where the hub
+holds them (`HUB_WEIGHTS`), else a `.npz` file (`imagenet_weights`).
 
 docs/recipes.md tabulates every config against its paper / reference recipe.
 """
@@ -21,15 +25,34 @@ import os
 from lapseg.losses.lrr import DEFAULT_WEIGHTS as LRR_LEVEL_WEIGHTS
 from lapseg.train.config import base_config
 
-# Where the configs find ImageNet weights: `$LAPSEG_WEIGHTS/<name>.npz` (default directory
-# ~/.cache/lapseg/weights). lapseg never downloads them; README "Starting from ImageNet
-# weights" says how to make each file (`lapseg convert-weights`):
+# The ImageNet weights the configs start from, by name. Those in `HUB_WEIGHTS` are read from
+# the Hugging Face hub (`hf://...`, docs/weights.md: cached under HF_HOME, HF_HUB_OFFLINE
+# honoured); the others have no hub file and are read from `$LAPSEG_WEIGHTS/<name>.npz`
+# (default directory ~/.cache/lapseg/weights), which README "Starting from ImageNet weights"
+# says how to make (`lapseg convert-weights`). `imagenet_weights(name)` is always that .npz
+# path (the route for any name, e.g. a machine without the hub cache);
+# `pretrained_weights(name)` is what the configs use.
 IMAGENET_WEIGHTS = {
+    "resnet18": "torchvision resnet18(weights='IMAGENET1K_V1')",
+    "resnet34": "torchvision resnet34(weights='IMAGENET1K_V1')",
     "resnet50": "torchvision resnet50(weights='IMAGENET1K_V1')",
     "resnet101": "torchvision resnet101(weights='IMAGENET1K_V1')",
+    "resnet152": "torchvision resnet152(weights='IMAGENET1K_V1')",
     "resnet50_deep_stem": "semseg's resnet50_v2.pth (hszhao/semseg, the PSPNet release's backbone)",
     "vgg16": "torchvision vgg16(weights='IMAGENET1K_V1')",
     "vgg16_caffe": "Caffe's VGG_ILSVRC_16_layers in torchvision's vgg16 layout (BGR, 0-255)",
+}
+# timm's copies of torchvision's IMAGENET1K_V1 weights, in torchvision's layout (timm's VGG
+# classifier names are mapped back; lapseg/backbones/hub.py, docs/weights.md). No hub file
+# holds semseg's deep-stem ResNet-50 (`resnet50_v2.pth`: PSPNet, DSRL; ICNet's half width
+# has none at all) or Caffe's BGR 0-255 VGG-16 (FCN-8s, LRR on VOC): those stay .npz.
+HUB_WEIGHTS = {
+    "resnet18": "hf://timm/resnet18.tv_in1k",
+    "resnet34": "hf://timm/resnet34.tv_in1k",
+    "resnet50": "hf://timm/resnet50.tv_in1k",
+    "resnet101": "hf://timm/resnet101.tv_in1k",
+    "resnet152": "hf://timm/resnet152.tv_in1k",
+    "vgg16": "hf://timm/vgg16.tv_in1k",
 }
 WEIGHTS_DIR_ENV = "LAPSEG_WEIGHTS"
 DEFAULT_WEIGHTS_DIR = os.path.join("~", ".cache", "lapseg", "weights")
@@ -46,13 +69,29 @@ def imagenet_weights(name: str) -> str:
     return os.path.join(os.path.expanduser(directory), f"{name}.npz")
 
 
+def pretrained_weights(name: str) -> str:
+    """`config.init.backbone_weights` of the configs for ImageNet weights `name` (a key of
+    `IMAGENET_WEIGHTS`): its Hugging Face name where one exists (`HUB_WEIGHTS`), else
+    `imagenet_weights(name)`, the .npz path. Either way training fails before step 0 in one
+    line when the weights cannot be read (an uncached repo offline, a missing file), saying
+    how to get them; `--config.init.backbone_weights=''` trains from scratch instead."""
+    if name not in IMAGENET_WEIGHTS:
+        raise ValueError(f"no ImageNet weights named {name!r}; known: "
+                         f"{', '.join(IMAGENET_WEIGHTS)}")
+    return HUB_WEIGHTS.get(name) or imagenet_weights(name)
+
+
 def backbone_weights_name(model_kwargs: dict) -> str:
     """`IMAGENET_WEIGHTS` key of a model's backbone: its arch, `_deep_stem` for a deep stem."""
     deep_stem = dict(model_kwargs.get("backbone_kwargs", {})).get("deep_stem", False)
     return model_kwargs["backbone"] + ("_deep_stem" if deep_stem else "")
 
 
-# A new head on a pretrained backbone at 10x the base rate (PSPNet, RefineNet, GCN, DUpsampling).
+# A new head on a pretrained backbone at 10x the base rate: hszhao/semseg `tool/train.py`
+# (`modules_ori` at `base_lr`, `modules_new` = ppm, cls, aux at `base_lr * 10`), Dootmaan/DSRL
+# `train.py` (`get_10x_lr_params`); RefineNet's ResNet at 0.1x its head is the same rule
+# (`input_featnet_lr_multiplier=0.1`). DUpsampling's reference uses one rate (its configs pass
+# `lr_multipliers=()`).
 NEW_HEAD_10X = (("backbone/*", 1.0), ("*", 10.0))
 
 # Evaluation / checkpoint cadence per dataset: CamVid every 460 steps (10 epochs of its 367
@@ -69,15 +108,19 @@ def finetune(model: str, model_kwargs: dict, *, dataset: str, crop_size: tuple[i
              weight_decay: float = 1e-4, scale_range: tuple[float, float] = (0.5, 2.0),
              eval_size: tuple[int, int] | None = None, loss_weights: dict | None = None,
              lr_multipliers: tuple = NEW_HEAD_10X, pretrained: bool = True,
-             weight_decay_mask: str = "kernels"):
+             weight_decay_mask: str = "kernels", label_sampling: str = "corner"):
     """`base_config()` set to the shared fine-tuning recipe (see the module docstring).
 
     `loss_weights` defaults to `{'logits': 1.0}`; `eval_size` to the schema's default (the
     image size rounded up to 32); `lr_multipliers` to the new head at 10x;
     `weight_decay_mask` ('kernels' or 'all', `lapseg.train.optim.WEIGHT_DECAY_MASKS`) to
-    kernels only ('all' is what semseg, DSRL, DUpsampling and RefineNet do). With `pretrained`
-    (and `model_kwargs` naming a backbone) the backbone starts from its ImageNet weights (`config.init.backbone_weights =
-    imagenet_weights(backbone_weights_name(model_kwargs))`).
+    kernels only ('all' is what semseg, DSRL, DUpsampling and RefineNet do; their configs set
+    it); `label_sampling` ('corner', 'center', 'matlab': how labels are downsampled to a
+    coarser output, `lapseg.losses.for_model`) to PyTorch's 'corner', written into
+    `config.loss` so that `--config.loss.label_sampling=...` can change it. With `pretrained`
+    (and `model_kwargs` naming a backbone) the backbone starts from its ImageNet weights
+    (`config.init.backbone_weights = pretrained_weights(backbone_weights_name(model_kwargs))`:
+    a Hugging Face name, or the .npz path where the hub has no file).
     """
     config = base_config()
     config.model = model
@@ -93,10 +136,11 @@ def finetune(model: str, model_kwargs: dict, *, dataset: str, crop_size: tuple[i
                              "lr_multipliers": tuple(lr_multipliers),
                              "weight_decay_mask": weight_decay_mask})
     config.loss.weights = dict(loss_weights or {"logits": 1.0})
+    config.loss.label_sampling = label_sampling
     config.num_train_steps = num_train_steps
     config.update(CADENCE.get(dataset, {}))
     if pretrained and "backbone" in model_kwargs:
-        config.init.backbone_weights = imagenet_weights(backbone_weights_name(model_kwargs))
+        config.init.backbone_weights = pretrained_weights(backbone_weights_name(model_kwargs))
     return config
 
 
@@ -112,6 +156,14 @@ PSPNET50 = {"backbone": "resnet50", "backbone_kwargs": {"deep_stem": True, "outp
 REFINENET101 = {"backbone": "resnet101", "backbone_kwargs": {"output_stride": 32},
                 "channels": (512, 256, 256, 256), "crp_stages": 4, "crp_order": "pool_conv",
                 "input_scale": 1.2, "bn_statistics": "global"}
+# guosheng/refinenet's data and loss settings that the RefineNet configs set:
+# `main/demo_refinenet_train.m` `run_config.input_img_short_edge_min=450` (an image whose short
+# edge is shorter is enlarged to it, `main/my_get_batch_ds_info.m` `do_load_batch_data`:
+# `config.data.min_short_edge`), and `main/cnn_layer_dense_softmaxloss_forward.m`
+# `imresize(one_gt_mask, node_map_size, 'nearest')`, MATLAB's nearest label downsampling
+# to the 1/4 scores (`config.loss.label_sampling = 'matlab'`).
+REFINENET_MIN_SHORT_EDGE = 450
+REFINENET_LABEL_SAMPLING = "matlab"
 # DUpsampling's released training (LinZhuoChen/DUpsampling `train.py`, `train.sh`
 # `--model DUNet_sybn`): W pre-fitted ("Precompute weight for 5 epoches",
 # `model.pre_compute_W`), then trained with the network (`models/dunet_sybn.py`'s SGD holds
@@ -121,11 +173,16 @@ REFINENET101 = {"backbone": "resnet101", "backbone_kwargs": {"output_stride": 32
 # `model_kwargs` (see lapseg/decoders/dupsampling.py).
 DUPSAMPLING_REFERENCE = {"trainable_w": True, "dropout_rates": (0.5, 0.1)}
 # ICNet (Zhao et al., ECCV 2018) on a half-width deep-stem ResNet-50, and its cascade label
-# guidance: lambda = 0.4 / 0.4 / 1 for the 1/16, 1/8 and 1/4 branch outputs, as the paper's
-# Sec. 5 (implementation details) sets them (0.4 for lambda_1 and lambda_2, 1 for lambda_3,
-# PSPNet's auxiliary weight), each scored at its own resolution ('coarse_logits' is the 1/4
-# map `conv6_cls`, not the x4-upsampled 'logits'). hellochick/ICNet-tensorflow `train.py` /
-# `utils/config.py` use LAMBDA1 = 0.16 instead (its own tuning, not the paper's).
+# guidance: lambda = 0.4 / 0.4 / 1 for the 1/16, 1/8 and 1/4 branch outputs, each scored at
+# its own resolution ('coarse_logits' is the 1/4 map `conv6_cls`, not the x4-upsampled
+# 'logits'). These weights are attributed to the paper's Sec. 5 but NOT VERIFIED: the paper's
+# text could not be read here, and the authors' repository (hszhao/ICNet) holds evaluation
+# code only (no training solver). The one training code read, hellochick/ICNet-tensorflow
+# `utils/config.py`, has `LAMBDA1 = 0.16`, `LAMBDA2 = 0.4`, `LAMBDA3 = 1.0` (`train.py`:
+# `cfg.LAMBDA1 * loss_sub4 + cfg.LAMBDA2 * loss_sub24 + cfg.LAMBDA3 * loss_sub124`; its README:
+# "This implementation is different from the details descibed in ICNet paper"), and
+# open-mmlab/mmsegmentation `configs/_base_/models/icnet_r50-d8.py` gives its decode head
+# `loss_weight=1.0` and both auxiliary heads `loss_weight=0.4`, the values kept here.
 ICNET50 = {"backbone": "resnet50",
            "backbone_kwargs": {"deep_stem": True, "output_stride": 8, "width": 0.5},
            "branch_channels": 128, "channels": 256, "bins": (1, 2, 3, 6)}
@@ -152,11 +209,22 @@ def pspnet_checkpoint() -> str | None:
     return os.environ.get(PSPNET_RUN_ENV) or None
 
 
+# DSRL's loss weights: w1 = 0.1 (MSE) and w2 = 1.0 (feature affinity), the values lapseg's
+# DSRL objective (lapseg/losses/dsrl.py) was written with from the paper, NOT VERIFIED here
+# (the paper's text could not be read). Dootmaan/DSRL `train.py` has `w_sr=0.5`, `w_fa=0.5`,
+# but for other terms: its cross-entropy is divided by the batch size once more
+# (`utils/loss.py` `SegmentationLosses(batch_average=True)`: `loss /= n`) and its affinity
+# loss is summed over the batch on unnormalised features (`utils/fa_loss.py`), so its weights
+# do not carry over to lapseg's per-pixel-mean CE and normalised, batch-mean affinity.
+DSRL_LOSS_WEIGHTS = {"mse_weight": 0.1, "fa_weight": 1.0}
+
+
 def dsrl_pspnet50(*, dataset: str, crop_size: tuple[int, int], eval_size: tuple[int, int],
                   num_train_steps: int, batch_size: int = 8):
-    """DSRL around PSPNet-50 (Wang et al., CVPR 2020): the PSPNet recipe (lr 0.01, auxiliary
-    head 0.4) plus the learned SSSR upsampling module, `L_mse` (0.1) and the feature-affinity
-    loss (1.0, on 1/16-subsampled maps as Dootmaan/DSRL `utils/fa_loss.py`)."""
+    """DSRL around PSPNet-50 (Wang et al., CVPR 2020): the PSPNet recipe (lr 0.01, head x10,
+    auxiliary head 0.4, weight decay on every parameter as semseg and Dootmaan/DSRL) plus the
+    learned SSSR upsampling module, `L_mse` (0.1) and the feature-affinity loss (1.0;
+    `DSRL_LOSS_WEIGHTS`), FA on 1/16-subsampled maps as Dootmaan/DSRL `utils/fa_loss.py`."""
     config = finetune(
         "dsrl",
         {"base": "pspnet", "backbone": "resnet50",
@@ -165,17 +233,21 @@ def dsrl_pspnet50(*, dataset: str, crop_size: tuple[int, int], eval_size: tuple[
          "sisr_features": ("res2", "res5"), "sisr_channels": 64, "espcn_channels": (64, 32)},
         dataset=dataset, crop_size=crop_size, batch_size=batch_size, eval_size=eval_size,
         learning_rate=0.01, num_train_steps=num_train_steps,
-        loss_weights={"logits": 1.0, "aux": 0.4})
-    config.loss.update({"mse_weight": 0.1, "fa_weight": 1.0, "fa_subsample": 16, "fa_p": 2.0,
-                        "fa_q": 1.0})
+        loss_weights={"logits": 1.0, "aux": 0.4}, weight_decay_mask="all")
+    # FA without per-pixel normalisation, as Dootmaan/DSRL `utils/fa_loss.py` (its
+    # normalising lines are commented out; its README calls the normalised variants "like a
+    # disaster").
+    config.loss.update({**DSRL_LOSS_WEIGHTS, "fa_subsample": 16, "fa_p": 2.0, "fa_q": 1.0,
+                        "fa_normalize": False})
     return config
 
 
-# GCN's kernel size per dataset, the paper's rule (Peng et al., CVPR 2017): k about the size
-# of the final (stride-32) feature map, so that the GCN covers it. Sec. 4.1 (PASCAL VOC,
-# 512 x 512 inputs, 16 x 16 res5) uses k = 15; Sec. 4.3 (Cityscapes, 800 x 800 crops) raises
-# it to 25, the size of the final 25 x 25 feature map. CamVid (not in the paper): 360 x 480
-# gives a 12 x 15 res5, hence 15.
+# GCN's kernel size per dataset (Peng et al., CVPR 2017): k about the size of the final
+# (stride-32) feature map, so that the GCN covers it; k = 15 for PASCAL VOC (512 x 512
+# inputs, 16 x 16 res5) and k = 25 for Cityscapes (800 x 800 crops, 25 x 25 res5) are
+# attributed to the paper's Sec. 4.1 and 4.3, NOT VERIFIED (its text could not be read here;
+# ZijunDeng/pytorch-semantic-segmentation `models/gcn.py` takes k as an argument). CamVid:
+# 360 x 480 gives a 12 x 15 res5, hence 15 by the same rule.
 GCN_KERNEL_SIZE = {"voc": 15, "cityscapes": 25, "camvid": 15}
 
 
@@ -195,37 +267,51 @@ def caffe_sum_loss_weight_decay(weight_decay: float, pixels: int) -> float:
 # LRR's pyramid levels, coarse to fine, on ResNet (the coefficient convs are
 # `coefficients_<feature>`; the dilation/erosion heads `<kind>_coefficients_<coarsest>`).
 LRR_FEATURES = ("res5", "res4", "res3", "res2")
-# golnazghiasi/LRR `LRR4xTrainVGG16Pascal.m` (`learning_rate_for_new_vars`): the coefficient
-# convs of the 32x, 16x, 8x and 4x levels at these fractions of the base rate, biases at 2x.
+# golnazghiasi/LRR `LRR4xTrainVGG16Pascal.m`: `learning_rate_for_new_vars = [0.1, 0.1/2,
+# 0.1/8, 0.1/512]`, the coefficient convs of the 32x, 16x, 8x and 4x levels at these
+# fractions of the base rate (`modelInitialization/AddSubModel.m`: `net.params(ind).
+# learningRate = learningrate;` for the filters `bases_coef_<level>f`), and their biases at
+# `net.params(ind).learningRate = 2;` (`bases_coef_<level>b`), an absolute multiplier of the
+# base rate, the same at every level; likewise the dilation/erosion heads
+# (`modelInitialization/AddDilationErosionObjectives.m`).
 LRR_REFERENCE_LEVEL_RATES = (0.1, 0.05, 0.0125, 0.1 / 512)
+LRR_REFERENCE_BIAS_RATE = 2.0
 
 
 def lrr_multipliers(level_rates=(1.0, 1.0, 1.0, 1.0), *, bias: float = 2.0,
-                    features=LRR_FEATURES) -> tuple:
+                    bias_rate: float | None = None, features=LRR_FEATURES) -> tuple:
     """`config.optimizer.lr_multipliers` for LRR: each level's coefficient convs (and, at the
-    coarsest, the dilation/erosion heads) at `level_rates`, their biases at `bias` x that; the
+    coarsest, the dilation/erosion heads) at `level_rates`, their biases at `bias` x that, or,
+    with `bias_rate`, at `bias_rate` x the base rate at every level (the reference's); the
     backbone and everything else at 1x."""
     rules = []
     for feature, rate in zip(features, level_rates):
-        rules += [(f"*coefficients_{feature}/*/bias", bias * rate),
+        bias_multiplier = bias * rate if bias_rate is None else bias_rate
+        rules += [(f"*coefficients_{feature}/*/bias", bias_multiplier),
                   (f"*coefficients_{feature}/*", rate)]
     return tuple(rules)
 
 
 def lrr_reference_multipliers(features=LRR_FEATURES) -> tuple:
-    """The reference's per-level rates and 2x biases (`LRR_REFERENCE_LEVEL_RATES`)."""
-    return lrr_multipliers(LRR_REFERENCE_LEVEL_RATES, features=features)
+    """The reference's per-level rates (`LRR_REFERENCE_LEVEL_RATES`) with every coefficient
+    bias at 2x the base rate (`LRR_REFERENCE_BIAS_RATE`)."""
+    return lrr_multipliers(LRR_REFERENCE_LEVEL_RATES, bias_rate=LRR_REFERENCE_BIAS_RATE,
+                           features=features)
 
 
 def lrr(model_kwargs: dict, *, dataset: str, crop_size: tuple[int, int],
         scale_range: tuple[float, float], normalize: str, batch_size: int,
         learning_rate: float, warmup_steps: int, lr_multipliers: tuple,
-        dilation_erosion: bool, num_train_steps: int, backbone_weights: str | None = None):
+        dilation_erosion: bool, num_train_steps: int, backbone_weights: str | None = None,
+        weight_decay_mask: str = "kernels"):
     """`base_config()` set to LRR's recipe (Ghiasi & Fowlkes, golnazghiasi/LRR).
 
     `model_kwargs` are the `lrr` factory's (backbone, basis, num_bases ...);
     `backbone_weights` (an `IMAGENET_WEIGHTS` key, default the backbone's) names the ImageNet
-    weights the backbone starts from (`imagenet_weights`); with
+    weights the backbone starts from (`pretrained_weights`); `weight_decay_mask` which
+    parameters are decayed (`finetune`); labels are sampled at block centres
+    (`config.loss.label_sampling = 'center'`, equal to the reference's MATLAB
+    `imresize(..., 'nearest')` at its integer factors, `getBatch.m`); with
     `dilation_erosion` the model gets the dilation/erosion heads and the loss their
     objectives (weight 1, radius 32 input pixels, the reference's strel radius). Every
     pyramid level is supervised with weight 1 (`lapseg.losses.lrr.DEFAULT_WEIGHTS`); SGD
@@ -239,11 +325,13 @@ def lrr(model_kwargs: dict, *, dataset: str, crop_size: tuple[int, int],
                         "normalize": normalize, "batch_size": batch_size})
     config.optimizer.update({"learning_rate": learning_rate, "momentum": 0.9,
                              "weight_decay": 5e-4, "warmup_steps": warmup_steps,
-                             "lr_multipliers": tuple(lr_multipliers)})
+                             "lr_multipliers": tuple(lr_multipliers),
+                             "weight_decay_mask": weight_decay_mask})
     config.loss.weights = dict(LRR_LEVEL_WEIGHTS)
+    config.loss.label_sampling = "center"
     config.loss.update({"dilation_erosion": dilation_erosion, "dilation_erosion_weight": 1.0,
                         "dilation_erosion_radius": 32})
     config.num_train_steps = num_train_steps
-    config.init.backbone_weights = imagenet_weights(
+    config.init.backbone_weights = pretrained_weights(
         backbone_weights or backbone_weights_name(model_kwargs))
     return config

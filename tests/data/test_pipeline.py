@@ -161,7 +161,7 @@ def test_default_config_fields():
     config = data.default_config()
     assert set(config) == {
         "dataset", "data_dir", "source_dir", "sbd_dir", "train_split", "crop_size", "scale_range",
-        "flip", "batch_size", "normalize",
+        "min_short_edge", "flip", "batch_size", "normalize",
         "num_epochs", "eval_size", "worker_count", "num_threads", "prefetch", "cache_mb",
         "device_prefetch",
     }  # fmt: skip

@@ -67,8 +67,9 @@ def test_sssr_upsampling_matches_torch(scale, train):
     ref.assert_parity(got, want, f"SSSR x{scale} parity ({'train' if train else 'eval'})", 1e-4)
 
 
-def numpy_affinity_loss(seg, sr, subsample, p, q):
-    """Eq. 5 written out: pool, normalise each pixel, all pairwise dot products, mean |.|^q."""
+def numpy_affinity_loss(seg, sr, subsample, p, q, normalize=True):
+    """Eq. 5 written out: pool, normalise each pixel (unless not `normalize`, as Dootmaan/DSRL
+    `utils/fa_loss.py`), all pairwise dot products, mean |.|^q."""
     def affinity(f):
         n, height, width, c = f.shape
         h, w = height // subsample, width // subsample
@@ -79,21 +80,22 @@ def numpy_affinity_loss(seg, sr, subsample, p, q):
                 pooled[:, i, j] = window.mean(axis=(1, 2))
         pixels = pooled.reshape(n, h * w, c)
         norms = (np.abs(pixels) ** p).sum(-1, keepdims=True) ** (1 / p)
-        unit = pixels / norms
+        unit = pixels / norms if normalize else pixels
         return np.stack([[[unit[b, a] @ unit[b, z] for z in range(h * w)] for a in range(h * w)]
                          for b in range(n)])
 
     return np.mean(np.abs(affinity(seg) - affinity(sr)) ** q)
 
 
-@pytest.mark.parametrize("subsample, p, q", [(8, 2.0, 1.0), (4, 1.0, 2.0)])
-def test_feature_affinity_loss_matches_numpy(subsample, p, q):
+@pytest.mark.parametrize("subsample, p, q, normalize",
+                         [(8, 2.0, 1.0, True), (4, 1.0, 2.0, True), (8, 2.0, 1.0, False)])
+def test_feature_affinity_loss_matches_numpy(subsample, p, q, normalize):
     rng = np.random.default_rng(0)
     seg = rng.standard_normal((2, 36, 44, 3))  # not multiples of 8: the pool floors
     sr = rng.standard_normal((2, 36, 44, 3)) + 0.5
-    expected = numpy_affinity_loss(seg, sr, subsample, p, q)
+    expected = numpy_affinity_loss(seg, sr, subsample, p, q, normalize)
     got = dsrl_loss.feature_affinity_loss(jnp.asarray(seg, jnp.float32), jnp.asarray(sr, jnp.float32),
-                                          subsample=subsample, p=p, q=q)
+                                          subsample=subsample, p=p, q=q, normalize=normalize)
     print(f"FA loss subsample={subsample} p={p} q={q}: {float(got):.6f} numpy {expected:.6f}")
     np.testing.assert_allclose(float(got), expected, rtol=1e-5)
 
@@ -298,6 +300,7 @@ def test_config_builds(name):
     assert config.model == "dsrl"
     # The paper's learned SSSR module; the reference's FA subsampling (Dootmaan/DSRL FALoss).
     assert config.model_kwargs.sssr_upsampling == "deconv" and config.loss.fa_subsample == 16
+    assert config.loss.fa_normalize is False  # Dootmaan/DSRL utils/fa_loss.py
     assert (config.loss.mse_weight, config.loss.fa_weight) == (0.1, 1.0)
     model = lapseg.create_model(config.model, num_classes=11, **config.model_kwargs)
     images = jnp.zeros((1, 64, 64, 3))

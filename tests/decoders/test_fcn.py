@@ -283,12 +283,12 @@ def test_config_steps_as_the_caffe_solver_on_the_summed_loss():
     the loss summed over an image's pixels; `lr_mult` 2 and `decay_mult` 0 on biases), written
     as Caffe's SGD in numpy, against lapseg's optimiser from the config on the per-pixel mean
     loss (whose gradient is the summed loss's / pixels): two steps agree. With the config's
-    weight decay at 5e-4 instead, the decay term would be 172,800x the reference's."""
+    weight decay at 5e-4 instead, the decay term would be 187,500x the reference's."""
     from lapseg.train import optim
 
     config = _load_config("voc_fcn8s_vgg16")
-    pixels = 360 * 480
-    assert tuple(config.data.crop_size) == (360, 480) and config.data.scale_range == (1.0, 1.0)
+    pixels = 500 * 375  # a typical VOC image: the config's summed-loss scale
+    assert tuple(config.data.crop_size) == (500, 500) and config.data.scale_range == (1.0, 1.0)
     rng = np.random.default_rng(0)
     params = {"score": {"kernel": rng.standard_normal((4, 3)), "bias": rng.standard_normal(3)}}
     # Summed-loss gradients of the decay's size (5e-4 w), so that a wrongly scaled decay shows.
