@@ -1,8 +1,8 @@
 """FCN-8s against LRR (PCA bases) and LRR (bilinear basis, the paper's ablation) on `shapes`.
 
-    python -m benchmarks.decoders_shapes [--steps 6500] [--batch_size 16]
-        [--models fcn8s,lrr,lrr_bilinear[,lrr_staged]] [--workdir benchmarks_out/decoders_shapes]
-        [--reuse]
+    python -m benchmarks.decoders_shapes [--steps 6500] [--batch_size 16] [--seeds 0,1,2]
+        [--repeat] [--models fcn8s,lrr,lrr_bilinear[,lrr_staged]]
+        [--workdir benchmarks_out/decoders_shapes] [--reuse]
 
 Every model trains from scratch with the main job's data, backbone, steps and batch
 (`configs/default.py`, `configs/shapes_lrr.py`, and the latter with `basis='bilinear'`),
@@ -13,6 +13,14 @@ reference's schedule (configs/shapes_lrr.py): half the steps on the 32x level al
 every level at lr / 16 from that run, in `<workdir>/lrr_staged_coarse` and `lrr_staged`. The table gives val mIoU,
 trimap (boundary) accuracy at w = 1, 2, 4, 8, training minutes, and each number's ratio to
 FCN-8s's.
+
+Seeds (`--seeds`, `config.seed`: initialisation, data order, augmentation, dropout): each
+model trains once per seed (`<workdir>/<model>/seed<s>`), and the table gives the mean and
+standard deviation over the seeds; a difference from FCN-8s smaller than the larger of the
+two standard deviations is marked a tie (`~`). `--repeat` trains the first seed a second
+time (`.../seed<s>_repeat`): the difference between the two runs of one seed is the
+nondeterminism of the CPU run (thread scheduling in XLA's reductions), against which the
+seed-to-seed spread is read.
 """
 
 import argparse
@@ -21,6 +29,8 @@ import json
 import os
 import pathlib
 import time
+
+import numpy as np
 
 from lapseg import cli
 from lapseg.train import config as config_lib
@@ -95,17 +105,55 @@ def run(config, workdir: str, *, steps: int, eval_flags=(), reuse: bool = False)
             **{f"w{w}": result["trimap_accuracy"][w] for w in WIDTHS}}
 
 
+KEYS = ("miou", *(f"w{w}" for w in WIDTHS))
+
+
+def with_seed(config, seed: int):
+    config.seed = seed
+    return config
+
+
+def run_seeds(make_run, model: str, workdir: str, seeds, repeat: bool = False) -> dict:
+    """`make_run(model, workdir, seed)` for every seed (and the first again with `repeat`):
+    `{'runs': [result per seed], 'repeat': result or None}`."""
+    runs = [make_run(model, os.path.join(workdir, model, f"seed{s}"), s) for s in seeds]
+    again = (make_run(model, os.path.join(workdir, model, f"seed{seeds[0]}_repeat"), seeds[0])
+             if repeat else None)
+    return {"runs": runs, "repeat": again}
+
+
+def _stats(runs, key):
+    values = np.array([r[key] for r in runs], np.float64)
+    return values.mean(), (values.std(ddof=1) if len(values) > 1 else 0.0)
+
+
 def print_table(results: dict, title: str) -> None:
-    """Markdown table of `run` results, with ratios to FCN-8s's where it ran."""
+    """Markdown table of `run_seeds` results: mean ± standard deviation over the seeds, and
+    each mean's difference from FCN-8s's (`~`: a tie, smaller than the larger std)."""
     base = results.get("fcn8s")
-    keys = ["miou", *(f"w{w}" for w in WIDTHS)]
-    print(f"\n{title} (ratios to FCN-8s in brackets)")
+    seeds = len(next(iter(results.values()))["runs"])
+    print(f"\n{title}; mean ± std over {seeds} seed(s), difference from FCN-8s in brackets "
+          "(~: within the larger std, a tie)")
     print("| model | val mIoU | " + " | ".join(f"trimap w={w}" for w in WIDTHS) + " | minutes |")
-    print("|---" * (len(keys) + 2) + "|")
+    print("|---" * (len(KEYS) + 2) + "|")
     for model, result in results.items():
-        cells = [f"{result[k]:.4f}" + (f" ({result[k] / base[k]:.3f})" if base else "") for k in keys]
-        minutes = "-" if result["minutes"] is None else f"{result['minutes']:.1f}"
-        print(f"| {model} | " + " | ".join(cells) + f" | {minutes} |")
+        cells = []
+        for key in KEYS:
+            mean, std = _stats(result["runs"], key)
+            cell = f"{mean:.4f} ± {std:.4f}"
+            if base and model != "fcn8s":
+                base_mean, base_std = _stats(base["runs"], key)
+                tie = "~" if abs(mean - base_mean) < max(std, base_std) else ""
+                cell += f" ({mean - base_mean:+.4f}{tie})"
+            cells.append(cell)
+        minutes = [r["minutes"] for r in result["runs"] if r["minutes"] is not None]
+        print(f"| {model} | " + " | ".join(cells) + f" | {np.mean(minutes) if minutes else '-':} |")
+    for model, result in results.items():
+        if result["repeat"] is not None:
+            first = result["runs"][0]
+            print(f"{model}: the first seed run twice differs by "
+                  + ", ".join(f"{key} {result['repeat'][key] - first[key]:+.4f}" for key in KEYS)
+                  + " (nondeterminism)")
 
 
 def main():
@@ -117,22 +165,25 @@ def main():
     parser.add_argument("--data_dir", default=None)
     parser.add_argument("--reuse", action="store_true",
                         help="evaluate work dirs that already hold a run instead of failing")
+    parser.add_argument("--seeds", default="0", help="comma-separated config.seed values")
+    parser.add_argument("--repeat", action="store_true",
+                        help="train the first seed twice (measures nondeterminism)")
     args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
 
-    def configure(config):
-        config.data.batch_size = args.batch_size
-        if args.data_dir:
-            config.data.data_dir = args.data_dir
-        return config
+    def make_run(model, workdir, seed):
+        def configure(config):
+            config.data.batch_size = args.batch_size
+            if args.data_dir:
+                config.data.data_dir = args.data_dir
+            return with_seed(config, seed)
 
-    results = {}
-    for model in args.models.split(","):
-        workdir = os.path.join(args.workdir, model)
         if model == "lrr_staged":
-            results[model] = run_staged(configure, workdir, steps=args.steps, reuse=args.reuse)
-        else:
-            results[model] = run(configure(model_config(model)), workdir, steps=args.steps,
-                                 reuse=args.reuse)
+            return run_staged(configure, workdir, steps=args.steps, reuse=args.reuse)
+        return run(configure(model_config(model)), workdir, steps=args.steps, reuse=args.reuse)
+
+    results = {model: run_seeds(make_run, model, args.workdir, seeds, args.repeat)
+               for model in args.models.split(",")}
     print_table(results, f"shapes, {args.steps} steps of batch {args.batch_size}, val at full "
                          f"resolution")
 

@@ -99,3 +99,29 @@ def test_train_step_config_specs():
         "configs/shapes_lrr.py:coarse|model_kwargs.boundary_masking=False|data.batch_size=4")
     assert config.model == "lrr" and dict(config.loss.weights) == {"level_32": 1.0}
     assert config.model_kwargs.boundary_masking is False and config.data.batch_size == 4
+
+
+def test_decoder_tables_over_seeds_mark_ties(capsys, tmp_path):
+    """`benchmarks.decoders_shapes`: one run per seed in its own work dir, mean ± std, and a
+    difference inside the larger std called a tie."""
+    from benchmarks import decoders_shapes  # pylint: disable=import-outside-toplevel
+
+    values = {("fcn8s", 0): 0.50, ("fcn8s", 1): 0.52, ("fcn8s", 2): 0.54,
+              ("lrr", 0): 0.51, ("lrr", 1): 0.53, ("lrr", 2): 0.55,  # +0.01, std 0.02: a tie
+              ("far", 0): 0.70, ("far", 1): 0.71, ("far", 2): 0.72}
+    made = []
+
+    def make_run(model, workdir, seed):
+        made.append(workdir)
+        value = values[(model, seed)]
+        return {"miou": value, "minutes": 1.0, **{f"w{w}": value for w in decoders_shapes.WIDTHS}}
+
+    results = {model: decoders_shapes.run_seeds(make_run, model, str(tmp_path), [0, 1, 2],
+                                                 repeat=model == "lrr")
+               for model in ("fcn8s", "lrr", "far")}
+    assert str(tmp_path / "lrr" / "seed0_repeat") in made and len(made) == 10
+    decoders_shapes.print_table(results, "test")
+    out = capsys.readouterr().out
+    assert "| lrr | 0.5300 ± 0.0200 (+0.0100~)" in out
+    assert "| far | 0.7100 ± 0.0100 (+0.1900)" in out
+    assert "lrr: the first seed run twice differs by miou +0.0000" in out
