@@ -16,7 +16,7 @@ quarter-width ResNet-18, `shapes`, batch 16, 96x96). Three measurements:
 - run: `lapseg.train.loop.train_and_evaluate` for `--run-steps` steps (log every 50,
   evaluation and checkpoint only at the end): the steps/s of each logging interval and
   the `input_wait_fraction` it logs (the share of the interval the device sat idle
-  waiting for a batch, `lapseg.train.logging.InputWait`), medians over the intervals
+  waiting for a batch, `lapseg.train.reporting.InputWait`), medians over the intervals
   after the first (which holds compilation), the whole run's mean wait, and the wait the
   last progress line showed (before `input_wait_fraction` existed the progress line
   showed the run's share of wall time spent in `next(loader)`, a different measure that
@@ -49,7 +49,7 @@ from lapseg import losses, models
 from lapseg.data import pipeline as data_pipeline
 from lapseg.train import config as config_lib
 from lapseg.train import loop
-from lapseg.train import logging as log_lib
+from lapseg.train import reporting as log_lib
 from lapseg.train import optim
 from lapseg.train import state as state_lib
 from lapseg.train import step as step_lib

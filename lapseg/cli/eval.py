@@ -87,7 +87,7 @@ def main(argv) -> int:
     import jax
 
     from lapseg import data, metrics
-    from lapseg.train import logging as log_lib
+    from lapseg.train import reporting as log_lib
 
     predictor, info, step = common.restore_predictor(program, config, workdir, options,
                                                      best=flag_values.best)

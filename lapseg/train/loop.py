@@ -20,11 +20,13 @@ wait, then each reads its rows of every global batch. Process 0 alone logs and w
 """
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
 import os
 import shutil
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +44,7 @@ from lapseg.train import distributed as distributed_lib
 from lapseg.train import fitted as fitted_lib
 from lapseg.train import init as init_lib
 from lapseg.train import lock as lock_lib
-from lapseg.train import logging as log_lib
+from lapseg.train import reporting as log_lib
 from lapseg.train import optim
 from lapseg.train import state as state_lib
 from lapseg.train import step as step_lib
@@ -80,12 +82,12 @@ class FiniteGuard:
     def __init__(self, mode):
         self.mode = mode
         self.skipped = 0
-        self._pending = []  # (step, loss, grad_norm), the scalars on the device
+        self._unread = []  # (step, loss, grad_norm), the scalars on the device
         self._last = (0, 0.0, 0.0)  # the last step read, for messages
         self._state_checked = None  # the step whose state `check_state` last passed
 
     def record(self, step, metrics):
-        self._pending.append((step, metrics["loss"], metrics["grad_norm"],
+        self._unread.append((step, metrics["loss"], metrics["grad_norm"],
                               metrics.get("label_errors", 0)))
 
     def check(self):
@@ -95,15 +97,15 @@ class FiniteGuard:
         `0..C-1` other than the ignore label (the step's `label_errors`): they are never
         trained on or scored, so bad data would otherwise train quietly.
         """
-        pending, self._pending = jax.device_get(self._pending), []
-        for step, _, _, errors in pending:
+        unread, self._unread = jax.device_get(self._unread), []
+        for step, _, _, errors in unread:
             if errors:
                 raise data_lib.DataError(
                     f"the training batch of step {step} holds {int(errors)} label pixels that "
                     "are neither a class id nor the ignore label; fix the dataset's labels "
                     "(or its ignore label)")
-        pending = [item[:3] for item in pending]
-        bad = [(step, loss, norm) for step, loss, norm in pending
+        unread = [item[:3] for item in unread]
+        bad = [(step, loss, norm) for step, loss, norm in unread
                if not (np.isfinite(loss) and np.isfinite(norm))]
         if bad and self.mode == "stop":
             raise DivergenceError(*bad[0])
@@ -111,8 +113,8 @@ class FiniteGuard:
             self.skipped += len(bad)
             log.warning("skipped %d non-finite step(s), the first at step %d (loss %.4g, "
                         "grad_norm %.4g); %d in this run", len(bad), *bad[0], self.skipped)
-        if pending:
-            self._last = pending[-1]
+        if unread:
+            self._last = unread[-1]
 
     def check_state(self, step, state):
         """`check`, then that `state` is finite: before `state` is evaluated or written.
@@ -129,7 +131,7 @@ class FiniteGuard:
         self._state_checked = step
 
 
-def _run_identity(config, info):
+def _run_meta(config, info):
     """What a checkpoint pins: the model, and the preprocessing contract that eval, predict
     and export must repeat (`checkpoint_lib.contract`)."""
     return {"model": config.model, "dataset": config.data.dataset,
@@ -166,21 +168,61 @@ def train_and_evaluate(config, workdir: str) -> dict:
         return _train_and_evaluate(config, workdir)
 
 
+@dataclasses.dataclass
+class _Run:
+    """What one training run is made of, once its config has been checked against the
+    dataset, the devices and the model (`_prepare`)."""
+
+    config: Any
+    workdir: str
+    is_main: bool
+    info: data_lib.DatasetInfo
+    mesh: Any
+    tx: Any
+    loss_fn: Any
+    model: Any
+    abstract: Any  # the train state's shapes and shardings
+    image_shape: tuple
+    train_split: str
+    eval_split: str | None
+    meta: dict  # what every checkpoint of the run records (`_run_meta`)
+
+
 def _train_and_evaluate(config, workdir):
+    run = _prepare(config, workdir)
+    train_iter, eval_batches = _open_data(run)
+    checkpointer = checkpoint_lib.Checkpointer(
+        os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
+    trainer = None
+    try:
+        state = _initial_state(run, checkpointer, train_iter)
+        trainer = _Trainer(run, checkpointer, train_iter, eval_batches)
+        state, step = trainer.train(state)
+    finally:
+        # Also on an exception or Ctrl-C: let an async save in flight reach the disk.
+        checkpointer.wait()
+        checkpointer.close()
+        train_iter.close()
+        if trainer is not None:
+            trainer.close()
+    result = trainer.result
+    if result is None and eval_batches is not None:  # restored at the last step
+        result = trainer.evaluate(state)
+    result = {} if result is None else result
+    result["step"] = step
+    result["skipped_steps"] = trainer.guard.skipped
+    if run.is_main and "miou" in result:
+        print(log_lib.summary_table(result, run.info.class_names))
+    return result
+
+
+def _prepare(config, workdir) -> _Run:
+    """Checks the config against the work dir, the dataset, the devices and the model, and
+    builds the optimiser, loss and model; lists the dataset's splits (process 0 builds the
+    dataset first, then the others read it)."""
     is_main = distributed_lib.is_main()
-    if not is_main:  # process 0 logs for all; the others only warn
-        lapseg_log = logging.getLogger("lapseg")
-        lapseg_log.setLevel(max(logging.WARNING, lapseg_log.getEffectiveLevel()))
     info = data_lib.dataset_info(config.data.dataset, config.data.source_dir)
     config_lib.check_eval_size(config, info)
-    num_classes, ignore_label = info.num_classes, info.ignore_label
-    data_dir = config.data.data_dir
-
-    def loader(split, train):
-        return data_lib.create_loader(
-            config.data, split, data_dir=data_dir, seed=config.seed, train=train,
-            process_index=jax.process_index(), process_count=jax.process_count())
-
     if os.path.isdir(os.path.join(workdir, "checkpoints")):
         config_lib.check_resumable(config, workdir)
     mesh = step_lib.make_mesh(spatial=config.get("mesh", {}).get("spatial", 1))
@@ -189,24 +231,19 @@ def _train_and_evaluate(config, workdir):
             f"config.data.batch_size = {config.data.batch_size} is not divisible by the "
             f"{step_lib.data_size(mesh)} devices of the mesh's 'data' axis ({jax.device_count()} "
             f"devices / config.mesh.spatial = {step_lib.spatial_size(mesh)})")
-    if error := step_lib.spatial_error(mesh, (config.data.crop_size or info.image_size)[0]):
+    crop = tuple(config.data.crop_size or info.image_size)
+    if error := step_lib.spatial_error(mesh, crop[0]):
         raise step_lib.MeshError(error)
-    total_steps = config.num_train_steps
     try:
-        tx = optim.make_optimizer(config.optimizer, total_steps)
+        tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
     except ValueError as err:  # e.g. a malformed lr_multipliers entry, named by the message
         raise config_lib.ConfigError(f"config.{err}", "see lapseg/train/optim.py") from err
-    loss_fn = losses.for_model(config.model, config.loss, ignore_label=ignore_label)
-    replicated = step_lib.replicated(mesh)
-    crop = tuple(config.data.crop_size or info.image_size)
+    loss_fn = losses.for_model(config.model, config.loss, ignore_label=info.ignore_label)
     image_shape = (1, *crop, 3)
-
-    model, abstract = _build(config, num_classes, tx, image_shape)
-    _check_loss(config, model, loss_fn, abstract, image_shape, num_classes)
+    model, abstract = _build(config, info.num_classes, tx, image_shape)
+    _check_loss(config, model, loss_fn, abstract, image_shape, info.num_classes)
     location = data_lib.location(config.data)
     train_split = config.data.get("train_split", "train")
-    # Process 0 builds the dataset (on first use; listing the splits of a dataset lapseg
-    # generates builds it whole), then the others read.
     eval_split = _eval_split(config, location, is_main) if is_main else None
     if jax.process_count() > 1:
         if is_main:
@@ -219,125 +256,159 @@ def _train_and_evaluate(config, workdir):
     if is_main:
         log.info("learning-rate groups:\n%s",
                  optim.describe_groups(abstract.params, config.optimizer.lr_multipliers))
+    replicated = step_lib.replicated(mesh)
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
-    # Batches go onto the mesh in a background thread, `device_prefetch` ahead of the step.
+    return _Run(config=config, workdir=workdir, is_main=is_main, info=info, mesh=mesh, tx=tx,
+                loss_fn=loss_fn, model=model, abstract=abstract, image_shape=image_shape,
+                train_split=train_split, eval_split=eval_split, meta=_run_meta(config, info))
+
+
+def _open_data(run: _Run):
+    """The training batches (put onto the mesh in a background thread, `device_prefetch`
+    ahead of the step) and the evaluation batches (None without a validation split: built,
+    and the split checked, now rather than after hours of training; iterated per
+    evaluation)."""
+    config = run.config
+
+    def loader(split, train):
+        return data_lib.create_loader(
+            config.data, split, data_dir=config.data.data_dir, seed=config.seed, train=train,
+            process_index=jax.process_index(), process_count=jax.process_count())
+
     train_iter = data_pipeline.prefetch_to_device(
-        iter(loader(train_split, train=True)), functools.partial(step_lib.shard_batch, mesh=mesh),
+        iter(loader(run.train_split, train=True)),
+        functools.partial(step_lib.shard_batch, mesh=run.mesh),
         config.data.get("device_prefetch", 2))
-    # Built (and the split checked) now, not after hours of training; iterated per evaluation.
-    eval_batches = None if eval_split is None else loader(eval_split, train=False)
-    checkpointer = checkpoint_lib.Checkpointer(
-        os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
-    identity = _run_identity(config, info)
+    eval_batches = None if run.eval_split is None else loader(run.eval_split, train=False)
+    return train_iter, eval_batches
+
+
+def _initial_state(run: _Run, checkpointer, train_iter):
+    """The latest readable checkpoint's state (and data position), or a fresh one."""
     if checkpointer.latest_step() is not None:
-        state = checkpointer.restore(abstract, meta=identity, data_iterator=train_iter)
-        if is_main:
+        state = checkpointer.restore(run.abstract, meta=run.meta, data_iterator=train_iter)
+        if run.is_main:
             log.info("resumed from step %d", int(state.step))
-    else:  # Fresh start: initialise, apply `config.init`, attach the label-fitted constants.
-        init = jax.jit(lambda rng: state_lib.init_variables(model, rng, image_shape),
-                       out_shardings=replicated)
-        variables = init(jax.random.key(config.seed))
-        if init_lib.requested(config):  # on host copies: every process reads the files
-            variables = init_lib.apply(config, jax.device_get(variables),
-                                       arch=init_lib.backbone_arch(model))
-        if is_main:  # fitted if missing: by process 0, the others read its file
-            path = fitted_lib.ensure(config, workdir)
-        distributed_lib.sync("lapseg_bases_ready")
-        if not is_main:
-            path = fitted_lib.ensure(config, workdir)
-        fitted = bases.load(path, num_classes=num_classes) if path else {}
-        if init_lib.requested(config) or fitted:  # host values: replicated only if equal
-            distributed_lib.assert_same_everywhere(
-                (variables if init_lib.requested(config) else (), fitted),
-                "the initial variables (config.init, the bases file)")
+        return state
+    return _fresh_state(run)
 
-        def create(variables):
-            return state_lib.create_train_state(bases.attach(variables, fitted), tx)
 
-        state = jax.jit(create, out_shardings=replicated)(variables)
+def _fresh_state(run: _Run):
+    """Initialise, apply `config.init`, attach the label-fitted constants."""
+    config, model = run.config, run.model
+    replicated = step_lib.replicated(run.mesh)
+    init = jax.jit(lambda rng: state_lib.init_variables(model, rng, run.image_shape),
+                   out_shardings=replicated)
+    variables = init(jax.random.key(config.seed))
+    if init_lib.requested(config):  # on host copies: every process reads the files
+        variables = init_lib.apply(config, jax.device_get(variables),
+                                   arch=init_lib.backbone_arch(model))
+    if run.is_main:  # fitted if missing: by process 0, the others read its file
+        path = fitted_lib.ensure(config, run.workdir)
+    distributed_lib.sync("lapseg_bases_ready")
+    if not run.is_main:
+        path = fitted_lib.ensure(config, run.workdir)
+    fitted = bases.load(path, num_classes=run.info.num_classes) if path else {}
+    if init_lib.requested(config) or fitted:  # host values: replicated only if equal
+        distributed_lib.assert_same_everywhere(
+            (variables if init_lib.requested(config) else (), fitted),
+            "the initial variables (config.init, the bases file)")
 
-    train_step = step_lib.jit_train_step(mesh, model=model, tx=tx, loss_fn=loss_fn,
-                                         ignore_label=ignore_label,
-                                         nonfinite=config.nonfinite)
-    eval_step = step_lib.jit_eval_step(mesh, model=model, num_classes=num_classes,
-                                       ignore_label=ignore_label)
-    writer = log_lib.MetricWriter(workdir, enabled=is_main)
-    progress = log_lib.Progress(total_steps, config.data.batch_size, enabled=is_main)
-    step_rng = jax.random.key(config.seed + 1)
-    best_miou = _read_best(workdir)
-    guard = FiniteGuard(config.nonfinite)
-    result = None
-    input_wait = log_lib.InputWait()  # device idle for want of a batch, per log interval
-    pending = None  # the last step's loss: the device is busy until it is ready
+    def create(variables):
+        return state_lib.create_train_state(bases.attach(variables, fitted), run.tx)
 
-    saved_config = []
+    return jax.jit(create, out_shardings=replicated)(variables)
 
-    def commit_config():
-        """`config.json` of this run, written before its first checkpoint or `best/` save:
-        a run that fails before it saves anything leaves the work dir's config as it was."""
-        if is_main and not saved_config:
-            config_lib.save(config, workdir)
-            saved_config.append(True)
 
-    step = int(state.step)
-    try:
-        while step < total_steps:
-            batch, waited = train_iter.get(
-                lambda: pending is not None and not pending.is_ready())
-            input_wait.add(waited)
-            state, train_metrics = train_step(state, batch, step_rng)
-            pending = train_metrics["loss"]
+class _Trainer:
+    """The training loop of one run: step, log, evaluate (and keep `best/`), checkpoint."""
+
+    def __init__(self, run: _Run, checkpointer, train_iter, eval_batches):
+        config, info = run.config, run.info
+        self.run, self.checkpointer = run, checkpointer
+        self.train_iter, self.eval_batches = train_iter, eval_batches
+        self.train_step = step_lib.jit_train_step(
+            run.mesh, model=run.model, tx=run.tx, loss_fn=run.loss_fn,
+            ignore_label=info.ignore_label, nonfinite=config.nonfinite)
+        self.eval_step = step_lib.jit_eval_step(
+            run.mesh, model=run.model, num_classes=info.num_classes,
+            ignore_label=info.ignore_label)
+        self.writer = log_lib.MetricWriter(run.workdir, enabled=run.is_main)
+        self.progress = log_lib.Progress(config.num_train_steps, config.data.batch_size,
+                                         enabled=run.is_main)
+        self.guard = FiniteGuard(config.nonfinite)
+        self.input_wait = log_lib.InputWait()  # device idle for want of a batch, per interval
+        self.best_miou = _read_best(run.workdir)
+        self.result = None  # the last evaluation
+        self._config_saved = False
+
+    def train(self, state):
+        """Steps until `num_train_steps` (or a preemption notice): `(state, step)`."""
+        config = self.run.config
+        total, rng = config.num_train_steps, jax.random.key(config.seed + 1)
+        step, in_flight = int(state.step), None  # in_flight: the last step's loss, on device
+        while step < total:
+            batch, waited = self.train_iter.get(
+                lambda: in_flight is not None and not in_flight.is_ready())
+            self.input_wait.add(waited)
+            state, metrics = self.train_step(state, batch, rng)
+            in_flight = metrics["loss"]
             step += 1
-            guard.record(step, train_metrics)
-            if step % config.log_every_steps == 0 or step == total_steps:
-                train_metrics = jax.device_get(train_metrics)  # syncs: step time is real here
-                guard.check()
-                train_metrics.pop("label_errors", None)
-                if config.nonfinite == "skip":
-                    train_metrics["skipped_steps"] = guard.skipped
-                train_metrics["input_wait_fraction"] = input_wait.interval()
-                writer.write(step, "train", train_metrics)
-                progress.update(step, float(train_metrics["loss"]),
-                                train_metrics["input_wait_fraction"])
-            if eval_batches is not None and (step % config.eval_every_steps == 0
-                                             or step == total_steps):
-                guard.check_state(step, state)  # also covers best/ below
-                result = evaluate(state, eval_step, mesh, eval_batches, num_classes)
-                if not result["class_pixels"].sum() and is_main:
-                    log.warning("step %d: nothing was scored, every label pixel of the %s "
-                                "split is the ignore label (%d)", step, eval_split, ignore_label)
-                writer.write(step, "eval", {"miou": result["miou"],
-                                            "pixel_accuracy": result["pixel_accuracy"]})
-                if result["miou"] > best_miou:
-                    best_miou = result["miou"]
-                    commit_config()
-                    _save_best(workdir, state, identity, step, best_miou)
-            preempted = checkpointer.reached_preemption(step)
-            if (step % config.checkpoint_every_steps == 0 or step == total_steps
-                    or preempted):
-                guard.check_state(step, state)  # before the save deletes an old checkpoint
-                commit_config()
-                checkpointer.save(step, state, meta=identity, data_iterator=train_iter,
-                                  force=True)
+            self.guard.record(step, metrics)
+            if step % config.log_every_steps == 0 or step == total:
+                self._log(step, metrics)
+            if self.eval_batches is not None and (step % config.eval_every_steps == 0
+                                                  or step == total):
+                self._evaluate_and_keep_best(step, state)
+            preempted = self.checkpointer.reached_preemption(step)
+            if step % config.checkpoint_every_steps == 0 or step == total or preempted:
+                self.guard.check_state(step, state)  # before the save deletes an old one
+                self._save_config()
+                self.checkpointer.save(step, state, meta=self.run.meta,
+                                       data_iterator=self.train_iter, force=True)
             if preempted:
                 log.warning("preemption notice at step %d: checkpoint saved, exiting", step)
                 break
-    finally:
-        # Also on an exception or Ctrl-C: let an async save in flight reach the disk.
-        checkpointer.wait()
-        checkpointer.close()
-        train_iter.close()
-        progress.close()
-        writer.close()
-    if result is None and eval_batches is not None:  # restored at the last step
-        result = evaluate(state, eval_step, mesh, eval_batches, num_classes)
-    result = {} if result is None else result
-    result["step"] = step
-    result["skipped_steps"] = guard.skipped
-    if is_main and "miou" in result:
-        print(log_lib.summary_table(result, info.class_names))
-    return result
+        return state, step
+
+    def evaluate(self, state):
+        return evaluate(state, self.eval_step, self.run.mesh, self.eval_batches,
+                        self.run.info.num_classes)
+
+    def close(self):
+        self.progress.close()
+        self.writer.close()
+
+    def _log(self, step, metrics):
+        metrics = jax.device_get(metrics)  # syncs: the step time is real here
+        self.guard.check()
+        metrics.pop("label_errors", None)
+        if self.run.config.nonfinite == "skip":
+            metrics["skipped_steps"] = self.guard.skipped
+        metrics["input_wait_fraction"] = self.input_wait.interval()
+        self.writer.write(step, "train", metrics)
+        self.progress.update(step, float(metrics["loss"]), metrics["input_wait_fraction"])
+
+    def _evaluate_and_keep_best(self, step, state):
+        self.guard.check_state(step, state)  # also covers best/ below
+        result = self.result = self.evaluate(state)
+        if not result["class_pixels"].sum() and self.run.is_main:
+            log.warning("step %d: nothing was scored, every label pixel of the %s split is the "
+                        "ignore label (%d)", step, self.run.eval_split, self.run.info.ignore_label)
+        self.writer.write(step, "eval", {"miou": result["miou"],
+                                         "pixel_accuracy": result["pixel_accuracy"]})
+        if result["miou"] > self.best_miou:
+            self.best_miou = result["miou"]
+            self._save_config()
+            _save_best(self.run.workdir, state, self.run.meta, step, self.best_miou)
+
+    def _save_config(self):
+        """`config.json` of this run, written before its first checkpoint or `best/` save:
+        a run that fails before it saves anything leaves the work dir's config as it was."""
+        if self.run.is_main and not self._config_saved:
+            config_lib.save(self.run.config, self.run.workdir)
+            self._config_saved = True
 
 
 def _eval_split(config, location, is_main):
@@ -410,7 +481,7 @@ def _read_best(workdir):
     return -np.inf
 
 
-def _save_best(workdir, state, identity, step, miou):
+def _save_best(workdir, state, meta, step, miou):
     """The best-mIoU checkpoint, kept apart from the rolling last-N ones.
 
     Written whole into `best.staging/` (checkpoint and `best.json`), then swapped in for
@@ -423,7 +494,7 @@ def _save_best(workdir, state, identity, step, miou):
         shutil.rmtree(staging)
     distributed_lib.sync(f"lapseg_best_staging_{step}")
     best = checkpoint_lib.Checkpointer(staging, max_to_keep=1, async_save=False)
-    best.save(step, state, meta=identity, force=True)
+    best.save(step, state, meta=meta, force=True)
     best.close()
     if jax.process_index() == 0:
         with open(os.path.join(staging, "best.json"), "w", encoding="utf-8") as f:

@@ -125,3 +125,37 @@ def test_no_import_circles():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# The layers of docs/architecture.md, bottom first: a module may import its own layer and
+# the ones below it, never one above ('lapseg' is the package's own __init__, on top).
+LAYERS = ("ops", "layers", "backbones", "decoders", "models", "metrics", "bases",
+          "losses", "data", "train", "infer", "export", "visualize", "cli", "lapseg")
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "lapseg"
+
+
+def test_every_module_has_a_documented_layer():
+    unknown = sorted({_layer(m) for m in MODULES} - set(LAYERS))
+    assert not unknown, f"add these to LAYERS and docs/architecture.md: {unknown}"
+    text = (ROOT.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    listed = [line.split()[0] for line in text.split("```")[1].strip().splitlines()]
+    assert listed == list(LAYERS), f"docs/architecture.md lists {listed}"
+
+
+def test_imports_go_down_the_layers():
+    rank = {layer: i for i, layer in enumerate(LAYERS)}
+    bad = [f"{source} ({_layer(source)}) imports {target} ({_layer(target)})"
+           for source, targets in _graph().items() for target in sorted(targets)
+           if rank.get(_layer(target), 0) > rank.get(_layer(source), 0)]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_layer_check_finds_an_upward_import(monkeypatch):
+    graph = {"lapseg.ops.x": {"lapseg.train.y"}, "lapseg.train.y": set()}
+    monkeypatch.setattr(__import__(__name__, fromlist=["_graph"]), "_graph", lambda: graph)
+    with __import__("pytest").raises(AssertionError, match="lapseg.ops.x \\(ops\\) imports"):
+        test_imports_go_down_the_layers()

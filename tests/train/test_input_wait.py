@@ -11,7 +11,7 @@ import pytest
 
 from lapseg import models
 from lapseg.data import pipeline
-from lapseg.train import logging as log_lib
+from lapseg.train import reporting as log_lib
 from lapseg.train import loop
 from lapseg.train import step as step_lib
 from tests.train import toy
