@@ -193,6 +193,13 @@ def matmul_flops(jaxpr, resize_calls: set | None = None) -> float:
             (contract, _), _ = eqn.params["dimension_numbers"]
             lhs = eqn.invars[0].aval.shape
             total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in contract)
+        if name == "cond" and eqn.params.get("branches_platforms"):
+            # `lax.platform_dependent` (the CPU conv fast paths): one branch runs, so count
+            # the default one (XLA's convolutions), as XLA counts for the default platform.
+            platforms = eqn.params["branches_platforms"]
+            branch = eqn.params["branches"][platforms.index(None) if None in platforms else -1]
+            total += matmul_flops(branch.jaxpr, resize_calls)
+            continue
         for sub in _subjaxprs(eqn.params):
             total += matmul_flops(sub, resize_calls)
     return total

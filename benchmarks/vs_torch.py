@@ -41,10 +41,11 @@ PyTorch gets as many intra-op threads as JAX's CPU client uses (the cores this p
 run on; `--threads N` restricts the process to N of them first), and runs channels-last
 (NHWC, lapseg's layout; PyTorch's recommended CPU format for convnets) unless
 `--torch-format nchw` (or `both`). `--ablate` adds lapseg-only rows with some of the fast
-paths of `lapseg.layers.conv` switched off (`conv_lib.fast_paths`, read at trace time):
-'xla conv' (every convolution XLA's: lapseg before them), then one path added per row
-('+ 1x1 dots', '+ dilated tap grads', '+ undilated tap grads'; lapseg as it is adds
-'shift'). `--profile MODEL` prints, instead
+paths of `lapseg.layers.conv` switched off: the same model wrapped in
+`conv_lib.WithFastPaths(model, fast_paths=paths)` (same variables; every `Conv` in it takes
+only `paths`): 'xla conv' (every convolution XLA's: lapseg before them), then one path
+added per row ('+ 1x1 dots', '+ dilated tap grads', '+ undilated tap grads'; lapseg as it
+is adds 'shift'). `--profile MODEL` prints, instead
 of the table, the per-op times of that model's steps: lapseg's from a `jax.profiler` trace
 of the XLA:CPU thunks, summed per instruction of the optimised HLO and per category
 (conv fwd / bwd, dot, reduce, layout, elementwise; inside scans or not), PyTorch's from `torch.profiler`.
@@ -185,8 +186,9 @@ def lapseg_steps(name, model, images, labels):
 
 # ------------------------------------------------------------------ ablation (lapseg only)
 
-# row name -> the fast paths of lapseg.layers.conv left on (`conv_lib.fast_paths`), each
-# adding one to the row above; lapseg as it is has all of `conv_lib.PATHS`.
+# row name -> the fast paths of lapseg.layers.conv left on (the `fast_paths` setting of
+# `conv_lib.WithFastPaths`), each adding one to the row above; lapseg as it is has all of
+# `conv_lib.PATHS`.
 ABLATIONS = {
     "xla conv": (),
     "+ 1x1 dots": ("pointwise",),
@@ -638,12 +640,11 @@ def main():
             runs[(name, side)] = {"train": compiled_now(train), "infer": compiled_now(infer)}
     if args.ablate:
         for name in args.models:
-            model = lapseg_model(name)
             for variant, paths in ABLATIONS.items():
-                with conv_lib.fast_paths(*paths):
-                    train, infer, _, _ = lapseg_steps(name, model, jax_images, jax_labels)
-                    runs[(name, f"lapseg [{variant}]")] = {
-                        "train": compiled_now(train), "infer": compiled_now(infer)}
+                model = conv_lib.WithFastPaths(lapseg_model(name), fast_paths=paths)
+                train, infer, _, _ = lapseg_steps(name, model, jax_images, jax_labels)
+                runs[(name, f"lapseg [{variant}]")] = {
+                    "train": compiled_now(train), "infer": compiled_now(infer)}
             print(f"{name}: ablations compiled", flush=True)
 
     times = {(key, mode): [] for key in runs for mode in ("train", "infer")}

@@ -12,7 +12,7 @@ len(train_loader)` with a DistributedSampler over 8 GPUs (2,527 images per GPU a
 semseg's test protocol (`tool/test.py`) resizes each image's long side to 512 (`base_size`),
 slides 473 x 473 windows and averages each window with its flip; lapseg's training-time
 evaluation scores whole images (docs/recipes.md).
-Data: `--config.data.source_dir=DIR`, the `ADEChallengeData2016` folder (README: Datasets).
+Data: `--config.data.source_dir=DIR`, the `ADEChallengeData2016` folder (docs/datasets.md).
 """
 
 from lapseg.train import recipes

@@ -17,7 +17,7 @@ training images (2,293 steps at batch 16, 4,587 at batch 8), the length of the o
 configs (a CamVid length of 10K iterations is attributed to the paper, not verified:
 `--config.num_train_steps=10000`). Cascade label guidance `0.4 L_sub4 + 0.4 L_sub24 + 1.0
 L_sub124`, each branch at its own resolution (`recipes.ICNET_LOSS_WEIGHTS`: not verified in
-the paper, see there). Initialisation: `$LAPSEG_ICNET_PSPNET_RUN`, a PSPNet run with this
+the paper, see there). Initialisation: `--config.init.checkpoint=RUN`, a PSPNet run with this
 backbone's shape, as in `cityscapes_icnet_resnet50.py`; unset, from scratch (no ImageNet
 weights exist for the half-width backbone).
 """
@@ -38,5 +38,4 @@ def get_config(size: str = "360x480"):
         batch_size=batch_size, eval_size=(height, width), learning_rate=0.01,
         num_train_steps=100 * 367 // batch_size, loss_weights=recipes.ICNET_LOSS_WEIGHTS,
         lr_multipliers=(), pretrained=False)
-    config.init.checkpoint = recipes.pspnet_checkpoint()
     return config

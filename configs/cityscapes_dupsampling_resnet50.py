@@ -14,7 +14,7 @@ every parameter, poly 0.9 without warm-up, batch 16. Cityscapes specifics: 768 x
 scales 0.5-2, flips, 45,000 steps (~242 epochs of the 2,975 fine images, the 720,000 images
 of the other Cityscapes configs' 90,000 steps at batch 8).
 Data: `--config.data.source_dir=DIR`, the Cityscapes root holding `leftImg8bit/`
-and `gtFine/` (README: Datasets). Deviations: docs/recipes.md.
+and `gtFine/` (docs/datasets.md). Deviations: docs/recipes.md.
 """
 
 from lapseg.train import recipes

@@ -11,7 +11,7 @@ Optimiser: the shared fine-tuning recipe, hszhao/semseg's (`tool/train.py`; no G
 recipe was found to follow), SGD momentum 0.9, lr 0.01 (head x10), weight decay 1e-4 on
 every parameter, poly 0.9; 800 x 800 crops, scales 0.5-2, flips, batch 8, 90,000 steps.
 Data: `--config.data.source_dir=DIR`, the Cityscapes root holding `leftImg8bit/`
-and `gtFine/` (README: Datasets).
+and `gtFine/` (docs/datasets.md).
 """
 
 from lapseg.train import recipes

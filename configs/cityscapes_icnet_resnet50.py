@@ -17,8 +17,8 @@ nearest); the final x4 upsampling runs at test time only (`recipes.ICNET_LOSS_WE
 
 Initialisation: ICNet is "compressed-PSPNet-based" (the arXiv v1 abstract; hellochick's
 README: the authors "trained the model in full kernels and then performed model-pruning
-techique to kill half kernels"), so it starts from a trained PSPNet. `config.init.checkpoint`
-is `$LAPSEG_ICNET_PSPNET_RUN` (`recipes.pspnet_checkpoint`), a PSPNet run whose backbone has
+techique to kill half kernels"), so it starts from a trained PSPNet. `--config.init.checkpoint=RUN`
+names a PSPNet run whose backbone has
 this config's shape (`lapseg train --config configs/cityscapes_pspnet_resnet50.py
 --config.model_kwargs.backbone_kwargs.width=0.5 --config.init.backbone_weights=''`: the
 full-width ImageNet weights do not fit a half-width backbone; or a full-width PSPNet-50 with
@@ -38,5 +38,4 @@ def get_config():
         crop_size=(1024, 2048), batch_size=16, eval_size=(1024, 2048), learning_rate=0.01,
         num_train_steps=30000, loss_weights=recipes.ICNET_LOSS_WEIGHTS, lr_multipliers=(),
         pretrained=False)
-    config.init.checkpoint = recipes.pspnet_checkpoint()
     return config

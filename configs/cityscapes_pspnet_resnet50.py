@@ -16,7 +16,7 @@ and averages each window's softmax with its flip's (`net_process(..., flip=True)
 lapseg's training-time evaluation runs whole 1024 x 2048 images once (`lapseg eval
 --tile_size=713,713 --flip` is the closest protocol, docs/recipes.md).
 Data: `--config.data.source_dir=DIR`, the Cityscapes root holding `leftImg8bit/`
-and `gtFine/` (README: Datasets).
+and `gtFine/` (docs/datasets.md).
 """
 
 from lapseg.train import recipes

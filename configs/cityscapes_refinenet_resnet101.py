@@ -34,7 +34,7 @@ Deviations (docs/recipes.md):
 - bilinear x1.2 enlargement after normalisation, not MATLAB's bicubic `imresize` of the
   uint8 image (`lapseg/decoders/refinenet.py`).
 Data: `--config.data.source_dir=DIR`, the Cityscapes root holding `leftImg8bit/`
-and `gtFine/` (README: Datasets).
+and `gtFine/` (docs/datasets.md).
 """
 
 from lapseg.train import recipes

@@ -3,7 +3,7 @@
 
 Data: trains on VOC + SBD `train_aug` and evaluates on VOC `val`:
 `--config.data.source_dir=.../VOCdevkit/VOC2012 --config.data.sbd_dir=.../benchmark_RELEASE`
-(README: Datasets). (The reference trains on SBD `train` (`net.py`: `SBDDSegDataLayer`,
+(docs/datasets.md). (The reference trains on SBD `train` (`net.py`: `SBDDSegDataLayer`,
 `split='train'`) and scores VOC 2011 `seg11valid`, the val images not in SBD train
 (`solve.py`: `../data/segvalid11.txt`).)
 

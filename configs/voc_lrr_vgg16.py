@@ -3,7 +3,7 @@
 
 Data: trains on VOC + SBD `train_aug` and evaluates on VOC `val`:
 `--config.data.source_dir=.../VOCdevkit/VOC2012 --config.data.sbd_dir=.../benchmark_RELEASE`
-(README: Datasets). (The reference trains on VOC 2011 + SBD, `opts.vocEdition = '11'`,
+(docs/datasets.md). (The reference trains on VOC 2011 + SBD, `opts.vocEdition = '11'`,
 `opts.vocAdditionalSegmentations = true`, and validates on VOC 2011 val.)
 
 Recipe: VGG-16 without pad100 (fc6 padded by 3, `LRRInitializeFromVGG16.m`), K = 10 bases of

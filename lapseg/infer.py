@@ -19,6 +19,9 @@ tiles of one view average their *logits* where they overlap; the views (scales, 
 average their softmax *probabilities*. Images are rescaled bilinearly with half-pixel
 centres and no antialiasing (OpenCV's INTER_LINEAR, as in semseg), and each view's
 logits are resized back the same way.
+
+Importing this module loads no input pipeline (grain, tfds): `restore_model` imports
+`lapseg.data` for the dataset's classes, and `bucket=0` the pipeline's evaluation sizes.
 """
 
 import math
@@ -29,8 +32,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from lapseg import data as data_lib
-from lapseg.data import pipeline as data_pipeline
 from lapseg import models
 from lapseg.ops import resize
 from lapseg.ops.normalize import normalize
@@ -179,6 +180,8 @@ def bucket_size(height: int, width: int, bucket: int) -> tuple[int, int]:
     for; `bucket` 0: the training loop's evaluation sizes
     (`lapseg.data.pipeline.eval_padded_size`)."""
     if bucket == 0:
+        from lapseg.data import pipeline as data_pipeline  # pylint: disable=import-outside-toplevel
+
         return data_pipeline.eval_padded_size(height, width)
     return bucket * math.ceil(height / bucket), bucket * math.ceil(width / bucket)
 
@@ -237,6 +240,8 @@ def restore_model(config, workdir, *, best: bool = False, step=None):
       its variables `{'params': ..., 'batch_stats': ..., ...}` on the default device, the
       dataset's `DatasetInfo` (classes, palette, ignore label) and the restored step.
     """
+    from lapseg import data as data_lib  # pylint: disable=import-outside-toplevel  (tfds)
+
     info = data_lib.dataset_info(config.data.dataset, config.data.get("source_dir"))
     model = models.from_config(config, info.num_classes)
     crop = config.data.get("crop_size", None)

@@ -4,15 +4,19 @@ Every model maps images `[N, H, W, 3]` (f32, normalised) to a dict whose `'logit
 are `[N, H, W, num_classes]` at input resolution; auxiliary outputs (pyramid levels,
 auxiliary heads, the SISR image) sit beside it under keys each decoder documents.
 
-Models are registered as "module:factory" strings and imported on first use, so that
-importing lapseg stays cheap and each decoder lives in its own file. A factory takes
-`num_classes`, `backbone` and `backbone_kwargs` (a name and its fields, or a Module; see
-`lapseg.backbones.build`), `dtype`, `param_dtype` and the decoder's own keyword arguments.
+Each registered model has one description, a `Model` (as scenic's `SegmentationModel`):
+the factory that builds its module, the loss that trains it (`lapseg.losses.for_model`),
+the outputs it returns in training, and a tiny configuration that tests build it with.
+Adding a decoder is one entry of `_MODELS`. Factories and losses are "module:function"
+strings imported on first use, so that importing lapseg stays cheap, each decoder lives in
+its own file and this registry imports no loss. A factory takes `num_classes`, `backbone`
+and `backbone_kwargs` (a name and its fields, or a Module; see `lapseg.backbones.build`),
+`dtype`, `param_dtype` and the decoder's own keyword arguments.
 
-Wrapper models (`WRAPPERS`, e.g. 'dsrl') wrap another decoder, their *base*. Their factory
-takes `base`, an already built decoder whose `backbone` field is the shared encoder, plus
-the wrapper's own fields; `create_model` builds that base by name first, so no decoder
-imports this registry:
+Wrapper models (`Model.wraps`, e.g. 'dsrl') wrap another decoder, their *base*. Their
+factory takes `base`, an already built decoder whose `backbone` field is the shared
+encoder, plus the wrapper's own fields; `create_model` builds that base by name first, so
+no decoder imports this registry:
 
     create_model('dsrl', base='pspnet', backbone='resnet50', backbone_kwargs={...},
                  base_kwargs={...}, num_classes=21, dtype=..., scale=2, ...)
@@ -20,35 +24,94 @@ imports this registry:
 builds `create_model('pspnet', num_classes=21, backbone='resnet50', backbone_kwargs={...},
 dtype=..., **base_kwargs)` and passes it as `base` to the dsrl factory with `dtype` and
 the remaining (DSRL) arguments. `num_classes`, `backbone`, `backbone_kwargs` go to the base
-only, `dtype` and `param_dtype` to both; `WRAPPERS[name]` gives the defaults of `base` and
+only, `dtype` and `param_dtype` to both; `Model.wraps` gives the defaults of `base` and
 of the base's arguments. A `base` that is already a Module is passed through as is (then
 only a matching `num_classes` may be given besides the wrapper's fields).
 """
 
+import dataclasses
 import importlib
 import numbers
 
-_MODELS = {
-    "fcn32s": "lapseg.decoders.fcn:fcn32s",
-    "fcn16s": "lapseg.decoders.fcn:fcn16s",
-    "fcn8s": "lapseg.decoders.fcn:fcn8s",
-    "fcn8s_atonce": "lapseg.decoders.fcn:fcn8s_atonce",
-    "lrr": "lapseg.decoders.lrr:lrr",
-    "pspnet": "lapseg.decoders.pspnet:pspnet",
-    "refinenet": "lapseg.decoders.refinenet:refinenet",
-    "gcn": "lapseg.decoders.gcn:gcn",
-    "dupsampling": "lapseg.decoders.dupsampling:dupsampling",
-    "icnet": "lapseg.decoders.icnet:icnet",
-    "dsrl": "lapseg.decoders.dsrl:dsrl",
-}
 
-# Wrapper models: name -> defaults of `base` (a registered name) and of its arguments.
-WRAPPERS = {
-    "dsrl": {"base": "pspnet", "backbone": "resnet50"},
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """What lapseg knows of one model: how to build, train and test it.
+
+    Attributes:
+      factory: "module:function" building the linen Module (see the module docstring).
+      outputs: `fnmatch` patterns of the keys it returns in training, 'logits' first: what
+        `config.loss.weights` may weight. A wrapper returns its base's too.
+      loss: "module:function" of its loss factory, `(loss_config, *, ignore_label) ->
+        loss_fn`; None: deep supervision over the outputs that `config.loss.weights`
+        names (`lapseg.losses.for_model`).
+      label_sampling: the `config.loss.label_sampling` values `loss` honours; None: every
+        one of `lapseg.losses.LABEL_SAMPLING`.
+      wraps: a wrapper's defaults of `base` (a registered name) and of the base's
+        arguments; None for a decoder.
+      tiny: keyword arguments that build it small (a narrow backbone, few channels), so
+        that tests init every registered model in seconds with no files.
+    """
+
+    factory: str
+    outputs: tuple = ("logits",)
+    loss: str | None = None
+    label_sampling: tuple | None = None
+    wraps: dict | None = None
+    tiny: dict = dataclasses.field(default_factory=dict)
+
+    def module_factory(self):
+        """The factory function (its module imported now)."""
+        return _load(self.factory)
+
+    def loss_factory(self):
+        """The loss factory function, or None for plain deep supervision."""
+        return None if self.loss is None else _load(self.loss)
+
+
+# An eighth-width ResNet-18 (each factory's defaults otherwise): what most `tiny` build on.
+_TINY = {"backbone": "resnet18", "backbone_kwargs": {"width": 0.125}}
+
+_MODELS = {
+    "fcn32s": Model("lapseg.decoders.fcn:fcn32s", tiny=_TINY),
+    "fcn16s": Model("lapseg.decoders.fcn:fcn16s", tiny=_TINY),
+    "fcn8s": Model("lapseg.decoders.fcn:fcn8s", tiny=_TINY),
+    "fcn8s_atonce": Model("lapseg.decoders.fcn:fcn8s_atonce", tiny=_TINY),
+    "lrr": Model("lapseg.decoders.lrr:lrr",
+                 outputs=("logits", "level_*", "dilation_*", "erosion_*"),
+                 loss="lapseg.losses.lrr:loss_for_config", label_sampling=("center", "corner"),
+                 tiny=_TINY),
+    "pspnet": Model("lapseg.decoders.pspnet:pspnet", outputs=("logits", "aux"),
+                    tiny={**_TINY, "channels": 16, "aux_channels": 8}),
+    "refinenet": Model("lapseg.decoders.refinenet:refinenet", outputs=("logits", "coarse_logits"),
+                       tiny={**_TINY, "channels": (16, 8, 8, 8)}),
+    "gcn": Model("lapseg.decoders.gcn:gcn", tiny=_TINY),
+    "dupsampling": Model("lapseg.decoders.dupsampling:dupsampling", tiny={**_TINY, "dim": 16}),
+    "icnet": Model("lapseg.decoders.icnet:icnet",
+                   outputs=("logits", "aux_sub4", "aux_sub24", "coarse_logits"),
+                   tiny={"backbone": "resnet50", "branch_channels": 8, "channels": 16,
+                         "backbone_kwargs": {"width": 0.125, "deep_stem": True,
+                                             "output_stride": 8}}),
+    "dsrl": Model("lapseg.decoders.dsrl:dsrl", outputs=("logits", "sisr", "ftm"),
+                  loss="lapseg.losses.dsrl:loss_for_config", label_sampling=("corner",),
+                  wraps={"base": "pspnet", "backbone": "resnet50"},
+                  tiny={**_TINY, "base": "fcn8s", "sisr_channels": 8, "espcn_channels": (8, 8)}),
 }
 # Arguments of a wrapper that build its base (`dtype` and `param_dtype` go to both).
 _BASE_ARGS = ("num_classes", "backbone", "backbone_kwargs")
 _SHARED_ARGS = ("dtype", "param_dtype")
+
+
+def describe(name: str, *, strict: bool = True) -> Model | None:
+    """The `Model` registered as `name`; an unknown name is a ValueError listing the
+    registered ones, or with `strict=False`, None. (An entry may also be a bare
+    "module:function" string: a model with `Model`'s defaults.)"""
+    if name not in _MODELS:
+        if not strict:
+            return None
+        raise ValueError(f"unknown model {name!r}; registered: {', '.join(sorted(_MODELS))}")
+    entry = _MODELS[name]
+    return Model(entry) if isinstance(entry, str) else entry
 
 
 def names():
@@ -56,23 +119,36 @@ def names():
     return sorted(n for n in _MODELS if _resolve(n, strict=False) is not None)
 
 
+def train_outputs(name: str, base: str | None = None) -> tuple:
+    """The `fnmatch` patterns of model `name`'s training outputs; a wrapper's include
+    those of `base` (default: its default base)."""
+    model = describe(name)
+    if model.wraps is None:
+        return model.outputs
+    inner = train_outputs(base or model.wraps["base"])
+    return model.outputs + tuple(p for p in inner if p not in model.outputs)
+
+
+def _load(reference: str):
+    module_name, attr = reference.split(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
 def _resolve(name, strict=True):
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; registered: {', '.join(sorted(_MODELS))}")
-    module_name, attr = _MODELS[name].split(":")
+    model = describe(name)
     try:
-        module = importlib.import_module(module_name)
+        return model.module_factory()
     except ModuleNotFoundError as err:
+        module_name = model.factory.split(":")[0]
         if strict or err.name != module_name:
             raise
         return None
-    return getattr(module, attr)
 
 
 def create_model(name, **kwargs):
     """Builds model `name`; keyword arguments go to its factory (see the decoder's file).
 
-    For a wrapper model (`WRAPPERS`), `base` (a registered name), `base_kwargs`,
+    For a wrapper model (`Model.wraps`), `base` (a registered name), `base_kwargs`,
     `num_classes`, `backbone` and `backbone_kwargs` build the base first (see the module
     docstring); the factory receives the built base.
     """
@@ -81,7 +157,7 @@ def create_model(name, **kwargs):
     if num_classes is not None and (not isinstance(num_classes, numbers.Integral)
                                     or num_classes < 1):
         raise ValueError(f"{name}: num_classes must be an integer >= 1, got {num_classes!r}")
-    if name in WRAPPERS:
+    if describe(name).wraps is not None:
         kwargs = _build_base(name, kwargs)
     return factory(**kwargs)
 
@@ -89,8 +165,9 @@ def create_model(name, **kwargs):
 def _build_base(name, kwargs):
     """A wrapper's keyword arguments with `base` built: `{'base': Module, **wrapper fields}`."""
     kwargs = dict(kwargs)
-    defaults = {key: value for key, value in WRAPPERS[name].items() if key != "base"}
-    base = kwargs.pop("base", WRAPPERS[name]["base"])
+    wraps = describe(name).wraps
+    defaults = {key: value for key, value in wraps.items() if key != "base"}
+    base = kwargs.pop("base", wraps["base"])
     base_kwargs = dict(kwargs.pop("base_kwargs", None) or {})
     base_args = {key: kwargs.pop(key) for key in _BASE_ARGS if key in kwargs}
     if not isinstance(base, str):  # an already built decoder
@@ -102,7 +179,7 @@ def _build_base(name, kwargs):
             raise ValueError(f"{name}: num_classes={num_classes}, but the given base has "
                              f"{base.num_classes}")
         return {"base": base, **kwargs}
-    if base in WRAPPERS:
+    if describe(base).wraps is not None:
         raise ValueError(f"{name} cannot wrap {base!r}, itself a wrapper model; "
                          "pick a segmentation decoder as base")
     clashes = sorted(set(base_kwargs) & {*_BASE_ARGS, *_SHARED_ARGS})

@@ -125,3 +125,24 @@ def test_decoder_tables_over_seeds_mark_ties(capsys, tmp_path):
     assert "| lrr | 0.5300 ± 0.0200 (+0.0100~)" in out
     assert "| far | 0.7100 ± 0.0100 (+0.1900)" in out
     assert "lrr: the first seed run twice differs by miou +0.0000" in out
+
+
+def test_a_fast_path_conv_counts_once():
+    """`lax.platform_dependent` holds a CPU branch and XLA's convolution: one runs, so the
+    count is XLA's, not both branches'."""
+    from lapseg.layers import conv as conv_lib  # pylint: disable=import-outside-toplevel
+
+    x = jax.ShapeDtypeStruct((2, 16, 16, 8), jnp.float32)
+    w = jax.ShapeDtypeStruct((1, 1, 8, 16), jnp.float32)
+
+    def fast(a, b):
+        return conv_lib.conv_general_dilated(a, b, (1, 1), "VALID",
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def plain(a, b):
+        return lax.conv_general_dilated(a, b, (1, 1), "VALID",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    assert "cond" in str(jax.make_jaxpr(fast)(x, w))  # the fast path is in the program
+    assert flops.matmul_flops(jax.make_jaxpr(fast)(x, w).jaxpr) == pytest.approx(
+        flops.matmul_flops(jax.make_jaxpr(plain)(x, w).jaxpr))

@@ -184,13 +184,10 @@ def test_every_config_is_in_the_recipe_table():
     assert not missing, f"docs/recipes.md lacks rows for {missing}"
 
 
-def test_icnet_configs_warm_start_from_the_pspnet_run_in_the_environment(monkeypatch, tmp_path):
-    """`config.init.checkpoint` is `$LAPSEG_ICNET_PSPNET_RUN`, None (from scratch) when unset."""
+def test_icnet_configs_start_from_scratch_unless_a_run_is_named():
+    """The PSPNet run comes from `--config.init.checkpoint=RUN`, not from the environment."""
     for name in ("cityscapes_icnet_resnet50", "camvid_icnet_resnet50"):
-        monkeypatch.delenv(recipes.PSPNET_RUN_ENV, raising=False)
         assert load_config(CONFIG_DIR / f"{name}.py").init.checkpoint is None
-        monkeypatch.setenv(recipes.PSPNET_RUN_ENV, str(tmp_path))
-        assert load_config(CONFIG_DIR / f"{name}.py").init.checkpoint == str(tmp_path)
 
 
 def test_imagenet_weights_default_dir_and_unknown_name(monkeypatch):

@@ -1,39 +1,38 @@
 """Every registered model builds and inits with no files (pure modules, default constants),
-at an odd input size, with `'logits'` at input resolution."""
+at an odd input size, with `'logits'` at input resolution, from the tiny configuration of
+its registry entry (`lapseg.models.Model.tiny`); its training outputs and its loss are the
+ones the entry describes."""
 
+import copy
+import fnmatch
 import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import pytest
 
-from lapseg import bases, models
+from lapseg import bases, losses, models
 
 SIZE = (97, 129)
 NUM_CLASSES = 5
-# Small widths so that every model inits in seconds on a CPU; each factory keeps its own
-# backbone defaults (output stride, deep stem) for everything else.
-SMALL = {"backbone": "resnet18", "backbone_kwargs": {"width": 0.125}}
-KWARGS = {
-    "fcn32s": SMALL, "fcn16s": SMALL, "fcn8s": SMALL, "fcn8s_atonce": SMALL,
-    "lrr": SMALL, "gcn": SMALL, "refinenet": {**SMALL, "channels": (16, 8, 8, 8)},
-    "pspnet": {**SMALL, "channels": 16, "aux_channels": 8},
-    "dupsampling": {**SMALL, "dim": 16},
-    "icnet": {"backbone": "resnet50", "backbone_kwargs": {"width": 0.125, "deep_stem": True,
-                                                          "output_stride": 8},
-              "branch_channels": 8, "channels": 16},
-    "dsrl": {**SMALL, "base": "fcn8s", "sisr_channels": 8, "espcn_channels": (8, 8)},
-}
+NAMES = models.names()
 
 
-def test_every_registered_model_is_covered():
-    assert set(models.names()) == set(KWARGS)
+def _tiny(name):
+    return copy.deepcopy(models.describe(name).tiny)
 
 
-@pytest.mark.parametrize("name", sorted(KWARGS))
+def test_every_registered_model_has_a_tiny_configuration():
+    assert NAMES, "no registered model is installed"
+    for name in NAMES:
+        assert _tiny(name), f"{name}: its registry entry has no tiny configuration"
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_inits_with_no_files_at_an_odd_size(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # nothing to find: the model must not need a file
-    model = models.create_model(name, num_classes=NUM_CLASSES, **KWARGS[name])
+    model = models.create_model(name, num_classes=NUM_CLASSES, **_tiny(name))
     images = jnp.zeros((1, *SIZE, 3))
     variables = jax.jit(lambda key, x: model.init(key, x, train=False))(jax.random.key(0), images)
     out = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
@@ -43,3 +42,31 @@ def test_inits_with_no_files_at_an_odd_size(name, tmp_path, monkeypatch):
     needs = set(bases.required(variables))
     assert needs == {"lrr": {"lrr_bases"},
                      "dupsampling": {"dupsampling_w", "dupsampling_mean"}}.get(name, set())
+
+    # Training returns the outputs its entry names (traced only, nothing runs).
+    def train(v, x):
+        return model.apply(v, x, train=True, rngs={"dropout": jax.random.key(1)},
+                           mutable=["batch_stats"])[0]
+
+    keys = set(jax.eval_shape(train, variables, images))
+    patterns = models.train_outputs(name, base=_tiny(name).get("base"))
+    assert "logits" in keys and patterns[0] == "logits"
+    assert all(any(fnmatch.fnmatchcase(k, p) for p in patterns) for k in keys), (keys, patterns)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_registered_model_has_a_loss(name):
+    config = ml_collections.ConfigDict({"weights": {"logits": 1.0}})
+    assert callable(losses.for_model(name, config, ignore_label=255))
+    model = models.describe(name)
+    if model.loss is not None:  # its own loss (otherwise deep supervision over the outputs)
+        assert callable(model.loss_factory())
+
+
+def test_an_entry_may_be_a_bare_factory(monkeypatch):
+    monkeypatch.setitem(models._MODELS, "toy", "tests.train.toy:toy")  # pylint: disable=protected-access
+    assert models.describe("toy") == models.Model("tests.train.toy:toy")
+    assert models.create_model("toy", num_classes=3).num_classes == 3
+    assert models.describe("no such model", strict=False) is None
+    with pytest.raises(ValueError, match="unknown model 'no such model'; registered: "):
+        models.describe("no such model")

@@ -28,7 +28,6 @@ is a `HubError` whose message is one line naming the repo and, where a download 
 it, the command that pre-downloads the file.
 """
 
-import os
 
 import numpy as np
 
@@ -74,10 +73,9 @@ def download_command(repo_id: str, filename: str) -> str:
 
 
 def _offline(constants) -> bool:
-    """`HF_HUB_OFFLINE`: as huggingface_hub read it at import, or as the environment says now
-    (a process that set the variable after importing the hub)."""
-    value = os.environ.get("HF_HUB_OFFLINE", "")
-    return bool(constants.HF_HUB_OFFLINE) or value.strip().upper() in ("1", "ON", "YES", "TRUE")
+    """`HF_HUB_OFFLINE` as huggingface_hub read it (at its import): lapseg reads no
+    environment variable of its own here."""
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 def fetch(name: str) -> str:

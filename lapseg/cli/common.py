@@ -7,8 +7,8 @@ optionally `file.py:argument`), `--config.field=value` overrides a field, and a
 misspelt field is an error naming it (the config is locked). `--help` / `-h` prints the
 command's docstring and flags and exits 0.
 
-Nothing here imports JAX; `lapseg.train.config` (which a loaded config imports anyway) is
-imported only when a config is.
+Nothing here imports JAX: `lapseg.train.config`, imported for `CONFIG_FILE`, loads JAX and
+lapseg.data only when a config is built.
 """
 
 import argparse
@@ -21,9 +21,10 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
+from lapseg.train.config import CONFIG_FILE  # imports neither JAX nor lapseg.data
+
 # `get_config()`: the default job; `get_config('<workdir>/config.json')`: a run's saved config.
 CONFIG_MODULE = str(pathlib.Path(__file__).resolve().parents[1] / "train" / "config.py")
-CONFIG_FILE = "config.json"  # = lapseg.train.config.CONFIG_FILE (not imported: it loads lapseg.data)
 DEFAULT_WORKDIR = "workdir/default"
 HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull")
 
@@ -325,6 +326,9 @@ def quiet_logging() -> None:
     there; lapseg reports their failures itself, as one line)."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("lapseg").setLevel(logging.INFO)
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+    tfds.disable_progress_bar()
     if not verbose:
         logging.getLogger("absl").setLevel(logging.CRITICAL)
         sys.unraisablehook = _quiet_unraisablehook
@@ -337,6 +341,3 @@ def _quiet_unraisablehook(unraisable):
     if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
         return
     sys.__unraisablehook__(unraisable)
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-
-    tfds.disable_progress_bar()

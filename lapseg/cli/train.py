@@ -72,7 +72,7 @@ def main(argv) -> int:
                     "pass the --config the run was trained with, or another --workdir")
     except distributed.DistributedError as err:  # could not join the job, or unequal inputs
         common.fail(argv[0], str(err).replace("\n", " "),
-                    "check --config.distributed.* (README: Several processes)")
+                    "check --config.distributed.* (docs/training.md: Several processes)")
     except step.MeshError as err:
         common.fail(argv[0], str(err), "change --config.mesh.spatial or --config.data.batch_size")
     if not distributed.is_main():  # process 0 reports for all

@@ -305,14 +305,29 @@ def _prefetch(dataset, settings):
     iterable = dataset.to_iter_dataset(read_options)
     if not settings["worker_count"]:
         return iterable
-    # grain's worker processes read absl flags, which a non-absl program never parses.
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()
+    _grain_flags_readable()
     return iterable.mp_prefetch(
         grain.MultiprocessingOptions(
             num_workers=settings["worker_count"], per_worker_buffer_size=settings["prefetch"]
         )
     )
+
+
+def _grain_flags_readable() -> None:
+    """Lets grain read its own absl flags in a program that never parses absl flags.
+
+    When its worker processes start, grain reads the flag
+    `--grain_enable_multiprocess_worker_profiling` through absl, which refuses to read a
+    flag of an unparsed `FLAGS` (`UnparsedFlagAccessError`) unless the flag is marked
+    present. So grain's own flags (`grain_*`) are marked present, at the values they hold
+    (their defaults, or what the program set); the program's `FLAGS` stay unparsed and no
+    other flag is touched. A program that parsed its flags is left alone.
+    """
+    if flags.FLAGS.is_parsed():
+        return
+    for name in list(flags.FLAGS):
+        if name.startswith("grain_") and not flags.FLAGS[name].present:
+            flags.FLAGS[name].present = 1
 
 
 def prefetch_to_device(iterator, put, size=2):

@@ -57,7 +57,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from lapseg.layers import ConvBN
+from lapseg.layers.conv import Conv, ConvBN
 from lapseg.ops import dupsample, normalize, resize
 
 
@@ -156,8 +156,8 @@ class SSSRUpsample(nn.Module):
             x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                              dtype=self.dtype, param_dtype=self.param_dtype, name=f"bn{step}")(x)
             x = nn.relu(x)
-        return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
-                       name="classifier")(x)
+        return Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
+                    name="classifier")(x)
 
 
 class DSRL(nn.Module):

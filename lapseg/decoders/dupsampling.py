@@ -78,7 +78,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from lapseg import backbones
-from lapseg.layers.conv import ConvBN
+from lapseg.layers.conv import Conv, ConvBN
 from lapseg.layers.frozen import frozen_or_trainable
 from lapseg.ops import dupsample, normalize, resize
 
@@ -153,7 +153,7 @@ class DUpsampling(nn.Module):
         for i, rate in enumerate(self.dropout_rates, start=1):
             x = ConvBN(self.channels, 3, name=f"fuse{i}", **kw)(x, train)
             x = nn.Dropout(rate, deterministic=not train, name=f"dropout{i}")(x)
-        code = nn.Conv(self.dim, (1, 1), name="project", **kw)(x)  # F, [N, h, w, L]
+        code = Conv(self.dim, (1, 1), name="project", **kw)(x)  # F, [N, h, w, L]
 
         depth = self.ratio * self.ratio * self.num_classes
         w = frozen_or_trainable(

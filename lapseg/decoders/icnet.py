@@ -54,7 +54,7 @@ import jax.numpy as jnp
 
 from lapseg import backbones
 from lapseg.layers.cff import CascadeFeatureFusion
-from lapseg.layers.conv import ConvBN
+from lapseg.layers.conv import Conv, ConvBN
 from lapseg.layers.ppm import PyramidPooling
 from lapseg.ops import normalize, resize
 
@@ -156,8 +156,8 @@ class ICNet(nn.Module):
         sub124, aux_sub24 = cff(name="cff_sub12")(sub24, sub1, train)
         height, width = sub124.shape[1:3]
         sub124 = resize.resize_bilinear(sub124, (2 * height, 2 * width), align_corners=True)
-        logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
-                         name="classifier")(sub124)  # `conv6_cls`, 1/4
+        logits = Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
+                      name="classifier")(sub124)  # `conv6_cls`, 1/4
         outputs = {"logits": resize.resize_bilinear(logits, images.shape[1:3], align_corners=True)}
         if aux_sub4 is not None:  # training: the cascade's three scored outputs
             outputs.update(aux_sub4=aux_sub4, aux_sub24=aux_sub24, coarse_logits=logits)

@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from lapseg import backbones
-from lapseg.layers.conv import ConvBN
+from lapseg.layers.conv import Conv, ConvBN
 from lapseg.layers.ppm import PyramidPooling
 from lapseg.ops import normalize, resize
 
@@ -81,8 +81,8 @@ class PSPNet(nn.Module):
         x = ConvBN(channels, 3, dtype=self.dtype, param_dtype=self.param_dtype,
                    name=f"{name}_conv")(x, train)
         x = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2), deterministic=not train)(x)
-        return nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
-                       name=f"{name}_classifier")(x)
+        return Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
+                    name=f"{name}_classifier")(x)
 
     @nn.compact
     def decode(self, features: dict, size: tuple[int, int], train: bool = False) -> dict:

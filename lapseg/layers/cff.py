@@ -16,7 +16,7 @@ upsampled F1 as in the paper's Fig. 3 (and the public training ports).
 import flax.linen as nn
 import jax.numpy as jnp
 
-from lapseg.layers.conv import ConvBN
+from lapseg.layers.conv import Conv, ConvBN
 from lapseg.ops import resize
 
 
@@ -50,8 +50,8 @@ class CascadeFeatureFusion(nn.Module):
         low = resize.resize_bilinear(low, high.shape[1:3], align_corners=True)
         aux = None
         if self.num_classes is not None and (train or self.is_initializing()):
-            aux = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
-                          name="classifier")(low)
+            aux = Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
+                       name="classifier")(low)
         low = ConvBN(self.features, 3, dilation=self.dilation, activation=False, dtype=self.dtype,
                      param_dtype=self.param_dtype, name="conv_low")(low, train)
         high = ConvBN(self.features, 1, activation=False, dtype=self.dtype,

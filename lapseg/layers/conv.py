@@ -20,37 +20,51 @@ Submodules are named `conv` (params `kernel` [kh, kw, in, out] (HWIO), `bias`) a
 `bn` (params `scale`, `bias`; batch_stats `mean`, `var`); weight import relies on it.
 
 `conv` is a `Conv`: flax's `nn.Conv` (same fields, parameters and initialisers) whose
-convolution is `conv_general_dilated`. On the CPU backend it computes some convolutions
-that XLA's CPU convolution handles poorly by other means (the same products, summed in
-another order: results agree to float32 rounding). Measured on a shared 2-core CPU, f32,
-batch 2 (`python -m benchmarks.vs_torch --ablate`, docs/throughput.md):
+convolution is `conv_general_dilated`. Every convolution of lapseg's layers, backbones and
+decoders, transposed ones aside, is a `Conv` (`tests/layers/test_conv_fast_paths.py` checks
+that no other module of lapseg uses `nn.Conv`).
+
+Where the computation runs on a CPU, `conv_general_dilated` computes some convolutions that
+XLA's CPU convolution handles poorly by other formulations of the same products, summed in
+another order (results agree to float32 rounding). What each gains is measured in
+`docs/throughput.md` (`python -m benchmarks.vs_torch --ablate`):
 
 - 'pointwise': a 1x1 convolution without padding (any stride) is a dot over channels of
   the input subsampled by the stride, `x[:, ::s, ::s] @ kernel[0, 0]` (`pointwise_conv`),
-  written on the flattened pixels so that its gradients are 2-D dots too (`_pixels_dot`).
-  XLA's convolution op is 2.5-4x slower forward and backward for these shapes;
+  written on the flattened pixels so that its gradients are 2-D dots too (`_pixels_dot`);
+  XLA's CPU convolution op is slower than its dot for these shapes, forward and backward;
 - 'tap_grad', 'tap_grad_undilated': a stride-1 kxk convolution, dilated or not, keeps
   XLA's forward and input gradient, but its kernel gradient is one dot per kernel tap
-  (`tap_grad_conv`, `tap_conv`): for the stride-1 3x3 convs of a dilated ResNet, XLA's
-  kernel-gradient convolution takes up to 2.7x the taps' time (rate 4, 512 channels),
-  never less (64 channels at 128 x 128: the same);
-- 'shift': a stride-1 kxk convolution whose input has `SHIFT_MIN_RATIO` (4) times the
-  output's channels or more (PSPNet's 3x3 4096 -> 512 head) is one dot into every tap's
-  output followed by a sum of shifted slices (`shift_conv`): forward 1.4x, forward +
-  backward 2.1x faster than XLA's convolution for that head.
+  (`tap_grad_conv`, `tap_conv`), which XLA's CPU kernel-gradient convolution is slower
+  than for the stride-1 3x3 convs of a dilated ResNet;
+- 'shift': a stride-1 kxk convolution whose input has `SHIFT_MIN_RATIO` times the output's
+  channels or more (PSPNet's 3x3 4096 -> 512 head) is one dot into every tap's output
+  followed by a sum of shifted slices (`shift_conv`), so that it and both its gradients
+  are single large dots.
 
 All are differentiable in either mode (`tap_grad_conv` is a `jax.custom_jvp`), so
-forward-over-reverse Hessian-vector products still work. `FAST_PATHS` (the environment
-variable `LAPSEG_CONV_FAST_PATHS`, or `fast_paths(...)` while tracing) switches them off.
-On GPU and TPU every convolution is XLA's. A model exported for several platforms
-(`lapseg.export`) is traced once, with the fast paths of the exporting host's backend:
-the same maths on every platform, XLA's own convolutions only where it was not a CPU.
+forward-over-reverse Hessian-vector products still work.
+
+Which paths a `Conv` may take is its attribute `fast_paths` (`FastPathsSetting`): True for
+every path of `PATHS`, False for none (XLA's convolution everywhere), or a tuple of path
+names. The default, None, defers to the nearest enclosing module whose `fast_paths` is not
+None, and means every path where there is none: `ConvBN` passes its own down, and
+`WithFastPaths(model, fast_paths=...)` sets it for every convolution of a model without
+changing its variables. Being a module attribute, the setting is part of the traced
+program: a model with another setting traces, and jit compiles, another program.
+
+The choice between the CPU formulation and XLA's convolution is not made in Python: each
+convolution that has a fast path is `lax.platform_dependent(cpu=<fast path>,
+default=<XLA's convolution>)`, resolved when the program is lowered for the platform it
+runs on. A program lowered for the CPU holds only the fast path, one lowered for a GPU or
+TPU (whose convolutions these formulations were not measured on) only XLA's convolution,
+whatever `jax.default_backend()` is; a model exported for several platforms
+(`lapseg.export`) carries both and picks when it is compiled.
 """
 
-import contextlib
+import dataclasses
 import functools
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import flax.linen as nn
 import jax
@@ -114,8 +128,8 @@ def _pixels_dot(x, kernel, precision):
     leading axis of both operands, which XLA's CPU dot takes as it is. Written as a dot over
     the unflattened `[N, H, W]` axes, XLA instead transposes an operand for a YNNPACK dot and
     fuses that transpose into the elementwise ops that produce it (BatchNorm, ReLU, the
-    residual sums), recomputing them in a cache-hostile order: the kernel gradient of a
-    1x1 conv is then 5x slower, and a ResNet-50 train step 1.2-1.3x slower.
+    residual sums), recomputing them in a cache-hostile order, which makes the kernel
+    gradient and a ResNet train step markedly slower (docs/throughput.md).
     """
     y = lax.dot_general(x.reshape(-1, x.shape[-1]), kernel, (((1,), (0,)), ((), ())),
                         precision=precision)
@@ -144,8 +158,8 @@ def tap_conv(lhs, rhs, window_strides, padding, rhs_dilation, precision=None):
     conv, see `tap_grad_conv`. `padding`: `((top, bottom), (left, right))`.
 
     The taps are a `lax.scan` over a rematerialised body, so that a gradient holds one
-    slice of the input at a time: unrolled, XLA keeps all kh * kw slices alive (+28% of a
-    ResNet-50 OS 8 train step's temporary memory, against +4.5% for the scan).
+    slice of the input at a time: unrolled, XLA keeps all kh * kw slices alive, which adds
+    a sizeable fraction to a ResNet train step's temporary memory.
     """
     (kh, kw), (sh, sw), (dh, dw) = rhs.shape[:2], window_strides, rhs_dilation
     (top, bottom), (left, right) = padding
@@ -175,10 +189,8 @@ def tap_grad_conv(lhs, rhs, window_strides, padding, rhs_dilation, precision=Non
 
     The forward and the input derivative (and so the input gradient) are XLA's
     convolutions; the kernel derivative is `tap_conv`, whose transpose makes the kernel
-    gradient one dot per tap. Forward + kernel gradient, XLA's convolutions against this
-    (2 cores, f32, batch 2): rate 4 at 512 channels and 32 x 32 2.3x the time; undilated
-    64 -> 128 channels at 128 x 128 1.6x, 128 channels at 64 x 64 1.5x; 64 channels at
-    128 x 128 the same.
+    gradient one dot per tap, which is faster on CPU than XLA's kernel-gradient convolution
+    for stride-1 convolutions with many channels, dilated ones most (docs/throughput.md).
     `padding`: `((top, bottom), (left, right))`.
     """
     return _xla_conv(lhs, rhs, window_strides, padding, rhs_dilation, precision)
@@ -207,9 +219,8 @@ def shift_conv(lhs, rhs, padding, rhs_dilation, precision=None):
     Z_pad[n, p + d i, q + d j, (i, j)]`. The shifts move `kh * kw * O` channels instead of
     an im2col's `kh * kw * I`, so where the input is much wider than the output (the 3x3
     4096 -> 512 head of PSPNet) the convolution and both its gradients are a single large
-    dot each (autodiff transposes the slices into pads) plus cheap elementwise work: for
-    that head, 1.4x faster than XLA's CPU convolution forward and 2.1x forward + backward
-    (2 cores, batch 2 at 32 x 32). Narrower inputs lose (0.5x at 64 -> 128 channels).
+    dot each (autodiff transposes the slices into pads) plus cheap elementwise work, faster
+    on CPU than XLA's convolution; narrower inputs lose (docs/throughput.md).
     `padding`: `((top, bottom), (left, right))`, negative entries crop.
     """
     kh, kw, cin, cout = rhs.shape
@@ -228,50 +239,78 @@ def shift_conv(lhs, rhs, padding, rhs_dilation, precision=None):
     return total
 
 
-# The fast paths `conv_general_dilated` may take (all by default): 'pointwise' (1x1 convs
-# as dots), 'shift' (`shift_conv` for wide-input stride-1 convs), 'tap_grad' (dilated
-# stride-1 convs with `tap_grad_conv`), 'tap_grad_undilated' (undilated stride-1 kxk convs
-# with it). The environment variable `LAPSEG_CONV_FAST_PATHS` (a comma-separated subset,
-# or 'none') sets them at import; `fast_paths(...)` changes them while tracing.
+# The fast paths `conv_general_dilated` may take: 'pointwise' (1x1 convs as dots), 'shift'
+# (`shift_conv` for wide-input stride-1 convs), 'tap_grad' (dilated stride-1 convs with
+# `tap_grad_conv`), 'tap_grad_undilated' (undilated stride-1 kxk convs with it).
 PATHS = ("pointwise", "shift", "tap_grad", "tap_grad_undilated")
 # `shift_conv` where the input has at least this many times the output's channels.
 SHIFT_MIN_RATIO = 4
 
+# A fast-path setting: True (every path of `PATHS`), False (none), or the names of some.
+# `Conv` and `ConvBN` also take None: their nearest enclosing module's setting.
+FastPathsSetting = bool | tuple[str, ...] | None
 
-def _paths_from_env() -> frozenset:
-    value = os.environ.get("LAPSEG_CONV_FAST_PATHS", "all").strip()
-    if value == "all":
+
+def resolve_fast_paths(setting: bool | Iterable[str] | None) -> frozenset[str]:
+    """The paths a setting allows: True or None every path of `PATHS`, False none, an
+    iterable of names those (a ValueError names any that is not in `PATHS`)."""
+    if setting is None or setting is True:
         return frozenset(PATHS)
-    names = frozenset(v.strip() for v in value.split(",") if v.strip() not in ("", "none"))
+    if setting is False:
+        return frozenset()
+    if isinstance(setting, str) or not isinstance(setting, Iterable):
+        raise ValueError(f"fast_paths must be True, False or a tuple of names from {PATHS}, "
+                         f"got {setting!r}")
+    names = frozenset(setting)
     if unknown := names - set(PATHS):
-        raise ValueError(f"LAPSEG_CONV_FAST_PATHS: unknown paths {sorted(unknown)}; "
-                         f"choose from {PATHS}, 'all' or 'none'")
+        raise ValueError(f"unknown fast paths {sorted(unknown)}; choose from {PATHS}")
     return names
 
 
-FAST_PATHS = _paths_from_env()
+def _takes_fast_paths(lhs, dimension_numbers, lhs_dilation, feature_group_count,
+                      batch_group_count, preferred_element_type) -> bool:
+    """Whether a convolution is of the kind the fast paths compute: channels last (flax's
+    dimension numbers), no groups, no input dilation, no preferred element type."""
+    return (feature_group_count == 1 and batch_group_count == 1
+            and preferred_element_type is None and all(d == 1 for d in lhs_dilation)
+            and dimension_numbers is not None and _channels_last(dimension_numbers, lhs.ndim))
 
 
-@contextlib.contextmanager
-def fast_paths(*names):
-    """Within the block, only the fast paths `names` are taken (none: XLA's convolution
-    everywhere). They are read while tracing: jit (or re-jit) inside the block."""
-    global FAST_PATHS  # pylint: disable=global-statement
-    if unknown := set(names) - set(PATHS):
-        raise ValueError(f"unknown fast paths {sorted(unknown)}; choose from {PATHS}")
-    saved, FAST_PATHS = FAST_PATHS, frozenset(names)
-    try:
-        yield
-    finally:
-        FAST_PATHS = saved
+def _fast_path(lhs, rhs, strides, padding, rhs_dilation, precision, paths):
+    """The CPU formulation of a channels-last convolution as a function of `(lhs, rhs)`, or
+    None where no path of `paths` applies (see `conv_general_dilated`)."""
+    spatial = lhs.ndim - 2
+    kernel = rhs.shape[:spatial]
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(lhs.shape[1:-1], tuple(
+            (k - 1) * d + 1 for k, d in zip(kernel, rhs_dilation)), strides, padding)
+    padding = tuple(tuple(p) for p in padding)
+    # Symbolic sizes (jax.export) of a strided slice do not simplify to the conv's, and
+    # both branches of `lax.platform_dependent` must have the same output shape.
+    concrete = all(isinstance(size, int) for size in lhs.shape[1:-1])
+    pointwise = all(k == 1 for k in kernel)
+    if (pointwise and all(p == (0, 0) for p in padding) and "pointwise" in paths
+            and (concrete or all(s == 1 for s in strides))):
+        return lambda lhs, rhs: pointwise_conv(lhs, rhs, strides, precision)
+    if spatial != 2 or not concrete or pointwise or any(s != 1 for s in strides):
+        return None
+    positive = all(size + lo + hi > d * (k - 1) for size, (lo, hi), d, k in zip(
+        lhs.shape[1:3], padding, rhs_dilation, kernel))  # else XLA's convolution says why
+    if "shift" in paths and rhs.shape[-2] >= SHIFT_MIN_RATIO * rhs.shape[-1] and positive:
+        return lambda lhs, rhs: shift_conv(lhs, rhs, padding, rhs_dilation, precision)
+    dilated = any(d > 1 for d in rhs_dilation)
+    if ("tap_grad" if dilated else "tap_grad_undilated") in paths:
+        return lambda lhs, rhs: tap_grad_conv(lhs, rhs, strides, padding, rhs_dilation,
+                                              precision)
+    return None
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                         batch_group_count=1, precision=None, preferred_element_type=None):
-    """`lax.conv_general_dilated`, with some channels-last convs computed faster on CPU.
-
-    When the default backend is the CPU (and the path is in `FAST_PATHS`):
+                         batch_group_count=1, precision=None, preferred_element_type=None, *,
+                         fast_paths: bool | Iterable[str] = True):
+    """`lax.conv_general_dilated` (same arguments), computed on CPU by a fast path where one
+    of `fast_paths` (`resolve_fast_paths`) applies:
 
     - 'pointwise': `pointwise_conv` for a 1x1 kernel without padding (any stride, any
       number of spatial axes);
@@ -280,65 +319,102 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     - 'tap_grad' / 'tap_grad_undilated': `tap_grad_conv` for any other stride-1 2-D kernel
       larger than 1x1, dilated / undilated.
 
-    Anything else (strided kxk convs, other dimension numbers than flax's channels-last
+    Such a convolution is `lax.platform_dependent(lhs, rhs, cpu=<fast path>,
+    default=<lax.conv_general_dilated>)`: the platform the program is lowered for decides,
+    so the same traced program runs the fast path on CPU and XLA's convolution on GPU and
+    TPU. Anything else (strided kxk convs, other dimension numbers than flax's channels-last
     ones, feature or batch groups, input dilation, a preferred element type, symbolic
-    spatial sizes but for stride-1 1x1 convs), and every convolution on GPU or TPU, whose
-    convolutions these workarounds were not measured on, goes to `lax.conv_general_dilated`
-    unchanged. Same signature.
+    spatial sizes but for stride-1 1x1 convs) is `lax.conv_general_dilated` on every
+    platform.
     """
-    rank = lhs.ndim
-    spatial = rank - 2
-    strides = tuple(window_strides)
+    spatial = lhs.ndim - 2
     lhs_dilation = tuple(lhs_dilation or (1,) * spatial)
     rhs_dilation = tuple(rhs_dilation or (1,) * spatial)
-    kernel = rhs.shape[:spatial]
-    plain = (FAST_PATHS and jax.default_backend() == "cpu" and feature_group_count == 1
-             and batch_group_count == 1 and preferred_element_type is None
-             and all(d == 1 for d in lhs_dilation) and dimension_numbers is not None
-             and _channels_last(dimension_numbers, rank))
-    if plain:
-        if isinstance(padding, str):
-            padding = lax.padtype_to_pads(lhs.shape[1:-1], tuple(
-                (k - 1) * d + 1 for k, d in zip(kernel, rhs_dilation)), strides, padding)
-        padding = tuple(tuple(p) for p in padding)
-        # Symbolic sizes (jax.export) of a strided slice do not simplify to the conv's.
-        concrete = all(isinstance(size, int) for size in lhs.shape[1:-1])
-        pointwise = all(k == 1 for k in kernel)
-        if (pointwise and all(p == (0, 0) for p in padding) and "pointwise" in FAST_PATHS
-                and (concrete or all(s == 1 for s in strides))):
-            return pointwise_conv(lhs, rhs, strides, precision)
-        if spatial == 2 and concrete and not pointwise and all(s == 1 for s in strides):
-            positive = all(size + lo + hi > d * (k - 1) for size, (lo, hi), d, k in zip(
-                lhs.shape[1:3], padding, rhs_dilation, kernel))  # else XLA says why
-            if ("shift" in FAST_PATHS and rhs.shape[-2] >= SHIFT_MIN_RATIO * rhs.shape[-1]
-                    and positive):
-                return shift_conv(lhs, rhs, padding, rhs_dilation, precision)
-            dilated = any(d > 1 for d in rhs_dilation)
-            if ("tap_grad" if dilated else "tap_grad_undilated") in FAST_PATHS:
-                return tap_grad_conv(lhs, rhs, strides, padding, rhs_dilation, precision)
-    return lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+    xla = functools.partial(
+        lax.conv_general_dilated, window_strides=window_strides, padding=padding,
+        lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
         dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
         batch_group_count=batch_group_count, precision=precision,
         preferred_element_type=preferred_element_type)
+    paths = resolve_fast_paths(fast_paths)
+    fast = None
+    if paths and _takes_fast_paths(lhs, dimension_numbers, lhs_dilation, feature_group_count,
+                                   batch_group_count, preferred_element_type):
+        fast = _fast_path(lhs, rhs, tuple(window_strides), padding, rhs_dilation, precision,
+                          paths)
+    if fast is None:
+        return xla(lhs, rhs)
+    return lax.platform_dependent(lhs, rhs, cpu=fast, default=xla)
 
 
-class _FastConvGeneral:
-    """`nn.Conv` calls `conv_general_dilated_cls()` for its convolution function."""
+@dataclasses.dataclass(frozen=True)
+class _Convolution:
+    """`conv_general_dilated` with one set of fast paths: the convolution function a `Conv`
+    hands to `nn.Conv` (a value, so that equal settings give equal modules)."""
+
+    fast_paths: frozenset
 
     def __call__(self, *args, **kwargs):
-        return conv_general_dilated(*args, **kwargs)
+        return conv_general_dilated(*args, fast_paths=self.fast_paths, **kwargs)
+
+
+def enclosing_fast_paths(module: nn.Module) -> frozenset[str]:
+    """The paths `module` may take: its own `fast_paths` if it has one that is not None,
+    else the nearest enclosing module's, else every path."""
+    while isinstance(module, nn.Module):
+        setting = getattr(module, "fast_paths", None)
+        if setting is not None:
+            return resolve_fast_paths(setting)
+        module = module.parent
+    return frozenset(PATHS)
 
 
 class Conv(nn.Conv):
     """`flax.linen.Conv` (same fields, defaults, parameters and initialisers) computed by
-    `conv_general_dilated`: 1x1 convolutions as dots, dilated ones with tap kernel gradients.
+    `conv_general_dilated`: on CPU, 1x1 convolutions as dots, stride-1 ones with tap kernel
+    gradients or shifted dots (the module docstring says which and why).
 
     A drop-in replacement for `nn.Conv`: the same variables, initialised to the same values
     from the same key, so a checkpoint of one loads into the other.
+
+    Attributes:
+      fast_paths: the paths it may take (`FastPathsSetting`); None (the default): those of
+        the nearest enclosing module with a `fast_paths` that is not None, or every path.
+        Read when the module is built, it is part of the module's value and so of the
+        traced program. (`conv_general_dilated` and `conv_general_dilated_cls` are set
+        from it; passing either raises.)
     """
 
-    conv_general_dilated_cls: Callable = _FastConvGeneral
+    fast_paths: FastPathsSetting = None
+
+    def __post_init__(self):
+        super().__post_init__()  # sets the parent that `enclosing_fast_paths` walks up
+        if self.conv_general_dilated_cls is not None or not isinstance(
+                self.conv_general_dilated, (type(None), _Convolution)):
+            raise ValueError("Conv computes its convolution with lapseg.layers.conv."
+                             "conv_general_dilated; for another function use flax's nn.Conv")
+        object.__setattr__(self, "conv_general_dilated",
+                           _Convolution(enclosing_fast_paths(self)))
+
+
+class WithFastPaths(nn.Module):
+    """`module` with the fast-path setting `fast_paths` for every `Conv` inside it that
+    does not set its own: `__call__` is `module.__call__`, the variables are `module`'s
+    (same names, same initial values), so checkpoints of one restore into the other.
+
+    E.g. `WithFastPaths(model, fast_paths=False)` is `model` with XLA's convolution
+    everywhere. Only `__call__` is forwarded.
+    """
+
+    module: nn.Module
+    fast_paths: FastPathsSetting = True
+
+    def setup(self):
+        resolve_fast_paths(self.fast_paths)  # a ValueError now rather than at the first Conv
+        nn.share_scope(self, self.module)
+
+    def __call__(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
 
 
 class ConvBN(nn.Module):
@@ -362,6 +438,8 @@ class ConvBN(nn.Module):
       kernel_init: conv kernel initialiser (torchvision's kaiming fan-out normal).
       dtype: compute dtype (inputs and kernel are cast to it; BN stats stay f32).
       param_dtype: dtype of the parameters.
+      fast_paths: the conv's CPU fast paths (`Conv.fast_paths`); None: the enclosing
+        modules' setting, or every path.
     """
 
     features: int
@@ -377,6 +455,7 @@ class ConvBN(nn.Module):
     kernel_init: Callable = KAIMING_FAN_OUT
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    fast_paths: FastPathsSetting = None
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
@@ -392,6 +471,7 @@ class ConvBN(nn.Module):
             kernel_dilation=_pair(self.dilation, "dilation"),
             use_bias=self.use_bias,
             kernel_init=self.kernel_init,
+            fast_paths=self.fast_paths,
             name="conv",
             **dtypes,
         )(x)

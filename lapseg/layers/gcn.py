@@ -16,13 +16,15 @@ initialised with Xavier-uniform, biases zero. Submodule names: `left1` (k x 1),
 import flax.linen as nn
 import jax.numpy as jnp
 
+from lapseg.layers.conv import Conv
+
 XAVIER = nn.initializers.xavier_uniform()
 
 
 def _conv(features, kernel, *, dtype, param_dtype, name):
     padding = tuple(((k - 1) // 2,) * 2 for k in kernel)
-    return nn.Conv(features, kernel, padding=padding, kernel_init=XAVIER, dtype=dtype,
-                   param_dtype=param_dtype, name=name)
+    return Conv(features, kernel, padding=padding, kernel_init=XAVIER, dtype=dtype,
+                param_dtype=param_dtype, name=name)
 
 
 class GlobalConvolution(nn.Module):

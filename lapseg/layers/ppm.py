@@ -38,15 +38,9 @@ import numpy as np
 
 from lapseg.layers.conv import ConvBN
 from lapseg.ops import resize
+from lapseg.ops.sizes import pair
 
 IntPair = int | tuple[int, int]
-
-
-def _pair(value: IntPair, name: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
-    if len(pair) != 2 or any(int(v) != v or v < 1 for v in pair):
-        raise ValueError(f"{name} must be a positive int or a pair of them, got {value!r}")
-    return int(pair[0]), int(pair[1])
 
 
 def caffe_average_matrix(in_size: int, kernel: int, stride: int) -> np.ndarray:
@@ -75,7 +69,7 @@ def fixed_avg_pool(x: jnp.ndarray, kernel: IntPair, stride: IntPair) -> jnp.ndar
     `Y[n, p, q, c] = sum_{h, w} Mh[p, h] * X[n, h, w, c] * Mw[q, w]`, one einsum as in
     `ops.resize` (a matmul, cheap to differentiate).
     """
-    (kh, kw), (sh, sw) = _pair(kernel, "kernel"), _pair(stride, "stride")
+    (kh, kw), (sh, sw) = pair(kernel, "kernel"), pair(stride, "stride")
     _, height, width, _ = x.shape
     rows = jnp.asarray(caffe_average_matrix(height, kh, sh), x.dtype)
     cols = jnp.asarray(caffe_average_matrix(width, kw, sw), x.dtype)
@@ -125,7 +119,7 @@ class PyramidPooling(nn.Module):
                     f"PyramidPooling: {len(self.bins)} bins but {len(self.kernels)} kernels and "
                     f"{len(self.strides)} strides")
             for kernel, stride in zip(self.kernels, self.strides):
-                for k, s in zip(_pair(kernel, "kernels"), _pair(stride, "strides")):
+                for k, s in zip(pair(kernel, "kernels"), pair(stride, "strides")):
                     if k < s:
                         raise ValueError(f"PyramidPooling: fixed kernel {kernel} is smaller "
                                          f"than stride {stride}")

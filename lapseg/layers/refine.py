@@ -26,16 +26,17 @@ from typing import Literal
 import flax.linen as nn
 import jax.numpy as jnp
 
+from lapseg.layers.conv import Conv
 from lapseg.ops import resize
 
 # torch.nn.Conv2d's default kernel init, kaiming_uniform_(a=sqrt(5)): U(+-1/sqrt(fan_in)).
 TORCH_CONV_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
-def conv3x3(features: int, *, use_bias: bool, dtype, param_dtype, name: str) -> nn.Conv:
+def conv3x3(features: int, *, use_bias: bool, dtype, param_dtype, name: str) -> Conv:
     """3x3 stride-1 conv, padding 1 (PyTorch `padding=1`), PyTorch default init."""
-    return nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), use_bias=use_bias,
-                   kernel_init=TORCH_CONV_INIT, dtype=dtype, param_dtype=param_dtype, name=name)
+    return Conv(features, (3, 3), padding=((1, 1), (1, 1)), use_bias=use_bias,
+                kernel_init=TORCH_CONV_INIT, dtype=dtype, param_dtype=param_dtype, name=name)
 
 
 class ResidualConvUnit(nn.Module):

@@ -2,8 +2,8 @@
 
 Most decoders are trained by `segmentation.deep_supervision` over their output dict
 with per-output weights from `config.loss.weights`; models whose objective has other
-terms (LRR's dilation/erosion objectives, DSRL's MSE + feature affinity) register a
-loss module here.
+terms (LRR's dilation/erosion objectives, DSRL's MSE + feature affinity) name a loss
+factory in their registry entry (`lapseg.models.Model.loss`).
 
 `config.loss.label_sampling` says how the labels are downsampled by nearest to an output
 coarser than the input (`segmentation.labels_like`): 'corner' (the default, PyTorch's
@@ -13,18 +13,9 @@ targets know no other); DSRL's samples at corners only.
 """
 
 import functools
-import importlib
 
+from lapseg import models
 from lapseg.losses.segmentation import LABEL_SAMPLING, deep_supervision, masked_cross_entropy
-
-# model name -> "module:factory"; the factory takes (loss_config, ignore_label=) and returns
-# a loss_fn.
-_SPECIAL = {
-    "lrr": "lapseg.losses.lrr:loss_for_config",
-    "dsrl": "lapseg.losses.dsrl:loss_for_config",
-}
-# The `label_sampling` values a special loss honours (the others: every `LABEL_SAMPLING`).
-_SPECIAL_SAMPLING = {"lrr": ("center", "corner"), "dsrl": ("corner",)}
 
 
 def for_model(name: str, loss_config, *, ignore_label: int):
@@ -36,15 +27,15 @@ def for_model(name: str, loss_config, *, ignore_label: int):
     to `(loss, metrics)`. A `label_sampling` the model's loss does not know raises a
     ValueError naming the field, before anything is traced.
     """
+    # An unregistered name (a test's model) is trained by plain deep supervision.
+    model = models.describe(name, strict=False) or models.Model(factory="")
     sampling = loss_config.get("label_sampling", None)
-    known = _SPECIAL_SAMPLING.get(name, LABEL_SAMPLING)
+    known = model.label_sampling or LABEL_SAMPLING
     if sampling is not None and sampling not in known:
         raise ValueError(f"config.loss.label_sampling = {sampling!r}: the {name} loss samples "
                          f"labels by {', '.join(map(repr, known))} only")
-    if name in _SPECIAL:
-        module_name, attr = _SPECIAL[name].split(":")
-        factory = getattr(importlib.import_module(module_name), attr)
-        return factory(loss_config, ignore_label=ignore_label)
+    if model.loss is not None:
+        return model.loss_factory()(loss_config, ignore_label=ignore_label)
     supervised = functools.partial(
         deep_supervision,
         weights=dict(loss_config.get("weights", None) or {"logits": 1.0}),

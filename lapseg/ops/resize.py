@@ -37,6 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lapseg.ops.sizes import pair as _pair
+
 Size = Union[int, Sequence[int]]
 
 # `method='auto'`: an axis whose input is longer than this is resized with the two-tap
@@ -45,14 +47,6 @@ Size = Union[int, Sequence[int]]
 # so only axes past this length switch.
 DENSE_MAX_INPUT = 16
 METHODS = ("auto", "dense", "taps")
-
-
-def _pair(size: Size, name: str) -> tuple[int, int]:
-    """`int` or `(h, w)` -> `(h, w)` of positive ints."""
-    pair = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
-    if len(pair) != 2 or any(int(s) != s or s < 1 for s in pair):
-        raise ValueError(f"{name} must be a positive int or a pair of them, got {size!r}")
-    return int(pair[0]), int(pair[1])
 
 
 def _check_float_nhwc(x: jnp.ndarray, name: str) -> None:

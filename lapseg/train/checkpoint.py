@@ -25,6 +25,12 @@ the metadata. The data item holds one `process_<i>-of-<n>.json` per process, all
 position in the global batch stream (`lapseg.data.pipeline`), so a checkpoint restores
 on any process count: a process with no file of its own reads process 0's
 (`DataHandler`).
+
+Reading without restoring a run (no optimiser, no data iterator, no target state) goes
+through one function, `read_tree`: `Checkpointer.read` (the whole saved state),
+`read_variables` (a model's variables, for inference and for warm starts,
+`lapseg.train.init`). grain is imported only where a data iterator is saved or restored,
+so reading a checkpoint (`lapseg.infer`) does not load the input pipeline.
 """
 
 import contextlib
@@ -35,10 +41,11 @@ import os
 import shutil
 from typing import Any
 
-import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from lapseg.ops import tree as tree_lib
 
 log = logging.getLogger(__name__)
 
@@ -71,18 +78,23 @@ class CheckpointWriteError(CheckpointError):
 SPACE_MARGIN = 1.1, 16 << 20
 
 
-class DataHandler(grain.checkpoint.CheckpointHandler):
-    """grain's handler, restoring on another process count too (see the module docstring).
+class DataHandler(ocp.CheckpointHandler):
+    """grain's handler of the data item, restoring on another process count too (see the
+    module docstring); grain is imported when an iterator is saved or restored.
 
     grain reads `process_<i>-of-<n>.json` for this process `i` of `n`; a checkpoint written
     by another number of processes has none, so this reads `process_0-of-<m>.json`, the
     state of every process of that run.
     """
 
+    def save(self, directory, item=None, args=None):
+        return _grain().checkpoint.CheckpointHandler().save(directory, item=item, args=args)
+
     def restore(self, directory, item=None, args=None):
+        grain = _grain()
         own = directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
         if own.exists():
-            return super().restore(directory, item=item, args=args)
+            return grain.checkpoint.CheckpointHandler().restore(directory, item=item, args=args)
         saved = sorted(directory.glob("process_0-of-*.json"))
         if not saved:
             raise ValueError(f"{directory} holds no data iterator state ({own.name} does not "
@@ -95,6 +107,16 @@ class DataHandler(grain.checkpoint.CheckpointHandler):
             item, grain.DatasetIterator) else state.encode())
         item.start_prefetch()
         return item
+
+    def metadata(self, directory):
+        del directory
+        return None
+
+
+def _grain():
+    import grain  # pylint: disable=import-outside-toplevel  (only where an iterator is saved)
+
+    return grain
 
 
 @ocp.args.register_with_handler(DataHandler, for_save=True)
@@ -131,7 +153,7 @@ class Checkpointer:
             item_handlers={"state": ocp.StandardCheckpointHandler(),
                            "data": DataHandler(),
                            "meta": ocp.JsonCheckpointHandler()})
-        self._pending = None  # the step of the last save started
+        self._last_started_step = None  # of the last save started (named by `wait`)
 
     def latest_step(self):
         return self._manager.latest_step()
@@ -159,7 +181,7 @@ class Checkpointer:
                  "meta": ocp.args.JsonSave({**meta, "step": int(step)})}
         if data_iterator is not None:
             items["data"] = DataSave(data_iterator)
-        self._pending = int(step)
+        self._last_started_step = int(step)
         with _write_errors(self.directory, f"checkpoint {int(step)}"):
             return self._manager.save(int(step), args=ocp.args.Composite(**items), force=force)
 
@@ -184,25 +206,11 @@ class Checkpointer:
         steps = self.all_steps()[::-1]
         if not steps:
             raise CheckpointError(f"no checkpoint in {self.directory}")
-        unreadable = []  # (step, error), newest first
-        for candidate in steps:
-            try:
-                state = self._restore(candidate, abstract_state, meta, data_iterator)
-            except Exception as err:  # pylint: disable=broad-except
-                # orbax, tensorstore and json each raise their own types (tensorstore a
-                # bare Exception) for a truncated or garbled file; a garbled metadata file
-                # can even read as another tree (CheckpointError).
-                unreadable.append((candidate, err))
-                continue
-            self._set_aside(unreadable, candidate)
-            return state
-        # Nothing read: blame this run (another model, a bug), not the files; move nothing.
-        newest = unreadable[0][1]
-        if isinstance(newest, CheckpointError):
-            raise newest
-        raise CheckpointError(
-            f"no readable checkpoint in {self.directory}: "
-            + "; ".join(f"step {s}: {_first_line(err)}" for s, err in unreadable)) from newest
+        state, restored, unreadable = _newest_readable(
+            self.directory, steps,
+            lambda candidate: self._restore(candidate, abstract_state, meta, data_iterator))
+        self._set_aside(unreadable, restored)
+        return state
 
     def _restore(self, step, abstract_state, meta, data_iterator):
         where = f"{self.directory}/{step}"
@@ -238,19 +246,12 @@ class Checkpointer:
     def read(self, step=None):
         """The saved state as a plain pytree (dicts of arrays), without a target or checks.
 
-        For inspection and export; training restores with `restore`.
+        For inspection and export; training restores with `restore`. The arrays go onto
+        this process's first device: the saved shardings may name devices that do not
+        exist here (a checkpoint of another process count or mesh).
         """
-        step = self.latest_step() if step is None else step
-        # Onto this process's first device: the saved shardings may name devices that do not
-        # exist here (a checkpoint of another process count or mesh).
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        saved = self._manager.item_metadata(step)["state"]
-        target = jax.tree.map(
-            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device)
-            if hasattr(m, "shape") and hasattr(m, "dtype") else m, getattr(saved, "tree", saved))
-        items = self._manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-        return items["state"]
+        return read_tree(self.directory, step, device=device)[0]
 
     def reached_preemption(self, step):
         """True when the cluster announced a preemption (multi-host TPU/GPU); save now."""
@@ -258,7 +259,7 @@ class Checkpointer:
 
     def wait(self):
         """Blocks until pending async saves are on disk (`CheckpointWriteError` if one failed)."""
-        with _write_errors(self.directory, f"checkpoint {self._pending}"):
+        with _write_errors(self.directory, f"checkpoint {self._last_started_step}"):
             self._manager.wait_until_finished()
 
     def close(self):
@@ -300,18 +301,10 @@ def _first_line(err, limit=200) -> str:
     return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
-def _key_name(key):
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
 def _shapes(tree):
     """'params/head/kernel' -> shape, for a state pytree or orbax's dict-of-dicts metadata."""
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(_key_name(k) for k in path): tuple(getattr(leaf, "shape", np.shape(leaf)))
-            for path, leaf in leaves}
+    return {name: tuple(getattr(leaf, "shape", np.shape(leaf)))
+            for name, leaf in tree_lib.flatten_with_names(tree)}
 
 
 def _check_meta(manager, step, meta, where, reader):
@@ -355,24 +348,49 @@ def _check_tree(saved, target, where):
                               + "; ".join(parts))
 
 
-def partial_reader(directory) -> ocp.CheckpointManager:
+def _newest_readable(directory, steps, read):
+    """`(read(step), step, unreadable)` for the first of `steps` (newest first) that `read`
+    reads; `unreadable`: `(step, error)` of those before it.
+
+    Raises:
+      CheckpointError: none reads. When the newest one's error is a `CheckpointError`
+        (another model, a contract): that one, blaming this run, not the files; otherwise
+        one naming each step's error.
+    """
+    unreadable = []  # (step, error), newest first
+    for candidate in steps:
+        try:
+            return read(candidate), candidate, unreadable
+        except Exception as err:  # pylint: disable=broad-except
+            # orbax, tensorstore and json each raise their own types (tensorstore a
+            # bare Exception) for a truncated or garbled file; a garbled metadata file
+            # can even read as another tree (CheckpointError).
+            unreadable.append((candidate, err))
+    newest = unreadable[0][1]
+    if isinstance(newest, CheckpointError):
+        raise newest
+    raise CheckpointError(
+        f"no readable checkpoint in {directory}: "
+        + "; ".join(f"step {s}: {_first_line(err)}" for s, err in unreadable)) from newest
+
+
+def _reader(directory) -> ocp.CheckpointManager:
     """A read-only manager of `directory` whose `state` item can be read in part (close it).
 
     `StandardCheckpointHandler` writes the PyTree format, so the PyTree handler reads any
-    subtree of it (the variables without the optimiser state); the data item is known but
-    never read.
+    subtree of it (the variables without the optimiser state). The data item is known but
+    never read: grain writes it as JSON, and a JSON handler stands in for grain's so that
+    reading needs no grain.
     """
     return ocp.CheckpointManager(
         directory, options=ocp.CheckpointManagerOptions(create=False),
         item_handlers={"state": ocp.PyTreeCheckpointHandler(),
-                       "data": grain.checkpoint.CheckpointHandler(),
+                       "data": ocp.JsonCheckpointHandler(),
                        "meta": ocp.JsonCheckpointHandler()})
 
 
-def existing_step(manager, step, directory, what: str = "") -> int:
-    """`step` (default: the latest) if `manager` holds it, else `CheckpointError` (prefixed
-    by `what`, e.g. the config field that named the directory)."""
-    prefix = f"{what}: " if what else ""
+def _existing_step(manager, step, directory, prefix) -> int:
+    """`step` (default: the latest) if `manager` holds it, else `CheckpointError`."""
     step = manager.latest_step() if step is None else step
     if step is None:
         raise CheckpointError(f"{prefix}no checkpoint in {directory}")
@@ -381,8 +399,84 @@ def existing_step(manager, step, directory, what: str = "") -> int:
     return step
 
 
-def read_variables(directory, abstract_variables, *, meta, step=None):
-    """A model's variables from a checkpoint of `Checkpointer`, for inference.
+def read_tree(directory, step=None, *, keys=None, target=None, meta=None, device=None,
+              newest_readable=False, what: str = ""):
+    """The saved train state of a checkpoint, or part of it: lapseg's one checkpoint reader.
+
+    Args:
+      directory: a checkpoint directory (`<workdir>/checkpoints` or `<workdir>/best`).
+      step: the step to read; None: the latest.
+      keys: the entries of the saved state to read, e.g. `('params', 'model_state')` (the
+        optimiser state is then neither read nor needed); one saved empty is left out.
+        None: all of them. Ignored with a `target`.
+      target: what to read into: `{key: subtree}` of `jax.ShapeDtypeStruct`s with
+        `.sharding` set; a checkpoint with other paths or shapes raises `CheckpointError`
+        naming them. None: the arrays as saved, numpy arrays, or with `device` (a
+        `jax.sharding.Sharding`) jax arrays there.
+      meta: the reader's identity (`model`, `num_classes`, the `contract`): a checkpoint
+        saved for another raises `CheckpointError` naming both. None: not checked.
+      newest_readable: with `step` None, a latest checkpoint that cannot be read is
+        skipped with a warning for the newest older one that can.
+      what: prefixes the errors of a missing directory or step (the config field naming it).
+
+    Returns:
+      `(tree, step)`: the nested dicts of the saved state (or its `keys`, or `target`'s
+      structure) and the step read.
+    """
+    directory = os.path.abspath(os.fspath(directory))
+    prefix = f"{what}: " if what else ""
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"{prefix}no checkpoint in {directory} (it does not exist)")
+    manager = _reader(directory)
+
+    def read(candidate):
+        return _read_step(manager, candidate, f"{directory}/{candidate}", keys=keys,
+                          target=target, meta=meta, device=device)
+
+    try:
+        if step is not None or not newest_readable:
+            step = _existing_step(manager, step, directory, prefix)
+            return read(step), step
+        _existing_step(manager, None, directory, prefix)  # "no checkpoint in ..." when empty
+        steps = sorted(manager.all_steps(), reverse=True)
+        tree, step, unreadable = _newest_readable(directory, steps, read)
+        for bad, err in unreadable:
+            log.warning("checkpoint step %d in %s is unreadable (%s): using step %d",
+                        bad, directory, _first_line(err), step)
+        return tree, step
+    finally:
+        manager.close()
+
+
+def _read_step(manager, step, where, *, keys, target, meta, device):
+    """`read_tree` of one step with an open reader (`_reader`)."""
+    if meta is not None:
+        _check_meta(manager, step, meta, where, "this model")
+    saved = manager.item_metadata(step)["state"]
+    saved = getattr(saved, "tree", saved)
+    if target is not None:
+        _check_tree({key: saved.get(key, {}) for key in target}, target, where)
+        restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+    else:
+        if keys is not None:  # an empty subtree (no batch_stats) has nothing to restore
+            saved = {key: saved[key] for key in keys if jax.tree.leaves(saved.get(key, {}))}
+        if device is None:
+            target = saved
+            restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                                        target)
+        else:
+            target = jax.tree.map(
+                lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device)
+                if hasattr(m, "shape") and hasattr(m, "dtype") else m, saved)
+            restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+    return manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=target, restore_args=restore_args, partial_restore=True)))["state"]
+
+
+def read_variables(directory, abstract_variables=None, *, meta=None, step=None,
+                   newest_readable=True, what: str = ""):
+    """A model's variables from a checkpoint of `Checkpointer` (`read_tree`), for inference
+    and warm starts.
 
     Reads only `params` and the other variable collections (the train state's
     `model_state`: `batch_stats`, `constants`) of the saved `state`: the optimiser state
@@ -392,54 +486,22 @@ def read_variables(directory, abstract_variables, *, meta, step=None):
       directory: a checkpoint directory (`<workdir>/checkpoints` or `<workdir>/best`).
       abstract_variables: `jax.ShapeDtypeStruct` pytree of the model's variables,
         `{'params': ..., 'batch_stats': ..., ...}` (`jax.eval_shape` of `model.init`),
-        with `.sharding` set to where the arrays should go.
+        with `.sharding` set to where the arrays should go; a checkpoint of other shapes
+        raises `CheckpointError` naming them. None: the variables as saved, numpy arrays.
       meta: the model's identity (`model`, `num_classes`); a checkpoint of another model
-        raises `CheckpointError` naming both.
-      step: the step to read (default: the latest).
+        raises `CheckpointError` naming both. None: not checked.
+      step: the step to read (default: the latest, or with `newest_readable`, where it
+        cannot be read, the newest older one that can, with a warning).
+      what: prefixes the errors of a missing directory or step.
 
     Returns:
-      `(variables, step)`: the variables in the structure of `abstract_variables`.
+      `(variables, step)`: `{'params': ..., **model_state}`, in the structure of
+      `abstract_variables` when given.
     """
-    directory = os.path.abspath(directory)
-    if not os.path.isdir(directory):
-        raise CheckpointError(f"no checkpoint in {directory} (it does not exist)")
-    manager = partial_reader(directory)
-    try:
-        if step is not None:
-            step = existing_step(manager, step, directory)
-            return _read_variables(manager, step, directory, abstract_variables, meta), step
-        existing_step(manager, None, directory)  # "no checkpoint in ..." when empty
-        unreadable = []  # (step, error), newest first: fall back as training's restore does
-        for candidate in sorted(manager.all_steps(), reverse=True):
-            try:
-                variables = _read_variables(manager, candidate, directory, abstract_variables,
-                                            meta)
-            except Exception as err:  # pylint: disable=broad-except  (see Checkpointer.restore)
-                unreadable.append((candidate, err))
-                continue
-            for bad, err in unreadable:
-                log.warning("checkpoint step %d in %s is unreadable (%s): using step %d",
-                            bad, directory, _first_line(err), candidate)
-            return variables, candidate
-        newest = unreadable[0][1]
-        if isinstance(newest, CheckpointError):
-            raise newest
-        raise CheckpointError(
-            f"no readable checkpoint in {directory}: "
-            + "; ".join(f"step {s}: {_first_line(err)}" for s, err in unreadable)) from newest
-    finally:
-        manager.close()
-
-
-def _read_variables(manager, step, directory, abstract_variables, meta):
-    where = f"{directory}/{step}"
-    _check_meta(manager, step, meta, where, "this model")
-    variables = dict(abstract_variables)
-    target = {"params": variables.pop("params"), "model_state": variables}
-    saved = manager.item_metadata(step)["state"]
-    saved = getattr(saved, "tree", saved)
-    _check_tree({key: saved.get(key, {}) for key in target}, target, where)
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-        partial_restore=True)))["state"]
-    return {"params": restored["params"], **restored["model_state"]}
+    target = None
+    if abstract_variables is not None:
+        variables = dict(abstract_variables)
+        target = {"params": variables.pop("params"), "model_state": variables}
+    state, step = read_tree(directory, step, keys=("params", "model_state"), target=target,
+                            meta=meta, newest_readable=newest_readable, what=what)
+    return {"params": state.get("params", {}), **state.get("model_state", {})}, step

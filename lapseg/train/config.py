@@ -26,14 +26,18 @@ import os
 
 import ml_collections
 
-from lapseg.data import pipeline as data_pipeline
 from lapseg.train.lock import WorkdirWriteError
 
-CONFIG_FILE = "config.json"  # the resolved config of a run, in its work dir
+# The resolved config of a run, in its work dir. This module imports neither JAX nor
+# lapseg.data at import time (they are imported where used), so that `lapseg.cli.common`
+# can take this name from here.
+CONFIG_FILE = "config.json"
 
 
 def base_config() -> ml_collections.ConfigDict:
     """The schema: every field with its default (the data fields from `lapseg.data`)."""
+    from lapseg.data import pipeline as data_pipeline  # pylint: disable=import-outside-toplevel
+
     config = ml_collections.ConfigDict()
     config.seed = 0
 
@@ -93,8 +97,8 @@ def base_config() -> ml_collections.ConfigDict:
     # evaluation of the diverged state; 'skip' drops that step's update and goes on, logging
     # the count as `skipped_steps`. Either way no non-finite state is ever saved.
     config.nonfinite = "stop"
-    # Several processes (hosts) training one model (`lapseg.train.distributed`; README:
-    # "Several processes"). Off by default. `enabled = True` joins a job whose settings are
+    # Several processes (hosts) training one model (`lapseg.train.distributed`;
+    # docs/training.md: "Several processes"). Off by default. `enabled = True` joins a job whose settings are
     # auto-detected (a TPU pod slice, SLURM, Open MPI); setting `coordinator_address`,
     # `num_processes` and `process_id` (a manual launch: every process the same address
     # and count, its own id) turns it on too, any field left unset being auto-detected.
@@ -235,11 +239,16 @@ def check_eval_size(config, info) -> None:
 MODEL_FIELDS = ("model", "model_kwargs")
 
 
-def _leaves(value, prefix):
-    if isinstance(value, (dict, ml_collections.ConfigDict)):
-        items = value.items()
-        return {k: v for key, item in items for k, v in _leaves(item, f"{prefix}.{key}").items()}
-    return {prefix: _tuples(value)}
+def _leaves(value, prefix) -> dict:
+    """`{'model_kwargs.backbone_kwargs.width': 0.25, ...}`: the fields under `prefix`
+    (`lapseg.ops.tree` names with '.'), lists as tuples; `{prefix: value}` for a value."""
+    from lapseg.ops import tree as tree_lib  # pylint: disable=import-outside-toplevel  (JAX)
+
+    if isinstance(value, ml_collections.ConfigDict):
+        value = value.to_dict()
+    named = tree_lib.flatten_with_names(value, sep=".",
+                                        is_leaf=lambda node: not isinstance(node, dict))
+    return {f"{prefix}.{name}" if name else prefix: _tuples(leaf) for name, leaf in named}
 
 
 def check_resumable(config, workdir) -> None:

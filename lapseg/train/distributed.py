@@ -134,7 +134,7 @@ def _give_up(where, timeout):
         f"lapseg: cannot join the distributed job as {where} within {timeout} s "
         "(config.distributed.initialization_timeout_seconds): the coordinator is unreachable "
         "or a process did not start — check --config.distributed.* and that every process "
-        "was launched (README: Several processes)\n")
+        "was launched (docs/training.md: Several processes)\n")
     sys.stderr.flush()
     os._exit(2)  # pylint: disable=protected-access  (the main thread is blocked in C++)
 

@@ -41,12 +41,11 @@ import os
 import flax
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
-from flax import traverse_util
 
 from lapseg import backbones
 from lapseg.backbones import hub as hub_lib
 from lapseg.backbones import weights as weights_lib
+from lapseg.ops import tree as tree_lib
 from lapseg.train import checkpoint as checkpoint_lib
 
 log = logging.getLogger(__name__)
@@ -56,8 +55,8 @@ _WEIGHT_COLLECTIONS = ("params", "batch_stats")  # what `load_torch_weights` fil
 _MAX_LISTED = 12  # paths (or groups) listed per category in the logged summary
 
 
-WEIGHTS_HINT = ("convert torchvision's weights with `lapseg convert-weights` (README: Starting "
-                "from ImageNet weights) and put them there, or name a Hugging Face copy "
+WEIGHTS_HINT = ("convert torchvision's weights with `lapseg convert-weights` (docs/training.md: "
+                "Starting from ImageNet weights) and put them there, or name a Hugging Face copy "
                 "(e.g. hf://timm/resnet50.tv_in1k, docs/weights.md), or pass "
                 "--config.init.backbone_weights='' to train from scratch")
 
@@ -127,12 +126,7 @@ def _grouped(paths, limit: int) -> str:
 
 def _flatten(variables) -> dict:
     """`{'params/a/kernel': leaf}` of a variables dict (or FrozenDict)."""
-    flat = traverse_util.flatten_dict(flax.core.unfreeze(variables))
-    return {"/".join(path): leaf for path, leaf in flat.items()}
-
-
-def _unflatten(flat: dict) -> dict:
-    return traverse_util.unflatten_dict({tuple(p.split("/")): leaf for p, leaf in flat.items()})
+    return dict(tree_lib.flatten_with_names(variables))
 
 
 def _ordered(paths) -> tuple:
@@ -189,8 +183,8 @@ def from_state_dict(variables, state_dict, arch: str, *, source: str = "state di
                          f"{', '.join(sorted(variables.get('params', {})))})")
     loaded = weights_lib.load_torch_weights(part, state_dict, arch, ignore=ignore)
     new, used = {}, set()
-    for path, leaf in traverse_util.flatten_dict(loaded).items():
-        collection, *rest = path
+    for name, leaf in tree_lib.flatten_with_names(loaded):
+        collection, *rest = name.split("/")
         new[f"{collection}/{BACKBONE}/" + "/".join(rest)] = leaf
         used.add(weights_lib.torch_key(arch, tuple(rest)))
     flat = _flatten(variables)
@@ -200,7 +194,7 @@ def from_state_dict(variables, state_dict, arch: str, *, source: str = "state di
                     if not any(fnmatch.fnmatchcase(k, p) for p in weights_lib.ALWAYS_IGNORED))
     report = Report(source=source, loaded=_ordered(new), left=_ordered(set(flat) - set(new)),
                     unused=tuple(unused))
-    return _unflatten(flat), report
+    return tree_lib.unflatten_names(flat), report
 
 
 def from_backbone_weights(variables, path, arch: str, *, ignore=None):
@@ -252,7 +246,8 @@ def _locate(directory):
 
 
 def read_checkpoint(directory, step=None):
-    """The variables saved in a lapseg checkpoint, as numpy arrays, without a target.
+    """The variables saved in a lapseg checkpoint, as numpy arrays, without a target
+    (`lapseg.train.checkpoint.read_variables`).
 
     Args:
       directory: a work dir, its `checkpoints/` (or `best/`) dir, or a step dir.
@@ -263,22 +258,9 @@ def read_checkpoint(directory, step=None):
       `params` and `model_state`; the optimiser state is not read) and the step dir read.
     """
     root, found = _locate(directory)
-    step = found if step is None else step
-    manager = checkpoint_lib.partial_reader(root)
-    try:
-        step = checkpoint_lib.existing_step(manager, step, root, "config.init.checkpoint")
-        saved = manager.item_metadata(step)["state"]
-        saved = getattr(saved, "tree", saved)
-        # Only the variables: the optimiser state is neither needed nor read. Empty
-        # subtrees (a model without batch_stats) have nothing to restore.
-        target = {key: saved[key] for key in ("params", "model_state")
-                  if jax.tree.leaves(saved.get(key, {}))}
-        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item=target, restore_args=restore_args, partial_restore=True)))["state"]
-    finally:
-        manager.close()
-    variables = {"params": restored.get("params", {}), **restored.get("model_state", {})}
+    variables, step = checkpoint_lib.read_variables(
+        root, step=found if step is None else step, newest_readable=False,
+        what="config.init.checkpoint")
     return variables, f"{root}/{step}"
 
 
@@ -310,7 +292,7 @@ def from_checkpoint(variables, directory, *, step=None):
                     refused=tuple(sorted(refused, key=lambda r: (not r[0].startswith("params/"),
                                                                  r[0]))),
                     unused=_ordered(set(saved) - set(flat)))
-    return _unflatten(flat), report
+    return tree_lib.unflatten_names(flat), report
 
 
 def _log(report: Report) -> None:

@@ -5,9 +5,10 @@ learning-rate multipliers, weight decay on kernels only or on every parameter.
 (semseg `poly_learning_rate`, power 0.9).
 
 Parameter groups (`config.lr_multipliers`): an ordered sequence of `(pattern, multiplier)`.
-A parameter's path is its keys joined by '/', e.g. `backbone/layer1_0/conv1/conv/kernel` or
-`coefficients_res5/conv/bias`; it takes the multiplier of the FIRST pattern that matches
-(`fnmatch`: `*` matches across '/'), and 1 when none does. Examples:
+A parameter's path is its keys joined by '/' (`lapseg.ops.tree.flatten_with_names`), e.g.
+`backbone/layer1_0/conv1/conv/kernel` or `coefficients_res5/conv/bias`; it takes the
+multiplier of the FIRST pattern that matches (`fnmatch`: `*` matches across '/'), and 1
+when none does. Examples:
 
 - a new head at 10x on a pretrained backbone (PSPNet, DUpsampling):
   `(('backbone/*', 1.0), ('*', 10.0))`;
@@ -54,7 +55,8 @@ import fnmatch
 
 import jax
 import optax
-from flax import traverse_util
+
+from lapseg.ops import tree as tree_lib
 
 
 def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
@@ -67,11 +69,6 @@ def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
         return poly
     ramp = optax.linear_schedule(0.0, config.learning_rate, warmup)
     return optax.join_schedules([ramp, poly], [warmup])
-
-
-def _paths(params) -> dict:
-    """`{key tuple: 'a/b/c'}` for every leaf of `params`."""
-    return {key: "/".join(map(str, key)) for key in traverse_util.flatten_dict(params)}
 
 
 def check_rules(rules) -> tuple:
@@ -90,7 +87,7 @@ def resolve_multipliers(params, rules) -> dict:
     """`{'a/b/c': multiplier}` for every parameter: the first matching rule's, else 1."""
     rules = check_rules(rules)
     resolved = {}
-    for path in _paths(params).values():
+    for path, _ in tree_lib.flatten_with_names(params):
         resolved[path] = next((m for pattern, m in rules if fnmatch.fnmatchcase(path, pattern)), 1.0)
     return resolved
 
@@ -98,8 +95,8 @@ def resolve_multipliers(params, rules) -> dict:
 def describe_groups(params, rules) -> str:
     """One line per distinct multiplier: the multiplier, how many arrays and values, examples."""
     rules = check_rules(rules)
-    sizes = {"/".join(map(str, k)): int(getattr(v, "size", 0))
-             for k, v in traverse_util.flatten_dict(params).items()}
+    sizes = {path: int(getattr(leaf, "size", 0))
+             for path, leaf in tree_lib.flatten_with_names(params)}
     groups = {}
     for path, multiplier in resolve_multipliers(params, rules).items():
         groups.setdefault(multiplier, []).append(path)
@@ -159,7 +156,6 @@ def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
 
     def labels(params):
         resolved = resolve_multipliers(params, rules)
-        flat = {key: str(resolved[path]) for key, path in _paths(params).items()}
-        return traverse_util.unflatten_dict(flat)
+        return tree_lib.map_with_names(lambda path, _: str(resolved[path]), params)
 
     return optax.multi_transform({str(m): sgd(m) for m in multipliers}, labels)

@@ -28,7 +28,7 @@ from lapseg.train.config import base_config
 # The ImageNet weights the configs start from, by name. Those in `HUB_WEIGHTS` are read from
 # the Hugging Face hub (`hf://...`, docs/weights.md: cached under HF_HOME, HF_HUB_OFFLINE
 # honoured); the others have no hub file and are read from `$LAPSEG_WEIGHTS/<name>.npz`
-# (default directory ~/.cache/lapseg/weights), which README "Starting from ImageNet weights"
+# (default directory ~/.cache/lapseg/weights), which docs/training.md "Starting from ImageNet weights"
 # says how to make (`lapseg convert-weights`). `imagenet_weights(name)` is always that .npz
 # path (the route for any name, e.g. a machine without the hub cache);
 # `pretrained_weights(name)` is what the configs use.
@@ -188,25 +188,13 @@ ICNET50 = {"backbone": "resnet50",
            "branch_channels": 128, "channels": 256, "bins": (1, 2, 3, 6)}
 ICNET_LOSS_WEIGHTS = {"aux_sub4": 0.4, "aux_sub24": 0.4, "coarse_logits": 1.0}
 # ICNet starts from a trained PSPNet-50 (the paper builds ICNet from a PSPNet50 that it
-# compresses by kernel pruning; lapseg does not prune). The ICNet configs read the PSPNet run
-# from this environment variable into `config.init.checkpoint`; unset, they train from
-# lapseg's initialisation.
-PSPNET_RUN_ENV = "LAPSEG_ICNET_PSPNET_RUN"
-
-
-def pspnet_checkpoint() -> str | None:
-    """`config.init.checkpoint` of the ICNet configs: `$LAPSEG_ICNET_PSPNET_RUN` (a PSPNet-50
-    run: its work dir, `checkpoints/` dir or a step dir), or None (train from scratch).
-
-    `lapseg.train.init.from_checkpoint` copies every variable whose path and shape match:
-    ICNet's `params/backbone` and `batch_stats/backbone` take the PSPNet's when both
-    backbones have the same shape, i.e. a PSPNet trained with the ICNet config's
-    `backbone_kwargs` (a half-width PSPNet-50 for the released ICNet, or a full-width
-    PSPNet-50 with `--config.model_kwargs.backbone_kwargs.width=1.0` on the ICNet side, the
-    paper's network before compression). Mismatched shapes are refused and logged, not an
-    error. `--config.init.checkpoint=''` trains from scratch even with the variable set.
-    """
-    return os.environ.get(PSPNET_RUN_ENV) or None
+# compresses by kernel pruning; lapseg does not prune): the ICNet configs leave
+# `config.init.checkpoint` unset (train from lapseg's initialisation) and the command line
+# names the PSPNet run, `--config.init.checkpoint=RUN` (its work dir, `checkpoints/` dir or a
+# step dir). `lapseg.train.init.from_checkpoint` copies every variable whose path and shape
+# match: ICNet's backbone takes the PSPNet's when both have the same shape, i.e. a PSPNet
+# trained with the ICNet config's `backbone_kwargs`; mismatched shapes are refused and
+# logged, not an error.
 
 
 # DSRL's loss weights: w1 = 0.1 (MSE) and w2 = 1.0 (feature affinity), the values lapseg's

@@ -32,6 +32,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -91,11 +92,6 @@ def data_size(mesh) -> int:
 
 def replicated(mesh):
     return NamedSharding(mesh, P())
-
-
-def batch_sharded(mesh):
-    """The leading (batch) axis over `'data'`, the rest replicated."""
-    return NamedSharding(mesh, P("data"))
 
 
 def _spec(mesh, shape):
@@ -192,9 +188,11 @@ def train_step(state, batch, rng, *, model, tx, loss_fn, ignore_label, nonfinite
     (loss, (parts, updates, logits)), grads = jax.value_and_grad(compute_loss, has_aux=True)(
         state.params)
     opt_updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = jax.tree.map(lambda p, u: p + u, state.params, opt_updates)
+    params = optax.apply_updates(state.params, opt_updates)
     model_state = {**state.model_state, **updates}
-    grad_norm = jnp.sqrt(sum(jnp.sum(g.astype(jnp.float32) ** 2) for g in jax.tree.leaves(grads)))
+    # In float32 whatever the parameters' dtype (a bf16 sum of squares keeps 8 bits).
+    # `optax.tree.norm` is `optax.global_norm` under its current (not deprecated) name.
+    grad_norm = optax.tree.norm(jax.tree.map(lambda g: g.astype(jnp.float32), grads))
     if nonfinite == "skip":
         # The forward pass of a bad batch also poisons the BatchNorm statistics, so the
         # model state is kept along with the params and the optimiser state.

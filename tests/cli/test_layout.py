@@ -159,3 +159,21 @@ def test_the_layer_check_finds_an_upward_import(monkeypatch):
     monkeypatch.setattr(__import__(__name__, fromlist=["_graph"]), "_graph", lambda: graph)
     with __import__("pytest").raises(AssertionError, match="lapseg.ops.x \\(ops\\) imports"):
         test_imports_go_down_the_layers()
+
+
+# The one environment variable library code reads: the directory of the weights files the
+# configs name (lapseg/train/recipes.py, `$LAPSEG_WEIGHTS`; docs/training.md).
+ENVIRONMENT_READERS = {"lapseg.train.recipes"}
+
+
+def test_no_global_state_nor_environment_outside_the_cli():
+    bad = []
+    for name, path in _outside_cli().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Global):
+                bad.append(f"{name}:{node.lineno} uses global {', '.join(node.names)}")
+            reads = (isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv")
+                     and isinstance(node.value, ast.Name) and node.value.id == "os")
+            if reads and name not in ENVIRONMENT_READERS:
+                bad.append(f"{name}:{node.lineno} reads the environment")
+    assert not bad, "\n".join(bad)

@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import traverse_util
 
 from lapseg import backbones, models
+from lapseg.ops import tree as tree_lib
 from lapseg.train import checkpoint as checkpoint_lib
 from lapseg.train import init as init_lib
 from lapseg.train import loop
@@ -92,7 +92,7 @@ def _config(data_dir, model, model_kwargs, steps=1, learning_rate=0.0):
 
 def _paths(tree) -> dict:
     """`{'params/a/kernel': leaf}` (leaves as they are: arrays or `ShapeDtypeStruct`s)."""
-    return {"/".join(k): v for k, v in traverse_util.flatten_dict(dict(tree)).items()}
+    return dict(tree_lib.flatten_with_names(tree))
 
 
 def _flat(tree) -> dict:

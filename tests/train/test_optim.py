@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from flax import traverse_util
 
+from lapseg.ops import tree as tree_lib
 from lapseg.train import optim
 
 PARAMS = {
@@ -39,9 +39,8 @@ def test_one_step_scales_each_group():
     rng = np.random.default_rng(0)
     grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), PARAMS)
     updates, _ = tx.update(grads, tx.init(PARAMS), PARAMS)
-    flat_updates, flat_grads = (
-        {"/".join(k): v for k, v in traverse_util.flatten_dict(tree).items()}
-        for tree in (updates, grads))
+    flat_updates, flat_grads = (dict(tree_lib.flatten_with_names(tree))
+                                for tree in (updates, grads))
     for path, multiplier in optim.resolve_multipliers(PARAMS, RULES).items():
         np.testing.assert_allclose(flat_updates[path], -0.5 * multiplier * flat_grads[path],
                                    rtol=1e-6, err_msg=path)
@@ -94,8 +93,8 @@ def test_two_sgd_steps_equal_the_hand_computed_update(mode):
         updates, state = tx.update(g, state, current)
         current = jax.tree.map(lambda p, u: p + u, current, updates)
 
-    flat = lambda tree: {"/".join(k): np.asarray(v, np.float64)
-                         for k, v in traverse_util.flatten_dict(tree).items()}
+    flat = lambda tree: {path: np.asarray(v, np.float64)
+                         for path, v in tree_lib.flatten_with_names(tree)}
     got, p0, g1, g2 = flat(current), flat(params), flat(grads[0]), flat(grads[1])
     decayed = set()
     for path, multiplier in optim.resolve_multipliers(PARAMS, RULES).items():

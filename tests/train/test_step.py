@@ -1,9 +1,11 @@
-"""The sharded train step: device-count invariance, checkpoints across meshes."""
+"""The sharded train step: device-count invariance, checkpoints across meshes, the
+update and the gradient norm (float32 for bf16 params)."""
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from lapseg import losses
@@ -98,3 +100,42 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
     with pytest.raises(checkpoint_lib.CheckpointError, match="shape"):
         checkpoint_lib.Checkpointer(tmp_path / "ckpt").restore(
             other, meta={"model": "toy", "num_classes": 3})
+
+
+def _one_sgd_step(param_dtype):
+    """One plain-SGD step (rate 1, no momentum, no decay) of the toy from params cast to
+    `param_dtype`: `(params before, params after, metrics)`."""
+    model = ToySegmenter()
+    tx = optax.sgd(1.0)
+    loss_fn = losses.for_model("toy", ml_collections.ConfigDict({"weights": {"logits": 1.0}}),
+                               ignore_label=IGNORE)
+    variables = state_lib.init_variables(model, jax.random.key(0), (1, 8, 8, 3))
+    variables = {**variables,
+                 "params": jax.tree.map(lambda p: p.astype(param_dtype), variables["params"])}
+    state = state_lib.create_train_state(variables, tx)
+    before = jax.tree.map(np.asarray, state.params)
+    mesh = step_lib.make_mesh(1)
+    train_step = step_lib.jit_train_step(mesh, model=model, tx=tx, loss_fn=loss_fn,
+                                         ignore_label=IGNORE)
+    state, metrics = train_step(jax.device_put(state, step_lib.replicated(mesh)),
+                                step_lib.shard_batch(_batch(), mesh), jax.random.key(1))
+    return before, state.params, metrics
+
+
+def test_the_update_and_the_gradient_norm():
+    """`params + updates` and the global norm of the gradients: with SGD at rate 1 the
+    params move by minus the gradient, whose norm the step reports."""
+    before, after, metrics = _one_sgd_step(jnp.float32)
+    moved = [np.asarray(b, np.float64) - np.asarray(a, np.float64)
+             for b, a in zip(jax.tree.leaves(before), jax.tree.leaves(after))]
+    norm = np.sqrt(sum(np.sum(m ** 2) for m in moved))
+    assert metrics["grad_norm"].dtype == jnp.float32
+    np.testing.assert_allclose(metrics["grad_norm"], norm, rtol=1e-4)
+
+
+def test_bf16_params_keep_their_dtype_and_a_float32_gradient_norm():
+    _, after, metrics = _one_sgd_step(jnp.bfloat16)
+    assert {leaf.dtype for leaf in jax.tree.leaves(after)} == {jnp.dtype(jnp.bfloat16)}
+    assert metrics["grad_norm"].dtype == jnp.float32
+    _, _, reference = _one_sgd_step(jnp.float32)
+    np.testing.assert_allclose(metrics["grad_norm"], reference["grad_norm"], rtol=2e-2)
