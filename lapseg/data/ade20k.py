@@ -64,21 +64,10 @@ class Reader(local.Reader):
 
     name = "ade20k"
 
-    def __init__(self, root):
-        self.root = pathlib.Path(root)
-
-    def info(self):
-        return dataset_info()
-
     def split_names(self):
-        for sub in ("images", "annotations"):
-            if not (self.root / sub).is_dir():
-                self.fail(f"{self.root / sub} does not exist",
-                          f"set config.data.source_dir to ADEChallengeData2016, holding {LAYOUT}")
-        found = tuple(s for s, d in SPLIT_DIRS.items() if (self.root / "images" / d).is_dir())
-        if not found:
-            self.fail(f"{self.root / 'images'} holds no split folder", f"expected {LAYOUT}")
-        return found
+        return self.present_splits(self.root, ("images", "annotations"),
+                                   {s: f"images/{d}" for s, d in SPLIT_DIRS.items()},
+                                   "source_dir", LAYOUT)
 
     def pairs(self, split):
         image_dir = self.root / "images" / SPLIT_DIRS[split]

@@ -65,21 +65,9 @@ class Reader(local.Reader):
 
     name = "cityscapes"
 
-    def __init__(self, root):
-        self.root = pathlib.Path(root)
-
-    def info(self):
-        return dataset_info()
-
     def split_names(self):
-        for folder in ("leftImg8bit", "gtFine"):
-            if not (self.root / folder).is_dir():
-                self.fail(f"{self.root / folder} does not exist",
-                          f"set config.data.source_dir to the Cityscapes root, holding {LAYOUT}")
-        found = tuple(s for s in SPLITS if (self.root / "leftImg8bit" / s).is_dir())
-        if not found:
-            self.fail(f"{self.root / 'leftImg8bit'} holds no split folder", f"expected {LAYOUT}")
-        return found
+        return self.present_splits(self.root, ("leftImg8bit", "gtFine"),
+                                   {s: f"leftImg8bit/{s}" for s in SPLITS}, "source_dir", LAYOUT)
 
     def pairs(self, split):
         image_dir, label_dir = self.root / "leftImg8bit" / split, self.root / "gtFine" / split

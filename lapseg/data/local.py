@@ -49,15 +49,16 @@ class Pair:
 
 
 class Reader:
-    """A dataset layout on disk. Subclasses set `name` and implement the four methods.
+    """A dataset layout on disk under `root`. Subclasses set `name` and implement
+    `split_names`, `pairs` and `read_label`.
 
     Instances must pickle: tfds pickles the builder that holds one.
     """
 
     name: str = ""
 
-    def info(self) -> info_lib.DatasetInfo:
-        raise NotImplementedError
+    def __init__(self, root):
+        self.root = pathlib.Path(root)
 
     def split_names(self) -> tuple[str, ...]:
         """The splits present on disk (e.g. `('train', 'val')`), checking the layout only."""
@@ -83,6 +84,21 @@ class Reader:
 
     def fail(self, what: str, todo: str):
         raise info_lib.DataError(f"{self.name}: {what}; {todo}")
+
+    def present_splits(self, root, required, splits: dict, setting: str, layout: str):
+        """The names of `splits` (`{name: folder under root}`) whose folder exists, after
+        checking that every one of `required` (folders under `root`) does; `DataError`s say
+        to set `setting` to a folder holding `layout`."""
+        root = pathlib.Path(root)
+        for folder in required:
+            if not (root / folder).exists():
+                self.fail(f"{root / folder} does not exist",
+                          f"set config.data.{setting} to the folder holding {layout}")
+        found = tuple(name for name, folder in splits.items() if (root / folder).exists())
+        if not found:
+            self.fail(f"{root} holds none of {', '.join(map(str, splits.values()))}",
+                      f"expected {layout}")
+        return found
 
 
 def fingerprint(reader: Reader, split: str, pairs: Iterable[Pair], extra_files=()) -> str:

@@ -70,10 +70,8 @@ class Reader(local.Reader):
     name = "voc"
 
     def __init__(self, root, sbd=None):
-        self.root, self.sbd = pathlib.Path(root), None if sbd is None else pathlib.Path(sbd)
-
-    def info(self):
-        return dataset_info()
+        super().__init__(root)
+        self.sbd = None if sbd is None else pathlib.Path(sbd)
 
     def options(self, split):
         return f"sbd={self.sbd}" if split == AUG_SPLIT else ""
@@ -88,19 +86,12 @@ class Reader(local.Reader):
                 self.sbd / "train.txt", self.sbd / "val.txt")
 
     def split_names(self):
-        for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-            if not (self.root / sub).is_dir():
-                self.fail(f"{self.root / sub} does not exist",
-                          f"set config.data.source_dir to VOCdevkit/VOC2012, holding {LAYOUT}")
-        found = tuple(s for s in LIST_SPLITS if self._list(s).is_file())
-        if not found:
-            self.fail(f"{self.root / 'ImageSets' / 'Segmentation'} holds no split list",
-                      f"expected {', '.join(s + '.txt' for s in LIST_SPLITS)}")
+        found = self.present_splits(
+            self.root, ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"),
+            {s: f"ImageSets/Segmentation/{s}.txt" for s in LIST_SPLITS}, "source_dir", LAYOUT)
         if self.sbd is not None:
-            for sub in ("img", "cls", "train.txt", "val.txt"):
-                if not (self.sbd / sub).exists():
-                    self.fail(f"SBD: {self.sbd / sub} does not exist",
-                              f"set config.data.sbd_dir to benchmark_RELEASE, holding {SBD_LAYOUT}")
+            self.present_splits(self.sbd, ("img", "cls", "train.txt", "val.txt"),
+                                {AUG_SPLIT: "train.txt"}, "sbd_dir", SBD_LAYOUT)
             found += (AUG_SPLIT,)
         return found
 
