@@ -515,3 +515,19 @@ def test_a_bad_value_at_a_library_boundary_raises_naming_it(build, error, words)
     with pytest.raises(error) as raised:
         build()
     assert words in str(raised.value)
+
+
+def test_a_divergence_in_skip_mode_does_not_suggest_skip_mode(tmp_path, monkeypatch):
+    """With `nonfinite=skip` a run still stops on a non-finite *state*; the remedy then
+    names the learning rate only, not the mode already set."""
+    from lapseg.train import loop  # pylint: disable=import-outside-toplevel
+
+    def diverged(config, workdir):
+        raise loop.DivergenceError(5, float("nan"), float("nan"), in_state=True)
+
+    monkeypatch.setattr(loop, "train_and_evaluate", diverged)
+    for mode, suggested in (("skip", False), ("stop", True)):
+        message = helpers.run("train", f"--workdir={tmp_path}", f"--config.nonfinite={mode}")
+        helpers.one_line(message, "lapseg train:", "training diverged by step 5",
+                         "lower --config.optimizer.learning_rate")
+        assert ("--config.nonfinite=skip" in message) == suggested, message
