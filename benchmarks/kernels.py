@@ -14,8 +14,12 @@ cotangent, timed after a warm-up call as the median of `--repeats` runs (with
 - `lapseg.ops.dupsample.dupsample` (`[N, h, w, L] x [L, r*r*C]`) against a 1x1
   convolution followed by `depth_to_space`.
 - `lapseg.ops.boundary.boundary_mask` (LRR's `maxpool(p) + maxpool(-p)`, separable pools as
-  shifted-slice maxima) against the same mask from fused `size x size` `reduce_window`
-  max-pools, and from separable `reduce_window` pools.
+  shifted-slice selections differentiated through the argmax) against the same mask from
+  fused `size x size` `reduce_window` max-pools, from separable `reduce_window` pools, and
+  from the shifted-slice `jnp.maximum`s differentiated by autodiff (lapseg's before issue
+  25); then the same mask on class planes `[N, C, H, W]` (`axes=(2, 3)`, what LRR's decoder
+  computes) against NHWC, and the class-by-class softmax (`boundary.softmax`) against
+  `jax.nn.softmax` over the class axis, on planes and on NHWC.
 
 Achieved bandwidth = bytes of inputs + cotangent + outputs + gradients / time, next to
 the machine's copy bandwidth measured in the same run (`x + 1` on a large array: one
@@ -135,6 +139,45 @@ def separable_reduce_window_mask(prob, size):
     return pool(prob) + pool(-prob)
 
 
+def doubling_maximum_mask(prob, size):
+    """Third baseline for `boundary_mask`: lapseg's before issue 25, separable pools as
+    `jnp.maximum`s of shifted slices (log2(size) + 1 per axis), differentiated by autodiff
+    (each maximum's gradient halved between tied operands)."""
+    pad = size // 2
+
+    def window_max(x, axis):
+        widths = [(0, 0)] * x.ndim
+        widths[axis] = (pad, pad)
+        m, width = jnp.pad(x, widths, constant_values=-jnp.inf), 1
+        while 2 * width <= size:
+            length = m.shape[axis] - width
+            m = jnp.maximum(lax.slice_in_dim(m, 0, length, axis=axis),
+                            lax.slice_in_dim(m, width, width + length, axis=axis))
+            width *= 2
+        n = x.shape[axis]
+        return jnp.maximum(lax.slice_in_dim(m, 0, n, axis=axis),
+                           lax.slice_in_dim(m, size - width, size - width + n, axis=axis))
+
+    def pool(x):
+        return window_max(window_max(x, 1), 2)
+
+    return pool(prob) + pool(-prob)
+
+
+def compare_layouts(name, planes_fn, nhwc_fn, planes_input, repeats):
+    """Forward + backward of the same function on class planes `[N, C, H, W]` and on NHWC."""
+    rng = np.random.default_rng(1)
+    nhwc_input = jnp.transpose(planes_input, (0, 2, 3, 1))
+    times = {}
+    for label, fn, x in (("planes", planes_fn, planes_input), ("NHWC", nhwc_fn, nhwc_input)):
+        cotangent = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
+        times[label] = median_seconds(forward_backward(fn), (x, cotangent), repeats)
+    print(f"{name}: planes {tuple(planes_input.shape)} against NHWC {tuple(nhwc_input.shape)}")
+    for label, seconds in times.items():
+        print(f"  {label:14s} fwd+bwd {seconds * 1e3:9.2f} ms")
+    print(f"  ratio planes / NHWC = {times['planes'] / times['NHWC']:.3f}")
+
+
 def copy_bandwidth(megabytes, repeats):
     """Bytes per second of `x + 1` on a `megabytes` f32 array (one read, one write)."""
     x = jnp.zeros((megabytes * 2**20 // 4,), jnp.float32)
@@ -204,7 +247,8 @@ def main():
     )
     n, h, w, c, size = args.boundary
     for name, baseline in (("boundary_mask", fused_boundary_mask),
-                           ("boundary_mask vs separable reduce_window", separable_reduce_window_mask)):
+                           ("boundary_mask vs separable reduce_window", separable_reduce_window_mask),
+                           ("boundary_mask vs jnp.maximum doubling (autodiff)", doubling_maximum_mask)):
         compare(
             name,
             lambda p: boundary.boundary_mask(p, size),
@@ -214,6 +258,17 @@ def main():
             args.repeats,
             bandwidth,
         )
+    planes = jax.nn.softmax(normal(n, c, h, w), axis=1)
+    compare_layouts("boundary_mask", lambda p: boundary.boundary_mask(p, size, axes=(2, 3)),
+                    lambda p: boundary.boundary_mask(p, size), planes, args.repeats)
+    compare_layouts("boundary_mask vs jnp.maximum doubling (autodiff) on NHWC",
+                    lambda p: boundary.boundary_mask(p, size, axes=(2, 3)),
+                    functools.partial(doubling_maximum_mask, size=size), planes, args.repeats)
+    logits = normal(n, c, h, w)
+    compare_layouts("boundary.softmax", lambda z: boundary.softmax(z, 1),
+                    lambda z: jax.nn.softmax(z, axis=-1), logits, args.repeats)
+    compare_layouts("jax.nn.softmax over the class axis", lambda z: jax.nn.softmax(z, axis=1),
+                    lambda z: jax.nn.softmax(z, axis=-1), logits, args.repeats)
 
 
 if __name__ == "__main__":

@@ -2,13 +2,24 @@
 
     python -m benchmarks.train_step [--models lrr fcn8s ...] [--size 96] [--batch 8] [--steps 10]
     python -m benchmarks.train_step --configs configs/default.py configs/shapes_lrr.py \
-        'configs/shapes_lrr.py|model_kwargs.boundary_masking=False' [--rounds 5] [--steps 20]
+        'configs/shapes_lrr.py|model_kwargs.boundary_masking=False' [--rounds 5] [--steps 20] \
+        [--profile]
 
 `--configs`: config files as `lapseg train --config` takes them (`path[:arg]`), each optionally
 followed by `|field=value` overrides (Python literals); the train step each builds (its model,
 loss, optimiser, crop and batch) on one fixed batch from its own data, timed in `--rounds`
 interleaved rounds of `--steps` steps dispatched back to back: median ms per step, the ratio
-to the first config, and the minutes its `num_train_steps` would take at that rate.
+to the first config, and the minutes its `num_train_steps` would take at that rate. When the
+configs include an FCN-8s and an LRR step, the LRR / FCN-8s step ratio follows (issue 25's
+acceptance: at most 1.4): the ratio of the medians and the median of the per-round ratios.
+
+`--profile` then traces `--steps` steps of each config (`jax.profiler`) and sums the XLA:CPU
+thunks' times per part of the step, forward and backward apart, by each thunk's `op_name`
+(a fusion's is its root's): 'backbone', the decoder's named scopes (LRR's `lrr.*`:
+coefficient convs, reconstruction, x2 upsampling, softmax, mask, refinement sum), the loss
+(ops outside the model inside the differentiated function; LRR's `lrr.loss`), and the
+update (optimiser, gradient norm, metrics); thunks with no `op_name` (layout copies, the
+backbone's max-pool) are 'unlabelled'. A loop's thunks count, not the loop's own event.
 
 For each model: images/s of the jitted, sharded train step on a fixed in-memory batch
 (the compute ceiling), then the same step fed by the real grain pipeline on the
@@ -19,8 +30,13 @@ same run (timings on a shared CPU are noisy; compare ratios, not absolutes).
 
 import argparse
 import ast
+import collections
+import glob
+import gzip
 import importlib.util
+import json
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -128,7 +144,8 @@ def load_spec(spec):
 
 
 def config_step(spec, workdir):
-    """`(run(n) -> seconds per step over n back-to-back steps, config)` for one `--configs` entry."""
+    """`(run(n) -> seconds per step over n back-to-back steps, config, hlo() -> the step's
+    optimised HLO text)` for one `--configs` entry."""
     config = load_spec(spec)
     config.data.data_dir = workdir
     config.basis.path = f"{workdir}/basis_{abs(hash(spec))}.npz"
@@ -157,8 +174,72 @@ def config_step(spec, workdir):
         jax.block_until_ready(metrics)
         return (time.perf_counter() - start) / steps
 
+    def hlo():
+        return train_step.lower(holder["state"], batch, rng).compile().as_text()
+
     run(2)  # compile and warm up
-    return run, config
+    return run, config, hlo
+
+
+_OP_NAME = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = .*?op_name="([^"]*)"')
+_WHILE = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = .*? while\(')
+_MODEL = re.compile(r"jvp\(([A-Z]\w*)\)")
+_SCOPE = re.compile(r"[/(](lrr\.\w+)")
+
+
+def part_of(op_name):
+    """`(part, 'fwd' | 'bwd')` of one HLO instruction from its `op_name` (see the docstring)."""
+    direction = "bwd" if "transpose(" in op_name else "fwd"
+    scopes = _SCOPE.findall(op_name)  # the innermost names the part
+    if "/backbone/" in op_name:
+        return "backbone", direction
+    if _MODEL.search(op_name):
+        return f"decoder: {scopes[-1] if scopes else 'other'}", direction
+    if "jvp(" in op_name:
+        return (scopes[-1] if scopes else "loss"), direction
+    return "update, metrics", "-"
+
+
+def profile_parts(run, hlo, steps):
+    """`({(part, direction): ms per step}, traced ms per step)` over `steps` traced steps."""
+    names, loops = {}, set()
+    for line in hlo().splitlines():
+        match = _OP_NAME.match(line)
+        if match:
+            names[match.group(1)] = match.group(2)
+        if match := _WHILE.match(line):
+            loops.add(match.group(1))
+    with tempfile.TemporaryDirectory() as directory:
+        with jax.profiler.trace(directory):
+            wall = run(steps)
+        (path,) = glob.glob(f"{directory}/**/*.trace.json.gz", recursive=True)
+        with gzip.open(path) as file:
+            events = json.load(file)["traceEvents"]
+    parts = collections.Counter()
+    for event in events:
+        if event.get("ph") != "X" or "hlo_op" not in event.get("args", {}):
+            continue
+        op = event["name"]
+        if op in loops:
+            continue  # the thunks of its body have their own events
+        part = part_of(names[op]) if op in names else ("unlabelled", "-")
+        parts[part] += event["dur"] / 1e3 / steps
+    return parts, 1e3 * wall
+
+
+def print_profile(spec, parts, wall):
+    total = sum(parts.values())
+    print(f"\n{spec}: {wall:.1f} ms per traced step, thunks {total:.1f} ms")
+    print("| part | fwd ms | bwd ms | total ms |")
+    print("|---|---:|---:|---:|")
+    names = sorted({p for p, _ in parts}, key=lambda p: -sum(v for (q, _), v in parts.items() if q == p))
+    for name in names:
+        fwd, bwd = parts.get((name, "fwd"), 0.0), parts.get((name, "bwd"), 0.0)
+        print(f"| {name} | {fwd:.1f} | {bwd:.1f} | {fwd + bwd + parts.get((name, '-'), 0.0):.1f} |")
+
+
+def _model_kind(config):
+    return {"fcn8s": "FCN-8s", "lrr": "LRR"}.get(config.model)
 
 
 def compare_configs(args):
@@ -166,18 +247,31 @@ def compare_configs(args):
         runs = {spec: config_step(spec, workdir) for spec in args.configs}
         times = {spec: [] for spec in args.configs}
         for _ in range(args.rounds):
-            for spec, (run, _) in runs.items():
+            for spec, (run, _, _) in runs.items():
                 times[spec].append(run(args.steps))
+        profiles = {spec: profile_parts(run, hlo, args.steps)
+                    for spec, (run, _, hlo) in runs.items()} if args.profile else {}
     base = statistics.median(times[args.configs[0]])
     print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}; median of {args.rounds} "
           f"interleaved rounds of {args.steps} steps; load average {os.getloadavg()[0]:.1f}")
     print("| config | batch, crop | ms/step | ratio | minutes for num_train_steps |")
     print("|---|---|---:|---:|---:|")
-    for spec, (_, config) in runs.items():
+    for spec, (_, config, _) in runs.items():
         seconds = statistics.median(times[spec])
         print(f"| {spec} | {config.data.batch_size}, {tuple(config.data.crop_size)} | "
               f"{1e3 * seconds:.1f} | {seconds / base:.2f} | "
               f"{seconds * config.num_train_steps / 60:.1f} ({config.num_train_steps}) |")
+    kinds = {}
+    for spec, (_, config, _) in runs.items():
+        kinds.setdefault(_model_kind(config), spec)
+    if "FCN-8s" in kinds and "LRR" in kinds:
+        fcn, lrr = times[kinds["FCN-8s"]], times[kinds["LRR"]]
+        paired = statistics.median(b / a for a, b in zip(fcn, lrr))
+        print(f"LRR / FCN-8s step ratio ({kinds['LRR']} / {kinds['FCN-8s']}): "
+              f"{statistics.median(lrr) / statistics.median(fcn):.2f} (ratio of the medians; "
+              f"median of the {args.rounds} per-round ratios {paired:.2f}; target <= 1.4)")
+    for spec, (parts, wall) in profiles.items():
+        print_profile(spec, parts, wall)
 
 
 def main():
@@ -191,6 +285,8 @@ def main():
     parser.add_argument("--configs", nargs="+", default=None,
                         help="compare the train steps of these config files instead of --models")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (--configs)")
+    parser.add_argument("--profile", action="store_true",
+                        help="per-part thunk times of each config's step (--configs)")
     args = parser.parse_args()
     if args.configs:
         compare_configs(args)

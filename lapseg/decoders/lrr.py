@@ -69,10 +69,13 @@ Outputs: `'logits'` `[N, H, W, C]` (the finest level, cut / upsampled to the inp
 `'erosion_{s}'` at the coarsest level's size.
 """
 
+import functools
+
 import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from lapseg import backbones
 from lapseg.layers import ConvBN
@@ -146,15 +149,18 @@ class LRR(nn.Module):
         return strides
 
     def _reconstruct(self, feature, basis, name, train):
-        """Coefficient conv (K*C channels, channel c*K + k) then `ops.basis.reconstruct`."""
+        """Coefficient conv (K*C channels, channel c*K + k) then `ops.basis.reconstruct`, as
+        class planes `[N, C, sH, sW]`."""
         num_bases = basis.shape[2]
-        coefficients = ConvBN(
-            num_bases * self.num_classes, self.coefficient_kernel, use_bias=True, use_bn=False,
-            activation=False, kernel_init=nn.initializers.zeros, dtype=self.dtype,
-            param_dtype=self.param_dtype, name=name)(feature, train)
-        n, h, w, _ = coefficients.shape
-        coefficients = coefficients.reshape(n, h, w, self.num_classes, num_bases).swapaxes(3, 4)
-        return basis_ops.reconstruct(coefficients, basis)
+        with jax.named_scope("lrr.coefficients"):
+            coefficients = ConvBN(
+                num_bases * self.num_classes, self.coefficient_kernel, use_bias=True, use_bn=False,
+                activation=False, kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                param_dtype=self.param_dtype, name=name)(feature, train)
+        with jax.named_scope("lrr.reconstruct"):
+            n, h, w, _ = coefficients.shape
+            coefficients = coefficients.reshape(n, h, w, self.num_classes, num_bases).swapaxes(3, 4)
+            return basis_ops.reconstruct(coefficients, basis, layout="NCHW")
 
     def __call__(self, images: jnp.ndarray, train: bool = False) -> dict[str, jnp.ndarray]:
         """`images`: `[N, H, W, 3]`; `train`: BN batch statistics and dropout (rng 'dropout')."""
@@ -170,20 +176,22 @@ class LRR(nn.Module):
         basis = self._basis().astype(self.dtype)
         mask_size = self.mask_size or 2 * self.upsample + 1
 
+        # The pyramid runs on class planes [N, C, H, W]: its element-wise work then runs along
+        # the W pixels of a row, which XLA's CPU loops vectorise, instead of over the C classes
+        # of a pixel. Outputs are NHWC; the loss (lapseg.losses.lrr) reads them back as planes
+        # and XLA cancels the two transposes (docs/throughput.md, "LRR's step").
         outputs, prediction = {}, None
         for name, stride in zip(self.features, strides):
             reconstruction = self._reconstruct(features[name], basis, f"coefficients_{name}", train)
             if prediction is None:
                 prediction = reconstruction
             else:
-                coarse = basis_ops.bilinear_upsample(prediction, 2)
-                coarse = coarse[:, : reconstruction.shape[1], : reconstruction.shape[2]]
-                mask = 1.0
-                if self.boundary_masking:
-                    probs = jax.nn.softmax(coarse.astype(jnp.float32), axis=-1)
-                    mask = boundary.boundary_mask(probs, mask_size).astype(self.dtype)
-                prediction = coarse + mask * reconstruction
-            outputs[f"level_{stride}"] = prediction
+                with jax.named_scope("lrr.upsample"):
+                    coarse = basis_ops.bilinear_upsample(prediction, 2, layout="NCHW")
+                    coarse = coarse[:, :, : reconstruction.shape[2], : reconstruction.shape[3]]
+                with jax.named_scope("lrr.refine"):
+                    prediction = _refine(coarse, reconstruction, mask_size if self.boundary_masking else 0)
+            outputs[f"level_{stride}"] = _nhwc(prediction)
 
         if self.dilation_erosion:  # Sec. 4.2, at the coarsest level only (as the reference).
             def initial_bias(_):
@@ -194,13 +202,64 @@ class LRR(nn.Module):
                 bias = self.param(f"{kind}_bias", initial_bias).astype(self.dtype)
                 logits = self._reconstruct(features[coarsest], basis, f"{kind}_coefficients_{coarsest}",
                                            train)
-                outputs[f"{kind}_{strides[0]}"] = logits + bias
+                outputs[f"{kind}_{strides[0]}"] = _nhwc(logits) + bias
 
         factor = strides[-1] // self.upsample
         if factor > 1:
-            prediction = basis_ops.bilinear_upsample(prediction, factor)
-        outputs["logits"] = prediction[:, : size[0], : size[1]]
+            with jax.named_scope("lrr.upsample"):
+                prediction = basis_ops.bilinear_upsample(prediction, factor, layout="NCHW")
+        outputs["logits"] = _nhwc(prediction[:, :, : size[0], : size[1]])
         return outputs
+
+
+def _refine_images(coarse, reconstruction, mask_size):
+    """`coarse + mask * reconstruction` on class planes `[n, C, H, W]`, with `mask` the
+    boundary mask of `softmax(coarse)` (mask_size 0: no mask, the plain sum)."""
+    if not mask_size:
+        return coarse + reconstruction
+    with jax.named_scope("lrr.softmax"):
+        probs = boundary.softmax(coarse, 1)
+    with jax.named_scope("lrr.mask"):
+        mask = boundary.boundary_mask(probs, mask_size, axes=(2, 3)).astype(coarse.dtype)
+    return coarse + mask * reconstruction
+
+
+# Elements of one image chunk's `[k, C, H, W]` planes in `_refine` on CPU (1 MiB of f32).
+CHUNK_ELEMENTS = 2**18
+
+
+def _refine(coarse, reconstruction, mask_size):
+    """`_refine_images` over the batch; on CPU one chunk of images at a time.
+
+    The softmax, the two separable window pools and their gradients are some 30 element-wise
+    passes over the planes. Over the whole batch each pass streams them through main memory
+    (a level's planes are 2.9 MiB per array in the default job, and the step's working set
+    exceeds the L3 cache), and XLA fuses some passes into others that read their input at
+    shifted positions, recomputing them. Over chunks of `CHUNK_ELEMENTS` (`lax.map` of a
+    rematerialised body: the loop keeps each chunk's passes in cache, and its boundary keeps
+    XLA from fusing the masks' gradient into the next level's upsampling) the level took
+    about half the time (docs/throughput.md, "LRR's step"). Other platforms compute the whole
+    batch at once (`lax.platform_dependent`).
+    """
+    n = coarse.shape[0]
+    whole = functools.partial(_refine_images, mask_size=mask_size)
+    if n == 1 or not mask_size:
+        return whole(coarse, reconstruction)
+    # Images per chunk: the most that fit CHUNK_ELEMENTS, and at least two chunks (XLA
+    # inlines a loop of one iteration, and with it the boundary).
+    k = max(d for d in range(1, n) if n % d == 0 and (d == 1 or d * coarse[0].size <= CHUNK_ELEMENTS))
+
+    def chunked(coarse, reconstruction):
+        split = lambda x: x.reshape(n // k, k, *x.shape[1:])  # noqa: E731
+        body = jax.checkpoint(lambda xs: whole(*xs))
+        return lax.map(body, (split(coarse), split(reconstruction))).reshape(coarse.shape)
+
+    return lax.platform_dependent(coarse, reconstruction, cpu=chunked, default=whole)
+
+
+def _nhwc(planes: jnp.ndarray) -> jnp.ndarray:
+    """Class planes `[N, C, H, W]` -> `[N, H, W, C]`."""
+    return jnp.transpose(planes, (0, 2, 3, 1))
 
 
 # LRR's VGG-16 keeps the input geometry ("same" padding, no pad100).

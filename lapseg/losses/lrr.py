@@ -25,12 +25,15 @@ reference turns them into VOC's background class, which other datasets lack); ou
 image counts as inside for erosion and outside for dilation, as in MATLAB.
 """
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from lapseg.losses.segmentation import deep_supervision
+from lapseg.losses.segmentation import labels_like
+from lapseg.ops import labels as label_ops
+from lapseg.ops.boundary import pairwise
 from lapseg.ops import resize
 
 DEFAULT_WEIGHTS = {"level_32": 1.0, "level_16": 1.0, "level_8": 1.0, "level_4": 1.0}
@@ -74,6 +77,86 @@ def logistic_loss(logits: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndarray:
     return jax.nn.softplus(-targets * logits.astype(jnp.float32)).sum(-1).mean()
 
 
+@jax.custom_jvp
+def _planes_nll(planes: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+    """`-log_softmax(planes, axis=1)` at `labels`, per pixel: f32 `[N, C, H, W]`, int
+    `[N, H, W]` (in `[0, C)`) -> `[N, H, W]`; `jax.nn.log_softmax`'s formula, class by class."""
+    return _planes_nll_and_probs(planes, labels)[0]
+
+
+def _planes_nll_and_probs(planes, labels):
+    classes = [planes[:, c] for c in range(planes.shape[1])]
+    shifted = [z - pairwise(jnp.maximum, classes) for z in classes]
+    log_total = jnp.log(pairwise(jnp.add, [jnp.exp(z) for z in shifted]))
+    # -sum_c log_softmax_c * one_hot_c, as masked_cross_entropy (one term is non-zero).
+    nll = -pairwise(jnp.add, [(z - log_total) * (labels == c).astype(jnp.float32)
+                               for c, z in enumerate(shifted)])
+    return nll, jnp.exp(jnp.stack(shifted, 1) - log_total[:, None])
+
+
+@_planes_nll.defjvp
+def _planes_nll_jvp(primals, tangents):
+    (planes, labels), (t, _) = primals, tangents
+    nll, probs = _planes_nll_and_probs(planes, labels)
+    one_hot = (lax.broadcasted_iota(jnp.int32, planes.shape, 1) == labels[:, None]).astype(jnp.float32)
+    # d nll = sum_c (p_c - y_c) t_c: reverse mode transposes the class sum into a broadcast,
+    # so the gradient is (p - y) g element-wise on the planes, with no reduction over the
+    # class axis and no padded per-class copies (what differentiating the class-by-class
+    # forward would give).
+    return nll, jnp.sum((probs - one_hot) * t, axis=1)
+
+
+def planes_cross_entropy(logits, labels, *, ignore_label: int, class_weights=None) -> jnp.ndarray:
+    """`lapseg.losses.segmentation.masked_cross_entropy` (the same value, to float rounding),
+    computed on class planes: `logits` `[N, H, W, C]` are read as `[N, C, H, W]`.
+
+    LRR's decoder computes its levels as class planes and returns them transposed to NHWC;
+    reading them back here cancels the two transposes in the compiled step. The log-softmax
+    and the label's pick are written class by class, as element-wise operations on the C
+    planes, and the gradient as `(softmax - one_hot) g` on the planes (`_planes_nll`): XLA's
+    CPU loops vectorise these along W, where over a minor class axis they run poorly, and
+    reductions over the class axis as a major axis go to YNNPACK fusions that ran ~40x
+    slower (docs/throughput.md, "LRR's step").
+    """
+    chex.assert_rank(logits, 4)
+    label_ops.check_shape(labels, logits.shape[:3],
+                          against=f"logits of shape {tuple(logits.shape)} [N, H, W, C]")
+    num_classes = logits.shape[-1]
+    label_ops.check_labels(labels, num_classes, ignore_label)  # eager calls; no-op under jit
+    labels = labels.astype(jnp.int32)
+    valid = (labels != ignore_label) & (labels >= 0) & (labels < num_classes)
+    safe_labels = jnp.where(valid, labels, 0)
+    nll = _planes_nll(jnp.transpose(logits, (0, 3, 1, 2)).astype(jnp.float32), safe_labels)
+    weight = valid.astype(jnp.float32)
+    if class_weights is not None:
+        class_weights = jnp.asarray(class_weights, jnp.float32)
+        chex.assert_shape(class_weights, (num_classes,))
+        weight = weight * class_weights[safe_labels]
+    return (nll * weight).sum() / jnp.maximum(weight.sum(), 1e-12)
+
+
+def level_losses(outputs, labels, *, weights, ignore_label: int, class_weights=None,
+                 label_sampling: str = "center"):
+    """`lapseg.losses.segmentation.deep_supervision` with `planes_cross_entropy`: the weighted
+    sum of every named output's cross-entropy against the labels resized by nearest to its
+    resolution. Returns `(loss, {'loss/<key>': term})`."""
+    missing = sorted(set(weights) - set(outputs))
+    if missing:
+        raise ValueError(
+            f"loss weights name outputs {missing} that the model does not return; "
+            f"it returns {sorted(outputs)}"
+        )
+    total = jnp.zeros((), jnp.float32)
+    metrics = {}
+    for key, weight in weights.items():
+        term = planes_cross_entropy(
+            outputs[key], labels_like(labels, outputs[key], label_sampling),
+            ignore_label=ignore_label, class_weights=class_weights)
+        metrics[f"loss/{key}"] = term
+        total = total + weight * term
+    return total, metrics
+
+
 def loss_for_config(loss_config, *, ignore_label: int):
     """LRR's loss from `loss_config` fields: `weights` (output key -> weight),
     `class_weights`, `label_sampling` ('center', or 'corner'), `dilation_erosion` (bool),
@@ -91,7 +174,8 @@ def loss_for_config(loss_config, *, ignore_label: int):
 
     def loss_fn(outputs, labels, batch):
         del batch
-        total, metrics = deep_supervision(outputs, labels, weights=weights, ignore_label=ignore_label,
+        with jax.named_scope("lrr.loss"):
+            total, metrics = level_losses(outputs, labels, weights=weights, ignore_label=ignore_label,
                                           class_weights=class_weights, label_sampling=sampling)
         if not dilation_erosion:
             return total, metrics

@@ -20,7 +20,35 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _overlapping_tiles(x: jnp.ndarray, kernel: jnp.ndarray, offset: int) -> jnp.ndarray:
+def _overlapping_tiles_planes(x: jnp.ndarray, kernel: jnp.ndarray, offset: int) -> jnp.ndarray:
+    """`_overlapping_tiles` on class-major arrays: `x` `[C, N, H, W, K]` -> `[C, N, sH, sW]`.
+
+    `Y[c, n, s*q + m - offset, s*r + l - offset]
+       = sum_k sum_{u,v in {0,1}} kernel[m + s*u, l + s*v, k, c] * x[c, n, q - u, r - v, k]`.
+    The einsum batches over c, so both operands and its result are class-major; the callers
+    transpose in and out of it (XLA folds those transposes into the copies around the einsum).
+    """
+    channels, n, h, w, num_bases = x.shape
+    stride = kernel.shape[0] // 2
+    padded = jnp.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)))
+    # Z[c, n, i, j, u, v, k] = x[c, n, i - u, j - v, k] for i in [0, H], j in [0, W].
+    shifts = jnp.stack(
+        [padded[:, :, 1 - u : 2 - u + h, 1 - v : 2 - v + w] for u in (0, 1) for v in (0, 1)], axis=4
+    ).reshape(channels, n, h + 1, w + 1, 2, 2, num_bases)
+    # Kernel row index m + s*u -> (u, m), column index l + s*v -> (v, l).
+    tiles = kernel.reshape(2, stride, 2, stride, num_bases, channels).transpose(5, 0, 2, 4, 1, 3)
+    # c n i j u v k, c u v k a b -> c n i j a b: per class, sum over the four neighbours
+    # (u, v) and the K bases; a plain batched matmul [nij, uvk] x [uvk, ab].
+    y = jnp.einsum("cnijuvk,cuvkab->cnijab", shifts, tiles)
+    # The tile offsets (a, b) next to (i, j), then merged: planes [C, N, rows, cols].
+    y = y.transpose(0, 1, 2, 4, 3, 5).reshape(channels, n, (h + 1) * stride, (w + 1) * stride)
+    return y[:, :, offset : offset + stride * h, offset : offset + stride * w]
+
+
+LAYOUTS = ("NHWC", "NCHW")
+
+
+def _overlapping_tiles(x: jnp.ndarray, kernel: jnp.ndarray, offset: int, layout: str = "NHWC") -> jnp.ndarray:
     """Per-class transposed convolution, kernel `2s`, stride `s`, output cropped by `offset`.
 
     `Y[n, s*q + m - offset, s*r + l - offset, c]
@@ -32,32 +60,21 @@ def _overlapping_tiles(x: jnp.ndarray, kernel: jnp.ndarray, offset: int) -> jnp.
       x: `[N, H, W, K, C]`.
       kernel: `[2s, 2s, K, C]`.
       offset: crop at the top-left, `0 <= offset <= s`.
+      layout: of the result, 'NHWC' or 'NCHW'.
 
     Returns:
-      `[N, s*H, s*W, C]`.
+      `[N, s*H, s*W, C]` ('NHWC') or `[N, C, s*H, s*W]` ('NCHW').
     """
-    n, h, w, num_bases, channels = x.shape
-    stride = kernel.shape[0] // 2
-    # Class-major layout first: the einsum below batches over c, and with c minor in
-    # every operand XLA transposes the four-times-larger Z instead of x and runs about
-    # 2x slower on CPU (alternatives and timings: benchmarks/kernels.py docstring).
-    x = jnp.transpose(x, (4, 0, 1, 2, 3))  # c n h w k
-    padded = jnp.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)))
-    # Z[c, n, i, j, u, v, k] = x[n, i - u, j - v, k, c] for i in [0, H], j in [0, W].
-    shifts = jnp.stack(
-        [padded[:, :, 1 - u : 2 - u + h, 1 - v : 2 - v + w] for u in (0, 1) for v in (0, 1)], axis=4
-    ).reshape(channels, n, h + 1, w + 1, 2, 2, num_bases)
-    # Kernel row index m + s*u -> (u, m), column index l + s*v -> (v, l).
-    tiles = kernel.reshape(2, stride, 2, stride, num_bases, channels).transpose(5, 0, 2, 4, 1, 3)
-    # c n i j u v k, c u v k a b -> c n i j a b: per class, sum over the four neighbours
-    # (u, v) and the K bases; a plain batched matmul [nij, uvk] x [uvk, ab].
-    y = jnp.einsum("cnijuvk,cuvkab->cnijab", shifts, tiles)
-    # Back to NHWC with the tile offsets (a, b) next to (i, j), then merge them.
-    y = y.transpose(1, 2, 4, 3, 5, 0).reshape(n, (h + 1) * stride, (w + 1) * stride, channels)
-    return y[:, offset : offset + stride * h, offset : offset + stride * w]
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    # Class-major layout first: the einsum batches over c, and with c minor in every
+    # operand XLA transposes the four-times-larger Z instead of x and runs about 2x
+    # slower on CPU (alternatives and timings: benchmarks/kernels.py docstring).
+    planes = _overlapping_tiles_planes(jnp.transpose(x, (4, 0, 1, 2, 3)), kernel, offset)
+    return jnp.transpose(planes, (1, 2, 3, 0) if layout == "NHWC" else (1, 0, 2, 3))
 
 
-def reconstruct(coeffs: jnp.ndarray, basis: jnp.ndarray) -> jnp.ndarray:
+def reconstruct(coeffs: jnp.ndarray, basis: jnp.ndarray, *, layout: str = "NHWC") -> jnp.ndarray:
     """LRR's learned-basis reconstruction: `[N, H, W, K, C] x [2s, 2s, K, C] -> [N, sH, sW, C]`.
 
     `Y[n, s*q + m - s/2, s*r + l - s/2, c]
@@ -75,9 +92,12 @@ def reconstruct(coeffs: jnp.ndarray, basis: jnp.ndarray) -> jnp.ndarray:
     Args:
       coeffs: X, `[N, H, W, K, C]` (K basis coefficients for each of C classes).
       basis: B, `[2s, 2s, K, C]`, s even (the reference crops s/2 on each side).
+      layout: of the result: 'NHWC', or 'NCHW' (class planes, what LRR's decoder works on:
+        the same einsum, only the copy after it writes another order).
 
     Returns:
-      `[N, s*H, s*W, C]` in the promoted dtype of `coeffs` and `basis`.
+      `[N, s*H, s*W, C]` ('NHWC') or `[N, C, s*H, s*W]` ('NCHW') in the promoted dtype of
+      `coeffs` and `basis`.
     """
     chex.assert_rank([coeffs, basis], [5, 4])
     size = basis.shape[0]
@@ -90,7 +110,7 @@ def reconstruct(coeffs: jnp.ndarray, basis: jnp.ndarray) -> jnp.ndarray:
             f"reconstruct: coeffs [N, H, W, K, C] = {coeffs.shape} and basis [2s, 2s, K, C] = "
             f"{basis.shape} disagree on (K, C)"
         )
-    return _overlapping_tiles(coeffs, basis, offset=size // 4)
+    return _overlapping_tiles(coeffs, basis, offset=size // 4, layout=layout)
 
 
 def bilinear_kernel(size: int) -> np.ndarray:
@@ -157,7 +177,7 @@ def bilinear_deconv_weight(size: int, channels: int) -> np.ndarray:
     return np.einsum("hw,io->hwio", bilinear_kernel(size), np.eye(channels, dtype=np.float32))
 
 
-def bilinear_upsample(x: jnp.ndarray, factor: int) -> jnp.ndarray:
+def bilinear_upsample(x: jnp.ndarray, factor: int, *, layout: str = "NHWC") -> jnp.ndarray:
     """Fixed per-channel bilinear upsampling by an integer factor f: `[N, H, W, C] -> [N, fH, fW, C]`.
 
     Caffe/MatConvNet `Deconvolution` with `bilinear_kernel(2f - f % 2)`, stride f and
@@ -171,13 +191,18 @@ def bilinear_upsample(x: jnp.ndarray, factor: int) -> jnp.ndarray:
     learned) are a `ConvTranspose` initialised from `bilinear_deconv_weight` instead.
 
     Args:
-      x: `[N, H, W, C]`.
+      x: `[N, H, W, C]` ('NHWC'), or `[N, C, H, W]` ('NCHW').
       factor: f >= 1.
+      layout: of `x` and of the result.
 
     Returns:
-      `[N, f*H, f*W, C]`.
+      `[N, f*H, f*W, C]` ('NHWC') or `[N, C, f*H, f*W]` ('NCHW').
     """
     chex.assert_rank(x, 4)
+    if layout not in LAYOUTS:
+        raise ValueError(f"bilinear_upsample: layout must be one of {LAYOUTS}, got {layout!r}")
+    if layout == "NCHW":
+        x = jnp.transpose(x, (0, 2, 3, 1))
     if not isinstance(factor, (int, np.integer)) or factor < 1:
         raise ValueError(f"bilinear_upsample: factor must be a positive integer, got {factor!r}")
     size = 2 * factor - factor % 2
@@ -185,4 +210,4 @@ def bilinear_upsample(x: jnp.ndarray, factor: int) -> jnp.ndarray:
     # transposed convolution with a 2f kernel, which `_overlapping_tiles` needs.
     kernel = np.pad(bilinear_kernel(size), ((0, 2 * factor - size), (0, 2 * factor - size)))
     kernel = jnp.broadcast_to(jnp.asarray(kernel, x.dtype)[:, :, None, None], (*kernel.shape, 1, x.shape[-1]))
-    return _overlapping_tiles(x[..., None, :], kernel, offset=factor // 2)
+    return _overlapping_tiles(x[..., None, :], kernel, offset=factor // 2, layout=layout)

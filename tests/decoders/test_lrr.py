@@ -287,6 +287,169 @@ def test_config_builds(name, tmp_path):
 
 
 # --------------------------------------------------------------------------------------
+# The class-plane pyramid against the NHWC implementation it replaced (issue 25): the
+# decoder and its loss as they were at e33cf84, copied here, on the same coefficient convs.
+
+
+def _old_overlapping_tiles(x, kernel, offset):
+    """`lapseg.ops.basis._overlapping_tiles` at e33cf84 (NHWKC in, NHWC out)."""
+    n, h, w, num_bases, channels = x.shape
+    stride = kernel.shape[0] // 2
+    x = jnp.transpose(x, (4, 0, 1, 2, 3))
+    padded = jnp.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)))
+    shifts = jnp.stack(
+        [padded[:, :, 1 - u : 2 - u + h, 1 - v : 2 - v + w] for u in (0, 1) for v in (0, 1)], axis=4
+    ).reshape(channels, n, h + 1, w + 1, 2, 2, num_bases)
+    tiles = kernel.reshape(2, stride, 2, stride, num_bases, channels).transpose(5, 0, 2, 4, 1, 3)
+    y = jnp.einsum("cnijuvk,cuvkab->cnijab", shifts, tiles)
+    y = y.transpose(1, 2, 4, 3, 5, 0).reshape(n, (h + 1) * stride, (w + 1) * stride, channels)
+    return y[:, offset : offset + stride * h, offset : offset + stride * w]
+
+
+def _old_bilinear_upsample(x, factor):
+    size = 2 * factor - factor % 2
+    kernel = np.pad(basis_ops.bilinear_kernel(size), ((0, 2 * factor - size), (0, 2 * factor - size)))
+    kernel = jnp.broadcast_to(jnp.asarray(kernel, x.dtype)[:, :, None, None], (*kernel.shape, 1, x.shape[-1]))
+    return _old_overlapping_tiles(x[..., None, :], kernel, offset=factor // 2)
+
+
+def _old_window_max(x, size, axis):
+    pad = size // 2
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (pad, pad)
+    m = jnp.pad(x, widths, constant_values=-jnp.inf)
+    width = 1
+    while 2 * width <= size:
+        length = m.shape[axis] - width
+        m = jnp.maximum(jax.lax.slice_in_dim(m, 0, length, axis=axis),
+                        jax.lax.slice_in_dim(m, width, width + length, axis=axis))
+        width *= 2
+    n = x.shape[axis]
+    return jnp.maximum(jax.lax.slice_in_dim(m, 0, n, axis=axis),
+                       jax.lax.slice_in_dim(m, size - width, size - width + n, axis=axis))
+
+
+def _old_boundary_mask(prob, size):
+    pool = lambda x: _old_window_max(_old_window_max(x, size, 1), size, 2)  # noqa: E731
+    return pool(prob) + pool(-prob)
+
+
+def _old_decode(model, params, basis, features, size):
+    """`LRR.decode` at e33cf84 (NHWC throughout), coefficient convs from `params`."""
+    from lapseg.layers import ConvBN  # pylint: disable=import-outside-toplevel
+
+    basis = jnp.asarray(basis)
+    outputs, prediction = {}, None
+    strides = [32 // 2**i for i in range(len(model.features))]
+
+    def reconstruct(feature, name):
+        num_bases = basis.shape[2]
+        conv = ConvBN(num_bases * model.num_classes, model.coefficient_kernel, use_bias=True,
+                      use_bn=False, activation=False)
+        coefficients = conv.apply({"params": params[name]}, feature, False)
+        n, h, w, _ = coefficients.shape
+        coefficients = coefficients.reshape(n, h, w, model.num_classes, num_bases).swapaxes(3, 4)
+        return _old_overlapping_tiles(coefficients, basis, offset=basis.shape[0] // 4)
+
+    for name, stride in zip(model.features, strides):
+        reconstruction = reconstruct(features[name], f"coefficients_{name}")
+        if prediction is None:
+            prediction = reconstruction
+        else:
+            coarse = _old_bilinear_upsample(prediction, 2)
+            coarse = coarse[:, : reconstruction.shape[1], : reconstruction.shape[2]]
+            mask = 1.0
+            if model.boundary_masking:
+                mask = _old_boundary_mask(jax.nn.softmax(coarse, axis=-1), 2 * model.upsample + 1)
+            prediction = coarse + mask * reconstruction
+        outputs[f"level_{stride}"] = prediction
+    if model.dilation_erosion:
+        for kind in ("dilation", "erosion"):
+            logits = reconstruct(features[model.features[0]], f"{kind}_coefficients_{model.features[0]}")
+            outputs[f"{kind}_32"] = logits + params[f"{kind}_bias"]
+    outputs["logits"] = prediction[:, : size[0], : size[1]]
+    return outputs
+
+
+def _old_loss(outputs, labels):
+    """`lapseg.losses.lrr` at e33cf84 (default weights, centre sampling): deep supervision."""
+    from lapseg.losses.segmentation import deep_supervision  # pylint: disable=import-outside-toplevel
+
+    return deep_supervision(outputs, labels, weights=lrr_loss.DEFAULT_WEIGHTS, ignore_label=255,
+                            label_sampling="center")[0]
+
+
+@pytest.mark.parametrize("fields", [{}, {"boundary_masking": False}, {"dilation_erosion": True},
+                                    {"basis": "bilinear"}])
+def test_class_planes_equal_the_nhwc_decoder(fitted_bases, fields):
+    """Outputs within 1e-5 (relative to their largest value, when that exceeds 1: sums in
+    another order round differently) and the loss within 1e-5 of the NHWC implementation's;
+    gradients to float rounding (no ties in these random maps, where the masks' gradients
+    could go to another argmax)."""
+    num_classes, size = 5, (100, 68)  # no output stride divides 100 or 68: cut outputs
+    model = models.create_model("lrr", num_classes=num_classes, num_bases=NUM_BASES, **BACKBONE, **fields)
+    rng = np.random.default_rng(4)
+    images = jnp.asarray(rng.normal(size=(2, *size, 3)), jnp.float32)
+    labels = rng.integers(0, num_classes, (2, *size)).astype(np.int32)
+    labels[:, :9] = 255
+    variables = model.init(jax.random.key(0), images)
+    if fields.get("basis") != "bilinear":
+        bases = np.random.default_rng(0).normal(size=(32, 32, NUM_BASES, num_classes)).astype(np.float32)
+        variables = bases_lib.attach(variables, {"lrr_bases": bases})
+    params = _random_coefficient_convs(variables["params"], seed=5, scale=2.0)
+    basis = variables["constants"]["bilinear_basis" if fields.get("basis") == "bilinear" else "lrr_bases"]
+    features = model.apply(variables, images, method=lambda m, x: m.backbone(x, False))
+    features = {k: features[k] for k in model.features}
+
+    def new(params, features):
+        return model.apply({**variables, "params": params}, features, size, method=model.decode)
+
+    def old(params, features):
+        return _old_decode(model, params, basis, features, size)
+
+    got, want = jax.jit(new)(params, features), jax.jit(old)(params, features)
+    assert set(got) == set(want)
+    for key in want:
+        assert got[key].shape == want[key].shape, key
+        scale = float(np.abs(want[key]).max())
+        assert scale > 0.5, key
+        np.testing.assert_allclose(got[key], want[key], atol=1e-5 * max(1.0, scale), rtol=0, err_msg=key)
+
+    config = ml_collections.ConfigDict({"weights": dict(lrr_loss.DEFAULT_WEIGHTS)})
+    loss_fn = lrr_loss.loss_for_config(config, ignore_label=255)
+    new_loss = lambda p, f: loss_fn(new(p, f), labels, None)[0]  # noqa: E731
+    old_loss = lambda p, f: _old_loss(old(p, f), labels)  # noqa: E731
+    (loss, grads), (loss_want, grads_want) = (jax.jit(jax.value_and_grad(f, (0, 1)))(params, features)
+                                              for f in (new_loss, old_loss))
+    np.testing.assert_allclose(loss, loss_want, rtol=1e-5, atol=1e-5)
+    leaves, leaves_want = jax.tree.leaves(grads), jax.tree.leaves(grads_want)
+    scale = max(float(np.abs(g).max()) for g in leaves_want)
+    worst = max(float(np.abs(a - b).max()) for a, b in zip(leaves, leaves_want))
+    assert worst <= 1e-5 * scale, (worst, scale)
+
+
+def test_refine_in_image_chunks_equals_the_whole_batch(monkeypatch):
+    """On CPU the refinement runs over chunks of images (`lapseg.decoders.lrr._refine`); other
+    platforms take the whole batch: the same values and gradients."""
+    from lapseg.decoders import lrr as lrr_decoder  # pylint: disable=import-outside-toplevel
+
+    rng = np.random.default_rng(6)
+    coarse = jnp.asarray(2 * rng.standard_normal((6, 4, 20, 18)), jnp.float32)
+    reconstruction = jnp.asarray(rng.standard_normal(coarse.shape), jnp.float32)
+    cotangent = jnp.asarray(rng.standard_normal(coarse.shape), jnp.float32)
+    whole = jax.vjp(lambda c, r: lrr_decoder._refine_images(c, r, 9), coarse, reconstruction)
+    for elements in (1, 2 * coarse[0].size, 10**9):  # 1, 2 and 3 images per chunk
+        monkeypatch.setattr(lrr_decoder, "CHUNK_ELEMENTS", elements)
+        got = jax.jit(lambda c, r, g: (lambda y, vjp: (y, vjp(g)))(
+            *jax.vjp(lambda c, r: lrr_decoder._refine(c, r, 9), c, r)))(coarse, reconstruction, cotangent)
+        assert "while" in jax.jit(lambda c, r: lrr_decoder._refine(c, r, 9)).lower(
+            coarse, reconstruction).as_text()
+        np.testing.assert_allclose(got[0], whole[0], atol=1e-6, rtol=0)
+        for g, want in zip(got[1], whole[1](cotangent)):
+            np.testing.assert_allclose(g, want, atol=1e-5, rtol=0)
+
+
+# --------------------------------------------------------------------------------------
 # Real labels: PCA bases against bilinear upsampling (the paper's Sec. 3.1 / Fig. 3).
 
 RATIO = 8

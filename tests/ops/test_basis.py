@@ -185,3 +185,34 @@ def test_flat_field_gain_is_the_reconstruction_of_unit_coefficients():
         np.testing.assert_allclose(out[0, 8:12, 8:12].mean((0, 1)), gain[k], rtol=1e-5)
     np.testing.assert_allclose(basis.flat_field_gain(basis.bilinear_kernel(8)[:, :, None, None]), 1.0,
                                rtol=1e-6)
+
+
+@pytest.mark.parametrize("s,k,c,h,w", RECONSTRUCT_CASES)
+def test_reconstruct_nchw_is_the_nhwc_result_transposed(s, k, c, h, w):
+    # LRR's decoder asks for class planes: the same einsum, only the output order differs.
+    rng = np.random.default_rng(s * 10 + c)
+    x, b = _random(rng, 2, h, w, k, c), _random(rng, 2 * s, 2 * s, k, c)
+    nhwc = basis.reconstruct(x, b)
+    nchw = basis.reconstruct(x, b, layout="NCHW")
+    np.testing.assert_array_equal(nchw, np.transpose(nhwc, (0, 3, 1, 2)))
+    cotangent = _random(rng, *nchw.shape)
+    grads = jax.vjp(lambda x, b: basis.reconstruct(x, b, layout="NCHW"), x, b)[1](cotangent)
+    want = jax.vjp(basis.reconstruct, x, b)[1](np.transpose(cotangent, (0, 2, 3, 1)))
+    for got_grad, want_grad in zip(grads, want):
+        np.testing.assert_allclose(got_grad, want_grad, atol=1e-5, rtol=1e-6)
+
+
+@pytest.mark.parametrize("factor", [1, 2, 3, 4])
+def test_bilinear_upsample_nchw_is_the_nhwc_result_transposed(factor):
+    x = _random(np.random.default_rng(factor), 2, 4, 5, 3)
+    nhwc = basis.bilinear_upsample(jnp.asarray(x), factor)
+    nchw = basis.bilinear_upsample(jnp.asarray(x.transpose(0, 3, 1, 2)), factor, layout="NCHW")
+    assert nchw.shape == (2, 3, 4 * factor, 5 * factor)
+    np.testing.assert_array_equal(nchw, np.transpose(nhwc, (0, 3, 1, 2)))
+
+
+def test_layout_must_be_nhwc_or_nchw():
+    with pytest.raises(ValueError, match="layout"):
+        basis.bilinear_upsample(jnp.zeros((1, 2, 2, 1)), 2, layout="CNHW")
+    with pytest.raises(ValueError, match="layout"):
+        basis.reconstruct(jnp.zeros((1, 2, 2, 1, 1)), jnp.zeros((4, 4, 1, 1)), layout="HWC")

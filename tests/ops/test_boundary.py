@@ -1,6 +1,7 @@
 """Tests for lapseg.ops.boundary: LRR's maxpool(p) + maxpool(-p) boundary mask."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -69,3 +70,45 @@ def test_boundary_mask_rejects_even_size(size):
 def test_boundary_mask_rejects_integer_input():
     with pytest.raises(ValueError, match="floating"):
         boundary.boundary_mask(np.zeros((1, 4, 4, 2), np.int32), 3)
+
+
+def test_boundary_mask_on_class_planes_is_the_nhwc_mask():
+    # LRR's decoder pools [N, C, H, W] planes over axes (2, 3): the same maxima, so the same
+    # values and gradients as on NHWC, ties included (p = 1/C everywhere in a flat region).
+    logits = np.random.default_rng(3).standard_normal((2, 11, 13, 4)).astype(np.float32)
+    logits[:, :5, :6] = 0.0  # a flat corner: every window there ties
+    prob = jax.nn.softmax(logits, axis=-1)
+    cotangent = jax.random.normal(jax.random.key(2), prob.shape)
+    planes = lambda x: np.transpose(x, (0, 3, 1, 2))  # noqa: E731
+    got, vjp = jax.vjp(lambda p: boundary.boundary_mask(p, 9, axes=(2, 3)), planes(prob))
+    want, want_vjp = jax.vjp(lambda p: boundary.boundary_mask(p, 9), prob)
+    np.testing.assert_array_equal(got, planes(want))
+    np.testing.assert_array_equal(vjp(planes(cotangent))[0], planes(want_vjp(cotangent)[0]))
+    np.testing.assert_allclose(want, _window_range(np.asarray(prob), 9), atol=1e-6, rtol=0)
+
+
+def test_boundary_mask_rejects_one_axis_twice():
+    with pytest.raises(ValueError, match="two different axes"):
+        boundary.boundary_mask(np.zeros((1, 4, 4, 2), np.float32), 3, axes=(1, -3))
+
+
+@pytest.mark.parametrize("axis", [0, 1, 3])
+def test_softmax_is_jax_softmax_in_both_modes(axis):
+    # Forward, reverse and forward-over-reverse (the Hessian-vector products of
+    # benchmarks/lrr_curvature.py) against jax.nn.softmax, in f32 from bfloat16 too.
+    rng = np.random.default_rng(axis)
+    logits = jnp.asarray(3 * rng.standard_normal((2, 5, 6, 7)), jnp.float32)
+    t = jnp.asarray(rng.standard_normal(logits.shape), jnp.float32)
+    ours = lambda z: boundary.softmax(z, axis)  # noqa: E731
+    ref = lambda z: jax.nn.softmax(z, axis=axis)  # noqa: E731
+    np.testing.assert_allclose(ours(logits), ref(logits), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(jax.jvp(ours, (logits,), (t,))[1], jax.jvp(ref, (logits,), (t,))[1],
+                               atol=1e-6, rtol=0)
+    np.testing.assert_allclose(jax.vjp(ours, logits)[1](t)[0], jax.vjp(ref, logits)[1](t)[0],
+                               atol=1e-6, rtol=0)
+    loss = lambda f: lambda z: jnp.sum(boundary.boundary_mask(f(z), 3, axes=(2, 3)) * t)  # noqa: E731
+    hvp = lambda f: jax.jvp(jax.grad(loss(f)), (logits,), (t,))[1]  # noqa: E731
+    np.testing.assert_allclose(hvp(ours), hvp(ref), atol=1e-5, rtol=0)
+    half = boundary.softmax(logits.astype(jnp.bfloat16), axis)
+    assert half.dtype == jnp.float32
+    np.testing.assert_allclose(half, ref(logits.astype(jnp.bfloat16).astype(jnp.float32)), atol=1e-6)
