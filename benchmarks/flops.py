@@ -234,7 +234,7 @@ def inference_cost(key: str, resize_mode: str = "auto") -> dict:
 def print_table(rows: list, resize_mode: str) -> None:
     print(f"eval FLOPs of one image, XLA cost analysis ({jax.default_backend()} backend), "
           f"resizes '{resize_mode}'; GFLOPs, a multiply-add = 2")
-    print(f"| model | input, classes | total | conv only | resizes | params (M) |")
+    print("| model | input, classes | total | conv only | resizes | params (M) |")
     print("|---|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['label']} | {row['size'][0]}x{row['size'][1]}, {row['classes']} | "

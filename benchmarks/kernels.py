@@ -140,28 +140,10 @@ def separable_reduce_window_mask(prob, size):
 
 
 def doubling_maximum_mask(prob, size):
-    """Third baseline for `boundary_mask`: lapseg's before issue 25, separable pools as
-    `jnp.maximum`s of shifted slices (log2(size) + 1 per axis), differentiated by autodiff
-    (each maximum's gradient halved between tied operands)."""
-    pad = size // 2
-
-    def window_max(x, axis):
-        widths = [(0, 0)] * x.ndim
-        widths[axis] = (pad, pad)
-        m, width = jnp.pad(x, widths, constant_values=-jnp.inf), 1
-        while 2 * width <= size:
-            length = m.shape[axis] - width
-            m = jnp.maximum(lax.slice_in_dim(m, 0, length, axis=axis),
-                            lax.slice_in_dim(m, width, width + length, axis=axis))
-            width *= 2
-        n = x.shape[axis]
-        return jnp.maximum(lax.slice_in_dim(m, 0, n, axis=axis),
-                           lax.slice_in_dim(m, size - width, size - width + n, axis=axis))
-
-    def pool(x):
-        return window_max(window_max(x, 1), 2)
-
-    return pool(prob) + pool(-prob)
+    """Third baseline for `boundary_mask`: lapseg's before issue 25, the same separable pools
+    (`jnp.maximum`s of shifted slices, log2(size) + 1 per axis, differentiated by autodiff,
+    each maximum's gradient halved between tied operands) on p and -p apart."""
+    return boundary._max_pool_same(prob, size) + boundary._max_pool_same(-prob, size)
 
 
 def compare_layouts(name, planes_fn, nhwc_fn, planes_input, repeats):

@@ -156,6 +156,16 @@ def lrr_bases(
     if not seen:
         raise ValueError(f"{name}: no label map of at least {patch}x{patch} pixels "
                          f"({skipped} smaller maps skipped)")
+    values, directions = _class_directions(moments, num_bases, name, seen)
+    scale = (patches_per_class * np.maximum(values, 0.0)) ** 0.25  # sqrt of singular values
+    bases = (directions * scale[..., None]).reshape(num_classes, num_bases, patch, patch)
+    return np.asarray(bases.transpose(2, 3, 1, 0), np.float32)
+
+
+def _class_directions(moments, num_bases: int, name: str, seen: int):
+    """Each class's top `num_bases` covariance eigenvalues `[C, K]` and directions `[C, K, D]`;
+    a class with at most `num_bases` patches gets those of all classes' patches pooled (with
+    a warning), and ValueError if every class is that scarce."""
     counts = np.asarray(moments.count)
     scarce = counts <= num_bases
     if scarce.all():
@@ -167,14 +177,12 @@ def lrr_bases(
         warnings.warn(
             f"{name}: classes {np.flatnonzero(scarce).tolist()} have <= {num_bases} qualifying "
             f"patches (counts {counts[scarce].tolist()}); they get the bases of all classes' "
-            f"patches pooled", stacklevel=2)
+            f"patches pooled", stacklevel=3)
         pooled = jax.tree.map(lambda m: m.sum(0, keepdims=True), moments)
         pooled_values, pooled_directions, _ = principal_directions(pooled, num_bases)
         values = np.where(scarce[:, None], pooled_values, values)
         directions = np.where(scarce[:, None, None], pooled_directions, directions)
-    scale = (patches_per_class * np.maximum(values, 0.0)) ** 0.25  # sqrt of singular values
-    bases = (directions * scale[..., None]).reshape(num_classes, num_bases, patch, patch)
-    return np.asarray(bases.transpose(2, 3, 1, 0), np.float32)
+    return values, directions
 
 
 def dupsampling_matrix(

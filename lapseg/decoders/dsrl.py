@@ -58,6 +58,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from lapseg.layers.conv import Conv, ConvBN
+from lapseg.layers.taps import tapped
 from lapseg.ops import dupsample, normalize, resize
 
 
@@ -207,15 +208,8 @@ class DSRL(nn.Module):
 
     def _run_base(self, images: jnp.ndarray, train: bool):
         """The base's outputs and the feature dict of its (single) backbone call."""
-        calls = []
-
-        def capture_features(next_fun, args, kwargs, context):
-            out = next_fun(*args, **kwargs)
-            if context.module is self.backbone and context.method_name == "__call__":
-                calls.append(out)
-            return out
-
-        with nn.intercept_methods(capture_features):
+        selects = lambda c: c.module is self.backbone and c.method_name == "__call__"  # noqa: E731
+        with tapped(selects) as calls:
             outputs = self.base(images, train=train)
         if len(calls) != 1:
             raise ValueError(f"DSRL needs a base that runs its backbone once; it ran {len(calls)} times")

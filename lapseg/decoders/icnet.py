@@ -55,6 +55,7 @@ import jax.numpy as jnp
 from lapseg import backbones
 from lapseg.layers.cff import CascadeFeatureFusion
 from lapseg.layers.conv import Conv, ConvBN
+from lapseg.layers.taps import tapped
 from lapseg.layers.ppm import PyramidPooling
 from lapseg.ops import normalize, resize
 
@@ -115,18 +116,12 @@ class ICNet(nn.Module):
 
     def _sub2_and_sub4(self, images: jnp.ndarray, train: bool):
         """Backbone on the 1/2 image: (conv3_1 at 1/16, conv5_3 at 1/32)."""
-        taps = []
+        def is_conv3_1(context):
+            return (context.module.name == self.split_block and context.module.parent is self.backbone
+                    and context.method_name == "__call__")
 
-        def fork_after_conv3_1(next_fun, args, kwargs, context):
-            out = next_fun(*args, **kwargs)
-            module = context.module
-            if (module.name == self.split_block and module.parent is self.backbone
-                    and context.method_name == "__call__"):
-                taps.append(out)
-                return _shrink(out, 2)  # `conv3_1_sub4`
-            return out
-
-        with nn.intercept_methods(fork_after_conv3_1):
+        # The tap continues at half resolution: `conv3_1_sub4`.
+        with tapped(is_conv3_1, replace=lambda out: _shrink(out, 2)) as taps:
             features = self.backbone(_shrink(images, 2), train)  # `data_sub2`
         if len(taps) != 1:
             raise ValueError(f"ICNet: backbone block {self.split_block!r} ran {len(taps)} times "

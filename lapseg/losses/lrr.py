@@ -25,14 +25,12 @@ reference turns them into VOC's background class, which other datasets lack); ou
 image counts as inside for erosion and outside for dilation, as in MATLAB.
 """
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from lapseg.losses.segmentation import labels_like
-from lapseg.ops import labels as label_ops
+from lapseg.losses.segmentation import deep_supervision, masked_mean_nll
 from lapseg.ops.boundary import pairwise
 from lapseg.ops import resize
 
@@ -118,43 +116,9 @@ def planes_cross_entropy(logits, labels, *, ignore_label: int, class_weights=Non
     reductions over the class axis as a major axis go to YNNPACK fusions that ran ~40x
     slower (docs/throughput.md, "LRR's step").
     """
-    chex.assert_rank(logits, 4)
-    label_ops.check_shape(labels, logits.shape[:3],
-                          against=f"logits of shape {tuple(logits.shape)} [N, H, W, C]")
-    num_classes = logits.shape[-1]
-    label_ops.check_labels(labels, num_classes, ignore_label)  # eager calls; no-op under jit
-    labels = labels.astype(jnp.int32)
-    valid = (labels != ignore_label) & (labels >= 0) & (labels < num_classes)
-    safe_labels = jnp.where(valid, labels, 0)
-    nll = _planes_nll(jnp.transpose(logits, (0, 3, 1, 2)).astype(jnp.float32), safe_labels)
-    weight = valid.astype(jnp.float32)
-    if class_weights is not None:
-        class_weights = jnp.asarray(class_weights, jnp.float32)
-        chex.assert_shape(class_weights, (num_classes,))
-        weight = weight * class_weights[safe_labels]
-    return (nll * weight).sum() / jnp.maximum(weight.sum(), 1e-12)
-
-
-def level_losses(outputs, labels, *, weights, ignore_label: int, class_weights=None,
-                 label_sampling: str = "center"):
-    """`lapseg.losses.segmentation.deep_supervision` with `planes_cross_entropy`: the weighted
-    sum of every named output's cross-entropy against the labels resized by nearest to its
-    resolution. Returns `(loss, {'loss/<key>': term})`."""
-    missing = sorted(set(weights) - set(outputs))
-    if missing:
-        raise ValueError(
-            f"loss weights name outputs {missing} that the model does not return; "
-            f"it returns {sorted(outputs)}"
-        )
-    total = jnp.zeros((), jnp.float32)
-    metrics = {}
-    for key, weight in weights.items():
-        term = planes_cross_entropy(
-            outputs[key], labels_like(labels, outputs[key], label_sampling),
-            ignore_label=ignore_label, class_weights=class_weights)
-        metrics[f"loss/{key}"] = term
-        total = total + weight * term
-    return total, metrics
+    return masked_mean_nll(
+        lambda z, y: _planes_nll(jnp.transpose(z, (0, 3, 1, 2)).astype(jnp.float32), y),
+        logits, labels, ignore_label=ignore_label, class_weights=class_weights)
 
 
 def loss_for_config(loss_config, *, ignore_label: int):
@@ -175,8 +139,10 @@ def loss_for_config(loss_config, *, ignore_label: int):
     def loss_fn(outputs, labels, batch):
         del batch
         with jax.named_scope("lrr.loss"):
-            total, metrics = level_losses(outputs, labels, weights=weights, ignore_label=ignore_label,
-                                          class_weights=class_weights, label_sampling=sampling)
+            total, metrics = deep_supervision(
+                outputs, labels, weights=weights, ignore_label=ignore_label,
+                class_weights=class_weights, label_sampling=sampling,
+                cross_entropy=planes_cross_entropy)
         if not dilation_erosion:
             return total, metrics
         keys = {kind: [k for k in outputs if k.startswith(f"{kind}_")] for kind in KINDS}

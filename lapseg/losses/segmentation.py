@@ -48,6 +48,23 @@ def masked_cross_entropy(
     Returns:
       f32 scalar (0 when every pixel is ignored).
     """
+    return masked_mean_nll(_nll, logits, labels, ignore_label=ignore_label,
+                           class_weights=class_weights)
+
+
+def _nll(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+    """`-log_softmax(logits)[label]` per pixel: `[N, H, W, C]`, int `[N, H, W]` -> f32 `[N, H, W]`."""
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    # A one-hot product, not take_along_axis: the gather's gradient is a scatter-add, which
+    # XLA on CPU runs unfused (benchmarks/train_step.py); iota == label fuses into the sum.
+    one_hot = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+    return -(log_probs * one_hot).sum(-1)
+
+
+def masked_mean_nll(nll_fn, logits, labels, *, ignore_label: int, class_weights=None) -> jnp.ndarray:
+    """`masked_cross_entropy` with the per-pixel term `nll_fn(logits, labels)` (`[N, H, W, C]`,
+    int `[N, H, W]` with every label in `[0, C)` -> f32 `[N, H, W]`): checks the labels,
+    masks ignored and out-of-range ones, and takes the class-weighted mean."""
     chex.assert_rank(logits, 4)
     label_ops.check_shape(labels, logits.shape[:3],
                           against=f"logits of shape {tuple(logits.shape)} [N, H, W, C]")
@@ -57,10 +74,7 @@ def masked_cross_entropy(
     # Under jit an id outside [0, C) cannot raise: it is left out, never read as a class.
     valid = (labels != ignore_label) & (labels >= 0) & (labels < num_classes)
     safe_labels = jnp.where(valid, labels, 0)
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    # A one-hot product, not take_along_axis: the gather's gradient is a scatter-add, which
-    # XLA on CPU runs unfused (benchmarks/train_step.py); iota == label fuses into the sum.
-    nll = -(log_probs * jax.nn.one_hot(safe_labels, num_classes, dtype=jnp.float32)).sum(-1)
+    nll = nll_fn(logits, safe_labels)
     weight = valid.astype(jnp.float32)
     if class_weights is not None:
         class_weights = jnp.asarray(class_weights, jnp.float32)
@@ -101,6 +115,7 @@ def deep_supervision(
     ignore_label: int,
     class_weights: Optional[Sequence[float]] = None,
     label_sampling: str = "corner",
+    cross_entropy=None,
 ):
     """Weighted sum of masked CE over the named outputs.
 
@@ -112,6 +127,8 @@ def deep_supervision(
       class_weights: optional `[C]` per-class weights.
       label_sampling: how labels are downsampled to a coarser output (`labels_like`:
         'corner', 'center' or 'matlab').
+      cross_entropy: the per-output term, `masked_cross_entropy`'s signature; default
+        `masked_cross_entropy` (LRR passes its class-plane version, the same value).
 
     Returns:
       `(loss, metrics)`: the f32 total and `{'loss/<key>': term}` for every key.
@@ -122,10 +139,11 @@ def deep_supervision(
             f"loss weights name outputs {missing} that the model does not return; "
             f"it returns {sorted(outputs)}"
         )
+    cross_entropy = cross_entropy or masked_cross_entropy
     total = jnp.zeros((), jnp.float32)
     metrics = {}
     for key, weight in weights.items():
-        term = masked_cross_entropy(
+        term = cross_entropy(
             outputs[key], labels_like(labels, outputs[key], label_sampling),
             ignore_label=ignore_label, class_weights=class_weights)
         metrics[f"loss/{key}"] = term

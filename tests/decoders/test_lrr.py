@@ -25,6 +25,7 @@ from lapseg import metrics, models
 from lapseg.backbones import FeatureInfo
 from lapseg.losses import lrr as lrr_loss
 from lapseg.ops import basis as basis_ops
+from lapseg.ops import boundary
 from lapseg.ops import pca
 from tests.references import upsample_filt
 from tests.training import loss_curve
@@ -313,24 +314,10 @@ def _old_bilinear_upsample(x, factor):
     return _old_overlapping_tiles(x[..., None, :], kernel, offset=factor // 2)
 
 
-def _old_window_max(x, size, axis):
-    pad = size // 2
-    widths = [(0, 0)] * x.ndim
-    widths[axis] = (pad, pad)
-    m = jnp.pad(x, widths, constant_values=-jnp.inf)
-    width = 1
-    while 2 * width <= size:
-        length = m.shape[axis] - width
-        m = jnp.maximum(jax.lax.slice_in_dim(m, 0, length, axis=axis),
-                        jax.lax.slice_in_dim(m, width, width + length, axis=axis))
-        width *= 2
-    n = x.shape[axis]
-    return jnp.maximum(jax.lax.slice_in_dim(m, 0, n, axis=axis),
-                       jax.lax.slice_in_dim(m, size - width, size - width + n, axis=axis))
-
-
 def _old_boundary_mask(prob, size):
-    pool = lambda x: _old_window_max(_old_window_max(x, size, 1), size, 2)  # noqa: E731
+    # The separable pools themselves are unchanged (boundary._max_pool_same); the old mask
+    # pooled p and -p apart, NHWC.
+    pool = lambda x: boundary._max_pool_same(x, size)  # noqa: E731
     return pool(prob) + pool(-prob)
 
 

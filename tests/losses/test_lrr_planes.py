@@ -53,7 +53,7 @@ def test_out_of_range_labels_are_left_out_under_jit_and_raise_eagerly():
     assert float(jitted(logits, all_ignored)) == 0.0
 
 
-def test_level_losses_are_deep_supervision():
+def test_lrr_loss_is_deep_supervision_with_class_planes():
     rng = np.random.default_rng(3)
     labels = rng.integers(0, 5, (2, 32, 32)).astype(np.int32)
     outputs = {f"level_{s}": jnp.asarray(rng.standard_normal((2, 128 // s, 128 // s, 5)), jnp.float32)
