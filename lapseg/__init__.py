@@ -16,7 +16,7 @@ Subpackages load on first use (`lapseg.bases`, `lapseg.losses`, `lapseg.metrics`
 
 import importlib
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place it is written: pyproject.toml reads it from here
 
 _SUBMODULES = ("backbones", "bases", "data", "decoders", "export", "infer", "layers", "losses",
                "metrics", "models", "ops", "train", "visualize")

@@ -11,8 +11,8 @@ mixed sizes compiles a handful of times, not once per image. `restore_model` giv
 training run's model and variables (no optimiser is built or read):
 
     model, variables, info, step = restore_model(config, workdir, best=True)
-    predictor = Predictor(model, variables, normalization=config.data.normalize)
-    labels = predictor(image)                          # uint8 [H, W, 3] -> int32 [H, W]
+    predictor = Predictor.from_workdir(workdir, best=True)   # the same, as a Predictor
+    labels = predictor('photo.jpg')                    # a path, PIL or uint8 [H, W, 3] -> [H, W]
 
 Views are combined as in semseg's `test.py` (hszhao) and mmsegmentation's `aug_test`:
 tiles of one view average their *logits* where they overlap; the views (scales, flips)
@@ -21,7 +21,8 @@ centres and no antialiasing (OpenCV's INTER_LINEAR, as in semseg), and each view
 logits are resized back the same way.
 
 Importing this module loads no input pipeline (grain, tfds): `restore_model` imports
-`lapseg.data` for the dataset's classes, and `bucket=0` the pipeline's evaluation sizes.
+`lapseg.data` for the dataset's classes, and a `Predictor` given a path or a PIL image
+`lapseg.data.images` to read it.
 """
 
 import math
@@ -30,10 +31,11 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import PIL.Image
 from jax import lax
 
-from lapseg import models
-from lapseg.ops import resize
+from lapseg import models, visualize
+from lapseg.ops import resize, sizes
 from lapseg.ops.normalize import normalize
 from lapseg.train import checkpoint as checkpoint_lib
 from lapseg.train import state as state_lib
@@ -177,46 +179,121 @@ def make_predict_fn(model, *, tile_size=None, tile_overlap: float = 1 / 3, scale
 
 def bucket_size(height: int, width: int, bucket: int) -> tuple[int, int]:
     """`(H, W)` rounded up to multiples of `bucket`, the padded shape `Predictor` compiles
-    for; `bucket` 0: the training loop's evaluation sizes
-    (`lapseg.data.pipeline.eval_padded_size`)."""
+    for; `bucket` 0: the evaluation sizes (`lapseg.ops.sizes.eval_padded_size`), the rule
+    of the training loop's evaluation, `lapseg eval` and `lapseg predict`."""
     if bucket == 0:
-        from lapseg.data import pipeline as data_pipeline  # pylint: disable=import-outside-toplevel
-
-        return data_pipeline.eval_padded_size(height, width)
+        return sizes.eval_padded_size(height, width)
     return bucket * math.ceil(height / bucket), bucket * math.ceil(width / bucket)
+
+
+def _as_rgb(image) -> np.ndarray:
+    """uint8 RGB `[H, W, 3]` from such an array, a PIL image or an image file's path
+    (upright by its EXIF orientation, as viewers show it); a ValueError otherwise."""
+    if isinstance(image, (str, os.PathLike, PIL.Image.Image)):
+        from lapseg.data import images  # pylint: disable=import-outside-toplevel  (tfds)
+
+        return images.read_rgb(image)
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8 RGB [H, W, 3], a PIL image or a path, got "
+                         f"{image.dtype} {image.shape}")
+    return image
 
 
 class Predictor:
     """Labels for host images of any size: normalise, pad to a bucket, jitted predict, crop.
+
+        predictor = Predictor.from_workdir('workdir/default')        # a `lapseg train` run
+        labels = predictor('photo.jpg')                               # int32 [H, W]
+        out = predictor(image, probabilities=True, overlay=True)      # a dict, see __call__
 
     Args:
       model, variables: a lapseg model and its variables (e.g. from `restore_model`).
       normalization: the training config's `data.normalize` ('torch', 'caffe', 'none').
       bucket: images are zero-padded (bottom/right, after normalisation, as in the eval
         pipeline) to multiples of this, so sizes within one bucket share one compilation;
-        0: to the training loop's evaluation sizes (`bucket_size`).
+        0 (the default, as `lapseg eval` and `lapseg predict`): to the training loop's
+        evaluation sizes (`bucket_size`), so the labels are those evaluation scores.
+      info: the dataset's `lapseg.data.DatasetInfo` (palette, ignore label, class names),
+        needed only for `overlay=True`; `from_workdir` sets it.
       **predict_kwargs: `make_predict_fn`'s tiling / scales / flip options.
+
+    Attributes:
+      info: as given; `step`: the restored step (`from_workdir`), else None.
     """
 
-    def __init__(self, model, variables, *, normalization: str, bucket: int = 128,
+    def __init__(self, model, variables, *, normalization: str, bucket: int = 0, info=None,
                  **predict_kwargs):
         if bucket < 0:
             raise ValueError(f"bucket must be >= 0, got {bucket}")
         self.variables = variables
         self.normalization = normalization
         self.bucket = bucket
+        self.info = info
+        self.step = None
         self.predict_fn = jax.jit(make_predict_fn(model, **predict_kwargs))
 
-    def __call__(self, image) -> np.ndarray:
-        """uint8 RGB `[H, W, 3]` -> int32 `[H, W]` class ids."""
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"image must be uint8 RGB [H, W, 3], got {image.dtype} {image.shape}")
+    @classmethod
+    def from_workdir(cls, workdir, *, config=None, best: bool = False, step=None,
+                     **options) -> "Predictor":
+        """The predictor of a training run's latest (or best, or `step`'s) checkpoint.
+
+        Args:
+          workdir: a `lapseg train` work dir.
+          config: the run's config; default its saved `<workdir>/config.json`
+            (`lapseg.train.config.load`: FileNotFoundError naming it when missing).
+          best, step: which checkpoint (`restore_model`).
+          **options: `Predictor`'s `bucket` and `make_predict_fn`'s tiling / scales / flip.
+
+        Returns:
+          A `Predictor` with the run's normalisation, its dataset's `info` (for overlays)
+          and the restored `step`: what `lapseg predict --workdir W` runs.
+        """
+        if config is None:
+            from lapseg.train import config as config_lib  # pylint: disable=import-outside-toplevel
+
+            config = config_lib.load(workdir)
+        model, variables, info, restored = restore_model(config, workdir, best=best, step=step)
+        predictor = cls(model, variables, normalization=config.data.normalize, info=info,
+                        **options)
+        predictor.step = restored
+        return predictor
+
+    def __call__(self, image, *, probabilities: bool = False, overlay: bool = False,
+                 alpha: float = 0.5):
+        """The labels of one image, and optionally its probabilities and an overlay.
+
+        Args:
+          image: uint8 RGB `[H, W, 3]`, a PIL image or the path of an image file (any mode:
+            `lapseg.data.images.read_rgb`; turned upright by its EXIF orientation).
+          probabilities: also return the class probabilities.
+          overlay: also return the class colours blended over the image
+            (`lapseg.visualize.overlay`; needs `info`, as `from_workdir` sets it).
+          alpha: the colours' weight in the overlay, in [0, 1].
+
+        Returns:
+          int32 `[H, W]` class ids; with `probabilities` or `overlay` a dict of `'labels'`
+          and `'probabilities'` (f32 `[H, W, C]`, the mean over views of their softmax)
+          and / or `'overlay'` (uint8 `[H, W, 3]`).
+        """
+        image = _as_rgb(image)
+        if overlay and self.info is None:
+            raise ValueError("overlay=True needs the dataset's palette: build the predictor "
+                             "with Predictor.from_workdir or pass info=DatasetInfo")
         height, width = image.shape[:2]
         padded = np.zeros((1, *bucket_size(height, width, self.bucket), 3), np.float32)
         padded[0, :height, :width] = normalize(image, self.normalization)
-        probs = self.predict_fn(self.variables, padded)
-        return np.asarray(jnp.argmax(probs[0, :height, :width], -1), np.int32)
+        probs = self.predict_fn(self.variables, padded)[0, :height, :width]
+        labels = np.asarray(jnp.argmax(probs, -1), np.int32)
+        if not (probabilities or overlay):
+            return labels
+        out = {"labels": labels}
+        if probabilities:
+            out["probabilities"] = np.asarray(probs, np.float32)
+        if overlay:
+            out["overlay"] = visualize.overlay(image, labels, self.info.palette,
+                                               ignore_label=self.info.ignore_label, alpha=alpha)
+        return out
 
 
 def restore_model(config, workdir, *, best: bool = False, step=None):

@@ -5,6 +5,9 @@ Every backbone is called as `backbone(images, train)` on normalised images
 `{'stem', 'res2', 'res3', 'res4', 'res5'}` for ResNet; `backbone.feature_info()`
 gives each feature's stride and channels without running it, so decoders pick
 what they need by name. PyTorch weights: `read_state_dict` + `load_torch_weights`.
+Your own backbone (any Module keeping this contract, or `from_callable(fn, feature_info)`)
+and decoders on precomputed features (`decoder_only`): `lapseg.backbones.custom`,
+docs/backbones.md.
 """
 
 import dataclasses
@@ -12,6 +15,8 @@ import functools
 
 import flax.linen as nn
 
+from lapseg.backbones import custom
+from lapseg.backbones.custom import FromCallable, decoder_only, from_callable
 from lapseg.backbones.feature_info import FeatureInfo, feature_strides, require_features
 from lapseg.backbones.resnet import ResNet
 from lapseg.backbones.vgg import VGG16
@@ -62,7 +67,9 @@ def build(backbone, backbone_kwargs: dict | None = None, defaults: dict | None =
     every model.
 
     Args:
-      backbone: a registered name ('resnet50', 'vgg16', ...) or a linen Module.
+      backbone: a registered name ('resnet50', 'vgg16', ...) or a linen Module keeping the
+        backbone contract (`lapseg.backbones.custom`, docs/backbones.md: a dict of named
+        features, `feature_info()`); one that breaks it is a one-line ValueError.
       backbone_kwargs: fields for `create` (only with a name).
       defaults: the decoder's per-name defaults, e.g. `{'vgg16': {'pad100': True}}` or
         `{'resnet50': {'output_stride': 32}}`, updated by `backbone_kwargs`.
@@ -74,7 +81,7 @@ def build(backbone, backbone_kwargs: dict | None = None, defaults: dict | None =
     if isinstance(backbone, nn.Module):
         if backbone_kwargs:
             raise ValueError("backbone_kwargs apply to a backbone given by name, not to a Module")
-        return backbone
+        return custom.checked(backbone)  # the contract (docs/backbones.md), one-line errors
     kwargs = {**(defaults or {}).get(backbone, {}), **(backbone_kwargs or {})}
     if dtype is not None:
         kwargs["dtype"] = dtype
@@ -85,11 +92,14 @@ def build(backbone, backbone_kwargs: dict | None = None, defaults: dict | None =
 
 __all__ = [
     "FeatureInfo",
+    "FromCallable",
     "ResNet",
     "VGG16",
     "build",
     "create",
+    "decoder_only",
     "feature_strides",
+    "from_callable",
     "load_torch_weights",
     "names",
     "normalize",

@@ -37,6 +37,7 @@ COMMANDS = {
                "write a run's model as a jax.export (StableHLO) artifact for serving"),
     "basis": ("lapseg.cli.basis",
               "fit the label-fitted constants (LRR bases, DUpsampling matrix) of a config"),
+    "config": ("lapseg.cli.config", "print every field of a config with its value"),
     "convert-weights": ("lapseg.cli.convert_weights",
                         "convert a PyTorch state dict to .npz (readable without PyTorch)"),
 }

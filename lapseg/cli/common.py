@@ -222,8 +222,10 @@ def parse_flags(argv, doc: str, *, config_default: str, config_help: str, define
     return flag_values, positional
 
 
-def define_inference_flags(flag_values, *, bucket: int) -> None:
-    """`--best` and the test-time options shared by `lapseg eval` and `lapseg predict`."""
+def define_inference_flags(flag_values) -> None:
+    """`--best` and the test-time options shared by `lapseg eval` and `lapseg predict`, with
+    one default each: so both give an image the same labels (`--bucket=0`, the training
+    loop's evaluation sizes)."""
     flags.DEFINE_bool("best", False, "Restore the best-mIoU checkpoint instead of the latest.",
                       flag_values=flag_values)
     flags.DEFINE_list("scales", ["1.0"], "Image scales of the views (probabilities averaged), "
@@ -233,16 +235,16 @@ def define_inference_flags(flag_values, *, bucket: int) -> None:
                       flag_values=flag_values)
     flags.DEFINE_float("tile_overlap", 1 / 3, "Fraction of a tile shared with its neighbour.",
                        flag_values=flag_values)
-    flags.DEFINE_integer("bucket", bucket, "Pad images to multiples of this: one compilation "
+    flags.DEFINE_integer("bucket", 0, "Pad images to multiples of this: one compilation "
                          "per padded size (0: the training loop's evaluation sizes, multiples "
                          "of 32 up to 512, coarser above).", flag_values=flag_values)
 
 
-def parse_run_flags(argv, doc: str, *, bucket: int, define=None):
+def parse_run_flags(argv, doc: str, *, define=None):
     """`parse_flags` for the commands that read a training run (`eval`, `predict`).
 
     Defines `--workdir`, `--config` defaulting to the run's saved config (`run_config`),
-    the inference flags (`define_inference_flags`, `--bucket` defaulting to `bucket`) and
+    the inference flags (`define_inference_flags`) and
     `define(flag_values)`'s own flags, then parses `argv`.
 
     Returns:
@@ -251,7 +253,7 @@ def parse_run_flags(argv, doc: str, *, bucket: int, define=None):
 
     def define_all(flag_values):
         define_workdir(flag_values, "The training run's work dir.")
-        define_inference_flags(flag_values, bucket=bucket)
+        define_inference_flags(flag_values)
         if define is not None:
             define(flag_values)
 

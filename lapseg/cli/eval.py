@@ -15,7 +15,8 @@ The model's config is the run's own `<workdir>/config.json` (written by `lapseg 
 --config replaces it, for runs without one. `--config.field=value` overrides either.
 Inference flags (--scales, --flip, --tile_size, --tile_overlap, --bucket) are those of
 `lapseg predict`; with the default --bucket=0 images are padded as the training loop's
-evaluation pads them, so the mIoU is the one the loop reported for that checkpoint.
+evaluation pads them, so the mIoU is the one the loop reported for that checkpoint, and the
+labels are those `lapseg predict` writes.
 """
 
 import contextlib
@@ -77,7 +78,7 @@ def _define(flag_values):
 
 def main(argv) -> int:
     program = argv[0]
-    flag_values, positional = common.parse_run_flags(argv, __doc__, bucket=0, define=_define)
+    flag_values, positional = common.parse_run_flags(argv, __doc__, define=_define)
     if positional:
         common.fail(program, f"unexpected arguments {' '.join(positional)}", "see --help")
     options = common.inference_options(program, flag_values)

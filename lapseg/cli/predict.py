@@ -16,7 +16,8 @@ matches no image is an error naming it.
 Inference flags, shared with `lapseg eval`:
   --scales=0.75,1,1.25 --flip   multi-scale and mirrored views, probabilities averaged
   --tile_size=512,512           sliding window (overlap --tile_overlap, default 1/3)
-  --bucket=128                  pad images to multiples of this: one compile per bucket
+  --bucket=0                    pad images as the training loop's evaluation (the default;
+                                N: to multiples of N): one compile per padded size
 """
 
 import glob
@@ -110,7 +111,7 @@ def check_output_dir(program, path) -> None:
 
 def main(argv) -> int:
     program = argv[0]
-    flag_values, paths = common.parse_run_flags(argv, __doc__, bucket=128, define=_define)
+    flag_values, paths = common.parse_run_flags(argv, __doc__, define=_define)
     stems = _image_stems(program, image_paths(program, paths))
     options = common.inference_options(program, flag_values)
     if not 0 <= flag_values.alpha <= 1:
@@ -120,7 +121,6 @@ def main(argv) -> int:
     common.quiet_logging()
     # pylint: disable=import-outside-toplevel  (JAX only once the flags are good)
     import PIL.Image
-    import PIL.ImageOps
 
     from lapseg import visualize
     from lapseg.data import images
@@ -142,11 +142,9 @@ def main(argv) -> int:
     os.makedirs(output_dir, exist_ok=True)
     for stem, path in stems.items():
         try:
-            with PIL.Image.open(path) as image:
-                # Upright as viewers show it (EXIF orientation, e.g. a phone held sideways).
-                image = images.rgb_array(PIL.ImageOps.exif_transpose(image), path)
-        except (OSError, ValueError, SyntaxError) as err:  # PIL: unreadable, cut, corrupt
-            common.fail(program, f"cannot read image {path}: {err}")
+            image = images.read_rgb(path)  # upright as viewers show it (EXIF orientation)
+        except ValueError as err:  # unreadable, cut, corrupt, float
+            common.fail(program, str(err))
         pred = predictor(image)
         label_path = os.path.join(output_dir, f"{stem}_label.png")
         overlay_path = os.path.join(output_dir, f"{stem}_overlay.png")

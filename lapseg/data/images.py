@@ -3,11 +3,15 @@
 PIL's `convert('RGB')` clips 16-bit grayscale (modes `I;16`, `I`) at 255, so a 16-bit PNG
 turns white and every prediction on it is wrong; here such images are rescaled to 8 bits
 first (`value >> 8`, the high byte, as 16-bit RGB PNGs are read). Palette, grayscale,
-alpha and CMYK images are converted by PIL; float images are refused.
+alpha and CMYK images are converted by PIL; float images are refused. `read_rgb` opens a
+file (or takes a PIL image) and turns it upright by its EXIF orientation first.
 """
+
+import os
 
 import numpy as np
 import PIL.Image
+import PIL.ImageOps
 
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
@@ -30,3 +34,22 @@ def rgb_array(image: PIL.Image.Image, path="image") -> np.ndarray:
     if image.mode == "F":
         raise ValueError(f"{path}: floating-point image (mode F); save it as an 8- or 16-bit PNG")
     return np.asarray(image.convert("RGB"))
+
+
+def read_rgb(image) -> np.ndarray:
+    """uint8 RGB `[H, W, 3]` of an image file's path or a PIL image, upright as viewers
+    show it (its EXIF orientation applied, e.g. a phone held sideways), any mode as
+    `rgb_array` converts it.
+
+    Raises:
+      ValueError: naming the path, for a missing, unreadable, cut or corrupt file or a
+        float image.
+    """
+    if isinstance(image, PIL.Image.Image):
+        return rgb_array(PIL.ImageOps.exif_transpose(image))
+    path = os.fspath(image)
+    try:
+        with PIL.Image.open(path) as opened:
+            return rgb_array(PIL.ImageOps.exif_transpose(opened), path)
+    except (OSError, SyntaxError, ValueError) as err:  # missing, unreadable, cut, corrupt, float
+        raise ValueError(f"cannot read image {path}: {err}") from err

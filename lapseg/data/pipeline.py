@@ -39,8 +39,8 @@ import numpy as np
 
 from lapseg.data import augment, sources
 from lapseg.ops import normalize as normalization
+from lapseg.ops.sizes import eval_padded_size
 
-EVAL_MULTIPLE = 32  # evaluation sizes are multiples of this (the backbones' output stride)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -161,20 +161,6 @@ def create_loader(
         dataset = _eval_batches(source, sizes, info, settings, batch_size,
                                 process_index, process_count)
     return _prefetch(dataset, settings)
-
-
-def eval_padded_size(height: int, width: int) -> tuple[int, int]:
-    """The size an image of `height` x `width` is zero-padded to (bottom, right) for
-    evaluation when `eval_size` is unset: each side rounded up to a multiple of 32 up to
-    512, of 64 up to 1024, of 128 up to 2048 and so on (one eighth of the side's octave),
-    so the padding adds at most 1/8 per side while a split of many sizes (VOC, ADE20K)
-    compiles a few dozen shapes, not one per image. Cityscapes' 1024 x 2048 and every
-    side up to 512 are padded exactly as the multiple-of-32 rule pads them."""
-    def side(n):
-        step = max(EVAL_MULTIPLE, 2 ** (math.ceil(math.log2(max(n, 1))) - 4))
-        return step * math.ceil(n / step)
-
-    return side(height), side(width)
 
 
 def _train_batches(shard, info, settings, batch_size):

@@ -6,6 +6,8 @@ import hashlib
 import io
 import os
 
+import numpy as np
+
 from lapseg import cli, models
 from tests.train import toy
 
@@ -51,3 +53,18 @@ def file_hashes(root):
             with open(path, "rb") as f:
                 found[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
     return found
+
+
+def shapes_images(count, size, seed=0):
+    """uint8 `[count, H, W, 3]`: noisy backgrounds with a bright rectangle and a disc, like
+    the shapes data (what `tiny_workdir`'s model was trained on)."""
+    rng = np.random.default_rng(seed)
+    height, width = size
+    images = rng.integers(0, 80, (count, height, width, 3)).astype(np.uint8)
+    yy, xx = np.mgrid[:height, :width]
+    for image in images:
+        y, x = rng.integers(0, height // 2), rng.integers(0, width // 2)
+        image[y:y + height // 3, x:x + width // 3] = rng.integers(120, 256, 3)
+        cy, cx, r = rng.integers(height // 4, 3 * height // 4), rng.integers(0, width), height // 6
+        image[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.integers(120, 256, 3)
+    return images

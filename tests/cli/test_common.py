@@ -44,8 +44,8 @@ def test_run_config_is_the_saved_config(tmp_path):
 
 def test_inference_options():
     flag_values = flags.FlagValues()
-    common.define_inference_flags(flag_values, bucket=32)
-    flag_values(["p", "--scales=0.5,1", "--flip", "--tile_size=64,96"])
+    common.define_inference_flags(flag_values)
+    flag_values(["p", "--scales=0.5,1", "--flip", "--tile_size=64,96", "--bucket=32"])
     assert common.inference_options("p", flag_values) == {
         "tile_size": (64, 96), "tile_overlap": 1 / 3, "scales": (0.5, 1.0), "flip": True,
         "bucket": 32}

@@ -1,10 +1,8 @@
 """`lapseg export`: the artifact of a tiny trained FCN-8s run gives `lapseg predict`'s labels,
 at any batch size; its one-line errors.
 
-The run is the default job (FCN-8s, ResNet-18) at an eighth of the width, trained for 40
-steps on 32 x 32 crops of the shapes data (the dataset is built once per session): enough
-that it predicts more than the background (after 20 steps it does not), so that equal
-labels mean something.
+The run is the session's `tiny_workdir` (tests/cli/conftest.py): the default job at an
+eighth of the width, trained for 40 steps, so that equal labels mean something.
 """
 
 import os
@@ -19,63 +17,22 @@ from lapseg.train import config as config_lib
 from tests.cli import helpers
 from tests.cli.helpers import run
 
-# The default job made tiny: FCN-8s, as `lapseg train` without --config, narrower and shorter.
-TINY_DEFAULT_JOB = '''
-from lapseg.train.config import default_job
-
-
-def get_config():
-    config = default_job()
-    config.model_kwargs.backbone_kwargs.width = 0.125
-    config.data.data_dir = {data_dir!r}
-    config.data.crop_size = (32, 32)
-    config.data.batch_size = 8
-    config.num_train_steps = 40
-    config.optimizer.warmup_steps = 1
-    return config
-'''
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory, data_dir):
-    """A work dir of the tiny default job trained by `lapseg train`."""
-    root = tmp_path_factory.mktemp("fcn8s")
-    (root / "tiny.py").write_text(TINY_DEFAULT_JOB.format(data_dir=str(data_dir)))
-    assert run("train", f"--config={root / 'tiny.py'}", "--workdir", root / "w") == 0
-    assert config_lib.load(root / "w" / "config.json").model == "fcn8s"
-    return root / "w"
-
-
-def _shapes_images(count, size, seed=0):
-    """uint8 `[count, H, W, 3]`: noisy backgrounds with a bright rectangle and a disc."""
-    rng = np.random.default_rng(seed)
-    height, width = size
-    images = rng.integers(0, 80, (count, height, width, 3)).astype(np.uint8)
-    yy, xx = np.mgrid[:height, :width]
-    for image in images:
-        y, x = rng.integers(0, height // 2), rng.integers(0, width // 2)
-        image[y:y + height // 3, x:x + width // 3] = rng.integers(120, 256, 3)
-        cy, cx, r = rng.integers(height // 4, 3 * height // 4), rng.integers(0, width), height // 6
-        image[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.integers(120, 256, 3)
-    return images
-
-
-def test_the_artifact_gives_the_labels_of_predict(workdir, tmp_path, capsys):
+def test_the_artifact_gives_the_labels_of_predict(tiny_workdir, tmp_path, capsys):
     output = tmp_path / "out" / "fcn8s.jaxexport"
-    assert run("export", "--workdir", workdir, "--output", output) == 0
+    assert run("export", "--workdir", tiny_workdir, "--output", output) == 0
     summary = capsys.readouterr().out.strip()
     # shapes' image size (96 x 96) by default; the summary names the normalisation.
     assert summary.startswith(f"{output}: f32[n,96,96,3] -> f32[n,96,96,5], ")
     assert " MB (fcn8s, step 40 latest; inputs normalised 'torch'; cpu,cuda,tpu)" in summary
     assert "\n" not in summary and os.listdir(output.parent) == ["fcn8s.jaxexport"]
 
-    images = _shapes_images(3, (96, 96))
+    images = helpers.shapes_images(3, (96, 96))
     (tmp_path / "images").mkdir()
     for i, image in enumerate(images):
         PIL.Image.fromarray(image).save(tmp_path / "images" / f"im{i}.png")
     # --bucket=32: predict pads as the artifact does (96 is a multiple of 32: not at all).
-    assert run("predict", "--workdir", workdir, "--bucket=32", f"--output_dir={tmp_path / 'pred'}",
-               tmp_path / "images") == 0
+    assert run("predict", "--workdir", tiny_workdir, "--bucket=32",
+               f"--output_dir={tmp_path / 'pred'}", tmp_path / "images") == 0
     predicted = []
     for i in range(3):
         with PIL.Image.open(tmp_path / "pred" / f"im{i}_label.png") as png:
@@ -98,14 +55,14 @@ def test_the_artifact_gives_the_labels_of_predict(workdir, tmp_path, capsys):
                                rtol=1e-4, atol=1e-4)
 
 
-def test_size_platforms_and_best(workdir, tmp_path, capsys):
+def test_size_platforms_and_best(tiny_workdir, tmp_path, capsys):
     output = tmp_path / "m.bin"
-    assert run("export", f"--workdir={workdir}", f"--output={output}", "--size=40,56",
+    assert run("export", f"--workdir={tiny_workdir}", f"--output={output}", "--size=40,56",
                "--platforms=cpu", "--best") == 0
     assert "f32[n,40,56,3] -> f32[n,40,56,5]" in capsys.readouterr().out
     exported = jax.export.deserialize(output.read_bytes())
     assert exported.platforms == ("cpu",)
-    images = normalize(_shapes_images(2, (40, 56), seed=1), "torch")
+    images = normalize(helpers.shapes_images(2, (40, 56), seed=1), "torch")
     assert exported.call(images).shape == (2, 40, 56, 5)
 
 

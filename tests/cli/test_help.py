@@ -16,6 +16,7 @@ COMMAND_FLAGS = {
     "export": "--output",
     "basis": "--workdir",
     "convert-weights": "--arch",
+    "config": "--config",
 }
 
 

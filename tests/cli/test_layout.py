@@ -130,7 +130,7 @@ def test_the_cycle_finder_finds_a_cycle():
 # The layers of docs/architecture.md, bottom first: a module may import its own layer and
 # the ones below it, never one above ('lapseg' is the package's own __init__, on top).
 LAYERS = ("ops", "layers", "backbones", "decoders", "models", "metrics", "bases",
-          "losses", "data", "train", "infer", "export", "visualize", "cli", "lapseg")
+          "losses", "data", "visualize", "train", "infer", "export", "cli", "lapseg")
 
 
 def _layer(module: str) -> str:
