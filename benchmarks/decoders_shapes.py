@@ -1,7 +1,7 @@
 """FCN-8s against LRR (PCA bases) and LRR (bilinear basis, the paper's ablation) on `shapes`.
 
     python -m benchmarks.decoders_shapes [--steps 6500] [--batch_size 16] [--seeds 0,1,2]
-        [--repeat] [--models fcn8s,lrr,lrr_bilinear[,lrr_staged]]
+        [--repeat] [--models fcn8s,lrr,lrr_bilinear[,lrr_staged][,dfn]]
         [--workdir benchmarks_out/decoders_shapes] [--reuse]
 
 Every model trains from scratch with the main job's data, backbone, steps and batch
@@ -34,6 +34,7 @@ import numpy as np
 
 from lapseg import cli
 from lapseg.train import config as config_lib
+from lapseg.train import recipes
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 WIDTHS = ("1", "2", "4", "8")
@@ -47,10 +48,21 @@ def load_config(name: str, *args):
 
 
 def model_config(model: str, stage: str = "all"):
-    """The shapes configs of `model`: 'fcn8s', 'lrr' (PCA bases), 'lrr_bilinear', or
-    'lrr_staged' (`stage` 'coarse' or 'refine' of configs/shapes_lrr.py)."""
+    """The shapes configs of `model`: 'fcn8s', 'lrr' (PCA bases), 'lrr_bilinear',
+    'lrr_staged' (`stage` 'coarse' or 'refine' of configs/shapes_lrr.py), or 'dfn' (the main
+    job with DFN on its backbone, plain stem included, every head supervised as in TorchSeg,
+    64 smooth channels for the quarter-width ResNet-18's 128 at res5: ResNet-101's 2048 feed
+    DFN's 512)."""
     if model == "fcn8s":
         return load_config("default")
+    if model == "dfn":
+        config = load_config("default")
+        config.model = "dfn"
+        config.model_kwargs.channels = 64
+        config.model_kwargs.backbone_kwargs.deep_stem = False  # FCN-8s's backbone, not DFN's default
+        config.loss.weights = dict(recipes.DFN_LOSS_WEIGHTS)
+        config.loss.update(recipes.DFN_BORDER_LOSS)
+        return config
     config = load_config("shapes_lrr", stage if model == "lrr_staged" else "all")
     if model == "lrr_bilinear":
         config.model_kwargs.basis = "bilinear"

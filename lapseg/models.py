@@ -2,7 +2,7 @@
 
 Every model maps images `[N, H, W, 3]` (f32, normalised) to a dict whose `'logits'`
 are `[N, H, W, num_classes]` at input resolution; auxiliary outputs (pyramid levels,
-auxiliary heads, the SISR image) sit beside it under keys each decoder documents.
+auxiliary heads, DFN's border maps, the SISR image) sit beside it under keys each decoder documents.
 
 Each registered model has one description, a `Model` (as scenic's `SegmentationModel`):
 the factory that builds its module, the loss that trains it (`lapseg.losses.for_model`),
@@ -92,6 +92,9 @@ _MODELS = {
                    tiny={"backbone": "resnet50", "branch_channels": 8, "channels": 16,
                          "backbone_kwargs": {"width": 0.125, "deep_stem": True,
                                              "output_stride": 8}}),
+    "dfn": Model("lapseg.decoders.dfn:dfn", outputs=("logits", "smooth_*", "border_*"),
+                 loss="lapseg.losses.dfn:loss_for_config",
+                 tiny={**_TINY, "channels": 16, "border_channels": 4, "head_expansion": 2}),
     "dsrl": Model("lapseg.decoders.dsrl:dsrl", outputs=("logits", "sisr", "ftm"),
                   loss="lapseg.losses.dsrl:loss_for_config", label_sampling=("corner",),
                   wraps={"base": "pspnet", "backbone": "resnet50"},

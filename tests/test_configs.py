@@ -67,6 +67,7 @@ PRETRAINED = {
     "camvid_lrr_resnet50": "resnet50", "camvid_refinenet_resnet101": "resnet101",
     "cityscapes_refinenet_resnet101": "resnet101", "voc_fcn8s_vgg16": "vgg16_caffe",
     "voc_lrr_vgg16": "vgg16_caffe",
+    "voc_dfn_resnet101": "resnet101_deep_stem", "cityscapes_dfn_resnet101": "resnet101_deep_stem",
     "camvid_icnet_resnet50": None, "cityscapes_icnet_resnet50": None, "default": None,
     "shapes_lrr": None,
 }  # fmt: skip

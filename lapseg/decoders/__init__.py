@@ -14,6 +14,7 @@ auxiliary outputs beside it under keys the decoder documents.
   gcn.py          Large kernel matters (Peng et al., CVPR 2017)
   dupsampling.py  Data-dependent upsampling (Tian et al., CVPR 2019)
   dsrl.py         Dual super-resolution learning (Wang et al., CVPR 2020)
+  dfn.py          Discriminative feature network (Yu et al., CVPR 2018)
 
 Every factory takes `num_classes`, `backbone` / `backbone_kwargs` (built by
 `lapseg.backbones.build`, with the decoder's per-backbone defaults), `dtype`, `param_dtype`

@@ -39,6 +39,8 @@ IMAGENET_WEIGHTS = {
     "resnet101": "torchvision resnet101(weights='IMAGENET1K_V1')",
     "resnet152": "torchvision resnet152(weights='IMAGENET1K_V1')",
     "resnet50_deep_stem": "semseg's resnet50_v2.pth (hszhao/semseg, the PSPNet release's backbone)",
+    "resnet101_deep_stem": "semseg's resnet101_v2.pth (hszhao/semseg), a deep-stem ResNet-101 as "
+                           "TorchSeg's resnet101_v1c.pth (DFN)",
     "vgg16": "torchvision vgg16(weights='IMAGENET1K_V1')",
     "vgg16_caffe": "Caffe's VGG_ILSVRC_16_layers in torchvision's vgg16 layout (BGR, 0-255)",
 }
@@ -227,6 +229,33 @@ def dsrl_pspnet50(*, dataset: str, crop_size: tuple[int, int], eval_size: tuple[
     # disaster").
     config.loss.update({**DSRL_LOSS_WEIGHTS, "fa_subsample": 16, "fa_p": 2.0, "fa_q": 1.0,
                         "fa_normalize": False})
+    return config
+
+
+# DFN (Yu et al., CVPR 2018), from ycszen/TorchSeg `model/dfn/*.dfn.R101_v1c/`: cross-entropy on
+# the four smooth heads at weight 1 (`network.py`: `loss0 + loss1 + loss2 + loss3`) plus
+# `C.aux_loss_alpha = 0.1` (`config.py`) times the sigmoid focal loss (`train.py`:
+# `SigmoidFocalLoss(ignore_label=255, gamma=2.0, alpha=0.25)`) of the four border heads
+# (lapseg/losses/dfn.py). The backbone is a deep-stem ResNet-101 at output stride 32
+# (`resnet101(..., deep_stem=True, stem_width=64)`), on `resnet101_deep_stem` weights.
+DFN101 = {"backbone": "resnet101", "backbone_kwargs": {"deep_stem": True, "output_stride": 32},
+          "channels": 512, "border_channels": 21}
+DFN_LOSS_WEIGHTS = {"logits": 1.0, "smooth_res3": 1.0, "smooth_res4": 1.0, "smooth_res5": 1.0}
+DFN_BORDER_LOSS = {"border_weight": 0.1, "focal_gamma": 2.0, "focal_alpha": 0.25,
+                   "border_dilation": 7}
+
+
+def dfn101(*, dataset: str, crop_size: tuple[int, int], batch_size: int, learning_rate: float,
+           weight_decay: float, num_train_steps: int, eval_size: tuple[int, int] | None = None):
+    """DFN on the deep-stem ResNet-101 with TorchSeg's recipe: SGD momentum 0.9, poly 0.9, the
+    decoder at 10x (`train.py`: `base_lr * 10` for `business_layer`), weight decay on conv and
+    linear kernels only (`furnace/utils/init_func.py` `group_weight`: BN and biases at
+    `weight_decay=.0`), scales 0.5-2, flips; `DFN_LOSS_WEIGHTS` and `DFN_BORDER_LOSS`."""
+    config = finetune("dfn", DFN101, dataset=dataset, crop_size=crop_size, batch_size=batch_size,
+                      learning_rate=learning_rate, weight_decay=weight_decay,
+                      num_train_steps=num_train_steps, eval_size=eval_size,
+                      loss_weights=DFN_LOSS_WEIGHTS, weight_decay_mask="kernels")
+    config.loss.update(DFN_BORDER_LOSS)
     return config
 
 
