@@ -267,8 +267,9 @@ class Predictor:
           image: uint8 RGB `[H, W, 3]`, a PIL image or the path of an image file (any mode:
             `lapseg.data.images.read_rgb`; turned upright by its EXIF orientation).
           probabilities: also return the class probabilities.
-          overlay: also return the class colours blended over the image
-            (`lapseg.visualize.overlay`; needs `info`, as `from_workdir` sets it).
+          overlay: also return the class colours blended over the image, regions
+            outlined, ignored and background pixels untouched (`lapseg.visualize.overlay`
+            at the image's size; needs `info`, as `from_workdir` sets it).
           alpha: the colours' weight in the overlay, in [0, 1].
 
         Returns:
@@ -291,8 +292,9 @@ class Predictor:
         if probabilities:
             out["probabilities"] = np.asarray(probs, np.float32)
         if overlay:
-            out["overlay"] = visualize.overlay(image, labels, self.info.palette,
-                                               ignore_label=self.info.ignore_label, alpha=alpha)
+            out["overlay"] = visualize.overlay(
+                image, labels, self.info.palette, ignore_label=self.info.ignore_label,
+                alpha=alpha, background=visualize.background_class(self.info.class_names))
         return out
 
 

@@ -274,8 +274,17 @@ def test_predict_writes_palette_pngs_of_the_argmax_and_overlays(trained, tmp_pat
             np.testing.assert_array_equal(np.asarray(png), want)
             colors = np.array(png.getpalette()[:3 * info.num_classes]).reshape(-1, 3)
             np.testing.assert_array_equal(colors, info.palette[:-1])
+        scale = visualize.display_scale(*want.shape)
+        big_image, big_want = visualize.enlarge(image, want, scale=scale)
         with PIL.Image.open(out_dir / f"{stem}_overlay.png") as png:
-            assert png.mode == "RGB" and png.size == (image.shape[1], image.shape[0])
+            assert png.mode == "RGB" and png.size == (image.shape[1] * scale,
+                                                      image.shape[0] * scale)
+            assert max(png.size) >= 512
             np.testing.assert_array_equal(
-                np.asarray(png), visualize.overlay(image, want, info.palette,
-                                                   ignore_label=info.ignore_label))
+                np.asarray(png), visualize.overlay(big_image, big_want, info.palette,
+                                                   ignore_label=info.ignore_label,
+                                                   background=0))  # shapes' 'background'
+        with PIL.Image.open(out_dir / f"{stem}_panels.png") as png:
+            np.testing.assert_array_equal(np.asarray(png), visualize.side_by_side(
+                image, want, info.palette, class_names=info.class_names,
+                ignore_label=info.ignore_label))

@@ -32,7 +32,7 @@ COMMANDS = {
               "train a model from a config (default: FCN-8s on the generated shapes data)"),
     "eval": ("lapseg.cli.eval",
              "evaluate a work dir's checkpoint: per-class IoU, mIoU, pixel and trimap accuracy"),
-    "predict": ("lapseg.cli.predict", "write label and overlay PNGs for images"),
+    "predict": ("lapseg.cli.predict", "write label, overlay and side-by-side PNGs for images"),
     "export": ("lapseg.cli.export",
                "write a run's model as a jax.export (StableHLO) artifact for serving"),
     "basis": ("lapseg.cli.basis",

@@ -17,6 +17,7 @@ import os
 import pathlib
 import re
 import sys
+import textwrap
 
 from absl import flags
 from ml_collections import config_flags
@@ -61,6 +62,32 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         fail(self.prog, message, f"see {self.prog} --help")
 
 
+class CommandArgumentParser(OneLineArgumentParser):
+    """For a command parsed by argparse (`convert-weights`): `--help` is the command's
+    docstring (`description`, its first line the usage), then its arguments and flags
+    listed as `print_help` lists the absl-parsed commands' flags, so every command's help
+    reads alike."""
+
+    def print_help(self, file=None):
+        lines = []
+        for title, positional in (("arguments", True), ("flags", False)):
+            actions = [a for a in self._actions if bool(a.option_strings) != positional
+                       and not isinstance(a, argparse._HelpAction)]  # pylint: disable=protected-access
+            if actions:
+                lines.append(f"\n{title}:")
+            for action in actions:
+                name = (action.metavar or action.dest.upper()) if positional else max(
+                    action.option_strings, key=len)
+                if not positional and action.nargs != 0:
+                    name += f" {action.metavar or action.dest.upper()}" + (
+                        " ..." if action.nargs in ("*", "+") else "")
+                lines.append(textwrap.fill(f"{name}: {action.help}", 80, initial_indent="    ",
+                                           subsequent_indent="      "))
+                if not positional and action.default not in (None, False):
+                    lines.append(f"      (default: {action.default!r})")
+        print((self.description or "").strip() + "\n" + "\n".join(lines), file=file)
+
+
 def wants_help(argv) -> bool:
     """Whether `argv[1:]` asks for help (`-h`, `--help`, ...) before any `--`."""
     for arg in argv[1:]:
@@ -71,9 +98,20 @@ def wants_help(argv) -> bool:
     return False
 
 
+CONFIG_FIELDS_HINT = ("Config fields: `lapseg config [--config C]` prints every field with its "
+                      "value;\nset one with --config.<field>=<value>.")
+
+
 def print_help(doc: str, flag_values: flags.FlagValues) -> None:
-    """The command's docstring (its usage text), then its flags with their help texts."""
+    """The command's docstring (its usage text), where a config-driven command's fields are
+    (`CONFIG_FIELDS_HINT`: absl lists `--config` only, not its fields), then its flags with
+    their help texts. `--config`'s help names its default in words ('the run's saved
+    config.json'), so absl's internal path (`CONFIG_MODULE:<workdir>/config.json`) is
+    not shown."""
     print(doc.strip())
+    if "config" in flag_values:
+        print("\n" + CONFIG_FIELDS_HINT)
+        flag_values["config"].default_as_str = None
     print("\nflags:")
     text = flag_values.get_help(prefix="  ", include_special_flags=False)
     # One list: drop absl's per-defining-module headings ('  lapseg.cli.common:').
@@ -214,7 +252,11 @@ def parse_flags(argv, doc: str, *, config_default: str, config_help: str, define
         elif isinstance(err, (SyntaxError, NameError, ImportError)):
             what = f"cannot load the config: {type(err).__name__}: {what}"
         elif not what.startswith("cannot load"):
-            what = f"bad flag: {_missing_field(err, argv) or what}"
+            missing = _missing_field(err, argv)
+            what = f"bad flag: {missing or what}"
+            if missing or "--config." in what:  # a field's name or value: list the fields
+                fail(program, what, f"see `lapseg config` for every field ({program} "
+                     "--help for the flags)")
         fail(program, what, "see --help")
     if asks_help:
         print_help(doc, flag_values)

@@ -17,16 +17,18 @@ from lapseg.cli import common
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
-    parser = common.OneLineArgumentParser(
-        prog=prog, description=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("input", help="state dict: .pth/.pt/.bin (needs torch), .safetensors, .npz")
-    parser.add_argument("output", help="output .npz")
-    parser.add_argument("--arch", help="check against this backbone: resnet18..resnet152, vgg16")
-    parser.add_argument("--deep-stem", action="store_true", help="ResNet with the deep stem")
+    parser = common.CommandArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input", metavar="IN",
+                        help="State dict: .pth/.pt/.bin (needs torch), .safetensors or .npz.")
+    parser.add_argument("output", metavar="OUT", help="The .npz to write.")
+    parser.add_argument("--arch", help="Check against this backbone: resnet18..resnet152, vgg16 "
+                        "(default: no check).")
+    parser.add_argument("--deep-stem", action="store_true",
+                        help="The ResNet has the deep stem (with --arch).")
     parser.add_argument(
         "--ignore", nargs="*", default=None, metavar="PATTERN",
-        help="fnmatch patterns of keys the check ignores (default: the ImageNet classifier)",
+        help="fnmatch patterns of keys the check ignores (default: the ImageNet classifier).",
     )  # fmt: skip
     return parser
 

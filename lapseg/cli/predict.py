@@ -1,9 +1,19 @@
 """`lapseg predict [--workdir W] [--config C] [--best] [--output_dir D] [flags] IMAGES...`
 
-For each image writes `<output_dir>/<stem>_label.png`, a palette PNG whose pixel values
-are the predicted class ids, and `<stem>_overlay.png`, the class colours blended over
-the image (--alpha, 0 to 1, their weight). An image with an EXIF orientation (phone
-photos) is turned upright first, as viewers show it, and both PNGs are upright. The
+For each image writes to --output_dir:
+  <stem>_label.png    a palette PNG of the predicted class ids, at the image's size (a
+                      viewer shows the class colours; reading it gives the ids back)
+  <stem>_overlay.png  the class colours blended over the image (--alpha, 0 to 1, their
+                      weight), each region outlined in its colour; ignored pixels and a
+                      background class (class 0 named 'background' or 'void') show the
+                      photo untouched
+  <stem>_panels.png   image | prediction | ground truth (with --masks), and a legend of
+                      the classes present
+The overlay and the panels are enlarged by a whole factor to at least 512 px on the long
+side (labels nearest, the photo bilinearly). With --masks=DIR, DIR/<stem>.png is each
+image's ground truth: a class-id PNG like a folder dataset's masks (e.g. --masks
+/data/mine/masks/val /data/mine/images/val). An image with an EXIF orientation (phone
+photos) is turned upright first, as viewers show it, and the PNGs are upright. The
 model is a training run's (`lapseg train --workdir W`), restored from its latest
 checkpoint or with --best from its best-mIoU one; its config is the run's own
 `<workdir>/config.json`, or --config for runs without one.
@@ -39,6 +49,8 @@ def _define(flag_values):
                         flag_values=flag_values)
     flags.DEFINE_float("alpha", 0.5, "Weight of the class colours in the overlay (0 to 1).",
                        flag_values=flag_values)
+    flags.DEFINE_string("masks", "", "Directory of ground-truth class-id PNGs <stem>.png: a "
+                        "third panel (default: none).", flag_values=flag_values)
 
 
 def image_paths(program, args) -> list[str]:
@@ -109,6 +121,33 @@ def check_output_dir(program, path) -> None:
                     "pass a writable directory")
 
 
+def _ground_truth(masks: str, stem: str, shape, info):
+    """int `[H, W]` class ids of `<masks>/<stem>.png`, or None without --masks; a
+    ValueError naming the file when it is missing, unreadable, not single-channel, of
+    another size than its image or holds a value that is neither a class id nor the
+    ignore label."""
+    if not masks:
+        return None
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    import PIL.Image  # pylint: disable=import-outside-toplevel
+
+    path = os.path.join(masks, f"{stem}.png")
+    try:
+        with PIL.Image.open(path) as mask:
+            values = np.asarray(mask).astype(np.int64)
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"--masks: cannot read the ground truth {path} ({err})") from err
+    if values.shape != tuple(shape):
+        raise ValueError(f"--masks: {path} is {values.shape} (H, W[, C]), its image "
+                         f"{tuple(shape)}; pass single-channel class-id PNGs of the images' size")
+    bad = (values < 0) | (values >= info.num_classes)
+    bad &= values != info.ignore_label
+    if bad.any():
+        raise ValueError(f"--masks: {path} holds value {values[bad][0]}, neither a class id "
+                         f"(0..{info.num_classes - 1}) nor the ignore label {info.ignore_label}")
+    return values
+
+
 def main(argv) -> int:
     program = argv[0]
     flag_values, paths = common.parse_run_flags(argv, __doc__, define=_define)
@@ -117,6 +156,9 @@ def main(argv) -> int:
     if not 0 <= flag_values.alpha <= 1:
         common.fail(program, f"--alpha must be in [0, 1], got {flag_values.alpha}",
                     "pass the overlay's colour weight, e.g. --alpha=0.5")
+    if flag_values.masks and not os.path.isdir(flag_values.masks):
+        common.fail(program, f"--masks {flag_values.masks} is not a directory",
+                    "pass the directory of the images' class-id PNGs <stem>.png")
     check_output_dir(program, flag_values.output_dir)
     common.quiet_logging()
     # pylint: disable=import-outside-toplevel  (JAX only once the flags are good)
@@ -140,23 +182,30 @@ def main(argv) -> int:
                     f"the model {info.num_classes}")
     output_dir = flag_values.output_dir
     os.makedirs(output_dir, exist_ok=True)
+    background = visualize.background_class(info.class_names)
     for stem, path in stems.items():
         try:
             image = images.read_rgb(path)  # upright as viewers show it (EXIF orientation)
-        except ValueError as err:  # unreadable, cut, corrupt, float
+            truth = _ground_truth(flag_values.masks, stem, image.shape[:2], info)
+        except ValueError as err:  # unreadable, cut, corrupt, float; a bad mask
             common.fail(program, str(err))
         pred = predictor(image)
-        label_path = os.path.join(output_dir, f"{stem}_label.png")
-        overlay_path = os.path.join(output_dir, f"{stem}_overlay.png")
+        written = [os.path.join(output_dir, f"{stem}_{kind}.png")
+                   for kind in ("label", "overlay", "panels")]
+        big_image, big_pred = visualize.enlarge(image, pred, scale=visualize.display_scale(
+            *pred.shape))
         try:
-            visualize.label_png(pred, palette, ignore_label=info.ignore_label).save(label_path)
+            visualize.label_png(pred, palette, ignore_label=info.ignore_label).save(written[0])
             PIL.Image.fromarray(visualize.overlay(
-                image, pred, palette, ignore_label=info.ignore_label, alpha=flag_values.alpha),
-            ).save(overlay_path)
+                big_image, big_pred, palette, ignore_label=info.ignore_label,
+                alpha=flag_values.alpha, background=background)).save(written[1])
+            PIL.Image.fromarray(visualize.side_by_side(
+                image, pred, palette, class_names=info.class_names,
+                ignore_label=info.ignore_label, ground_truth=truth)).save(written[2])
         except OSError as err:  # the disk filled up meanwhile
-            common.fail(program, f"cannot write {label_path} ({err.strerror or err})",
+            common.fail(program, f"cannot write {written[0]} ({err.strerror or err})",
                         "free disk space or pass another --output_dir")
-        print(f"{path}: {label_path}, {overlay_path}")
+        print(f"{path}: {', '.join(written)}")
     return 0
 
 

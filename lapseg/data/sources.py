@@ -10,8 +10,10 @@ and `train_aug`); `validation` is accepted for `val` everywhere, and tfds slices
 as `val[:50]` work too.
 """
 
+import contextlib
 import errno
 import io
+import logging
 
 import grain
 import numpy as np
@@ -181,8 +183,30 @@ def load_source(name: str, split: str, *, data_dir, source_dir=None, sbd_dir=Non
     source = _CheckedSource(builder.as_data_source(split=split, decoders=None if decode else skip),
                             builder.data_dir)
     if len(source):
-        source[0]  # pylint: disable=pointless-statement  (a cut file fails here, at the door)
+        with _without_opencv_hint():
+            source[0]  # pylint: disable=pointless-statement  (a cut file fails here, at the door)
     return grain.MapDataset.source(source).map(_squeeze_label if decode else _raw)
+
+
+class _OpenCVHint(logging.Filter):
+    """Drops tfds' "OpenCV is not installed ... Defaulting to PIL" (absl, once per process)."""
+
+    def filter(self, record):
+        return "OpenCV is not installed" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_opencv_hint():
+    """The first decode of a process, quiet: tfds then advises OpenCV once (`log_first_n`,
+    whose count runs out here whether or not the record is shown). lapseg decodes with
+    PIL, which tfds falls back to; the hint is no problem for the user to act on. The
+    filter is on the 'absl' logger only for this block."""
+    absl_logger, hint = logging.getLogger("absl"), _OpenCVHint()
+    absl_logger.addFilter(hint)
+    try:
+        yield
+    finally:
+        absl_logger.removeFilter(hint)
 
 
 def image_sizes(source) -> np.ndarray:

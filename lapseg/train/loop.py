@@ -321,6 +321,20 @@ def _fresh_state(run: _Run):
     return jax.jit(create, out_shardings=replicated)(variables)
 
 
+def _learning_rates(config):
+    """`step -> {'lr': the base rate of step `step` (1-based, as logged), 'lr_x<m>': m x it
+    for each multiplier m != 1 of config.optimizer.lr_multipliers}`: the rates of each
+    parameter group in that step (TensorBoard's `train/lr*`)."""
+    schedule = optim.learning_rate_schedule(config.optimizer, config.num_train_steps)
+    multipliers = sorted({m for _, m in optim.check_rules(config.optimizer.lr_multipliers)} - {1.0})
+
+    def rates(step):
+        base = float(schedule(step - 1))  # the rate of the step just taken (count step - 1)
+        return {"lr": base, **{f"lr_x{m:g}": m * base for m in multipliers}}
+
+    return rates
+
+
 class _Trainer:
     """The training loop of one run: step, log, evaluate (and keep `best/`), checkpoint."""
 
@@ -337,6 +351,7 @@ class _Trainer:
         self.writer = log_lib.MetricWriter(run.workdir, enabled=run.is_main)
         self.progress = log_lib.Progress(config.num_train_steps, config.data.batch_size,
                                          enabled=run.is_main)
+        self.learning_rates = _learning_rates(config)
         self.guard = FiniteGuard(config.nonfinite)
         self.input_wait = log_lib.InputWait()  # device idle for want of a batch, per interval
         self.best_miou = _read_best(run.workdir)
@@ -348,6 +363,8 @@ class _Trainer:
         config = self.run.config
         total, rng = config.num_train_steps, jax.random.key(config.seed + 1)
         step, in_flight = int(state.step), None  # in_flight: the last step's loss, on device
+        first = step + 1
+        self.progress.begin(step)
         while step < total:
             batch, waited = self.train_iter.get(
                 lambda: in_flight is not None and not in_flight.is_ready())
@@ -358,6 +375,8 @@ class _Trainer:
             self.guard.record(step, metrics)
             if step % config.log_every_steps == 0 or step == total:
                 self._log(step, metrics)
+            elif step == first:  # on screen once compiled, not only at the first log step
+                self.progress.update(step, float(metrics["loss"]), 0.0)
             if self.eval_batches is not None and (step % config.eval_every_steps == 0
                                                   or step == total):
                 self._evaluate_and_keep_best(step, state)
@@ -387,6 +406,7 @@ class _Trainer:
         if self.run.config.nonfinite == "skip":
             metrics["skipped_steps"] = self.guard.skipped
         metrics["input_wait_fraction"] = self.input_wait.interval()
+        metrics.update(self.learning_rates(step))
         self.writer.write(step, "train", metrics)
         self.progress.update(step, float(metrics["loss"]), metrics["input_wait_fraction"])
 
@@ -396,8 +416,10 @@ class _Trainer:
         if not result["class_pixels"].sum() and self.run.is_main:
             log.warning("step %d: nothing was scored, every label pixel of the %s split is the "
                         "ignore label (%d)", step, self.run.eval_split, self.run.info.ignore_label)
-        self.writer.write(step, "eval", {"miou": result["miou"],
-                                         "pixel_accuracy": result["pixel_accuracy"]})
+        self.writer.write(step, "eval", {
+            "miou": result["miou"], "pixel_accuracy": result["pixel_accuracy"],
+            **{f"iou/{name}": iou for name, iou in zip(self.run.info.class_names,
+                                                        result["per_class_iou"])}})
         if result["miou"] > self.best_miou:
             self.best_miou = result["miou"]
             self._save_config()

@@ -54,6 +54,7 @@ With 'all', lapseg's scalars are decayed towards 0 in their own parametrisation:
 import fnmatch
 
 import jax
+import ml_collections
 import optax
 
 from lapseg.ops import tree as tree_lib
@@ -132,24 +133,47 @@ def weight_decay_mask(params, mode: str = "kernels"):
     return jax.tree.map(lambda p: mode == "all" or p.ndim > 1, params)
 
 
+# `make_optimizer`'s fields and their defaults where a config leaves them out (the training
+# config's `optimizer` section sets every one; lapseg/train/config.py).
+OPTIMIZER_DEFAULTS = {"momentum": 0.9, "nesterov": False, "weight_decay": 0.0, "warmup_steps": 0,
+                      "lr_power": 0.9, "lr_multipliers": (), "weight_decay_mask": "kernels"}
+
+
 def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
-    """SGD-momentum with L2 weight decay and per-group learning rates.
+    """SGD-momentum with L2 weight decay, poly learning rate and per-group learning rates.
 
     Weight decay is added to the gradient before momentum (as torch.optim.SGD does), masked
-    by `config.weight_decay_mask` ('kernels', the default, or 'all'; `weight_decay_mask`);
-    a group's multiplier scales its learning rate (so its decay step too, as in Caffe's
+    by `weight_decay_mask` ('kernels', the default, or 'all'; `weight_decay_mask`); a
+    group's multiplier scales its learning rate (so its decay step too, as in Caffe's
     `lr_mult` and PyTorch's per-group `lr`).
+
+    Args:
+      config: the training config's `optimizer` section, or any mapping with
+        `learning_rate` and optionally the fields of `OPTIMIZER_DEFAULTS` (momentum 0.9,
+        no weight decay, no warm-up, poly power 0.9, no multipliers). LRR, for one, needs
+        its coefficient convs slower than the rest:
+
+            tx = make_optimizer({"learning_rate": 0.1,
+                                 "lr_multipliers": recipes.lrr_multipliers((0.1,) * 4)}, 6500)
+      total_steps: where the poly schedule reaches 0.
+
+    Returns:
+      An optax transformation over the model's params.
     """
+    if "learning_rate" not in config:
+        raise ValueError("make_optimizer: the config has no learning_rate; it needs one (and "
+                         f"optionally {sorted(OPTIMIZER_DEFAULTS)})")
+    config = ml_collections.ConfigDict({**OPTIMIZER_DEFAULTS, **dict(config)})
     schedule = learning_rate_schedule(config, total_steps)
-    rules = check_rules(config.get("lr_multipliers", ()))
-    mode = check_weight_decay_mask(config.get("weight_decay_mask", "kernels"))
+    rules = check_rules(config.lr_multipliers)
+    mode = check_weight_decay_mask(config.weight_decay_mask)
 
     def sgd(multiplier):
         return optax.chain(
             optax.add_decayed_weights(config.weight_decay,
                                       mask=lambda params: weight_decay_mask(params, mode)),
             optax.sgd(lambda step: multiplier * schedule(step), momentum=config.momentum,
-                      nesterov=config.get("nesterov", False)),
+                      nesterov=config.nesterov),
         )
 
     multipliers = sorted({1.0, *(m for _, m in rules)})

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import tensorboardX
+import tqdm
 
 
 class MetricWriter:
@@ -67,38 +68,59 @@ class InputWait:
 
 
 class Progress:
-    """A one-line progress report: step, step/s, images/s, loss, and the input-wait
-    fraction of the interval (`InputWait`)."""
+    """Training progress: step, ETA, step/s, images/s, loss and the input-wait fraction of
+    the interval (`InputWait`), from the first step on.
+
+    On a terminal a tqdm bar (redrawn in place; its ETA from tqdm's smoothed rate); on
+    anything else (a log file, CI) one plain line per update with the same fields and an
+    ETA from the last interval's rate, so logs get no escape codes. The first update (the
+    loop's first step, compilation included) shows the step and loss; rates start from it.
+    """
 
     def __init__(self, total_steps, batch_size, *, enabled=True, stream=sys.stderr):
         self.total_steps = total_steps
         self.batch_size = batch_size
         self.enabled = enabled
         self.stream = stream
-        self._last_time = time.perf_counter()
+        self._start = self._last_time = time.perf_counter()
         self._last_step = None
-        self._tty = stream.isatty()
+        self._tty = enabled and stream.isatty()
+        self._bar = None
+
+    def begin(self, step):
+        """The run starts (or resumes) at `step`: the bar starts there, and the clock."""
+        self._start = self._last_time = time.perf_counter()
+        self._last_step = None
+        if self._tty and self._bar is None:
+            self._bar = tqdm.tqdm(total=self.total_steps, initial=step, unit="step",
+                                  file=self.stream, dynamic_ncols=True, smoothing=0.3)
 
     def update(self, step, loss, wait_fraction):
         now = time.perf_counter()
-        if self._last_step is None:
-            self._last_step, self._last_time = step, now
-            return
-        rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+        first = self._last_step is None
+        rate = None if first else (step - self._last_step) / max(now - self._last_time, 1e-9)
         self._last_step, self._last_time = step, now
         if not self.enabled:
             return
-        width = 24
-        done = int(width * step / max(self.total_steps, 1))
-        line = (f"[{'#' * done}{'.' * (width - done)}] {step}/{self.total_steps} "
-                f"{rate:.2f} step/s {rate * self.batch_size:.1f} img/s loss {loss:.4f} "
-                f"input-wait {100 * wait_fraction:.0f}%")
-        self.stream.write(("\r" + line) if self._tty else (line + "\n"))
+        fields = f"loss {loss:.4f}"
+        if rate is not None:
+            fields = (f"{rate * self.batch_size:.1f} img/s {fields} "
+                      f"input-wait {100 * wait_fraction:.0f}%")
+        if self._bar is not None:
+            self._bar.set_postfix_str(fields, refresh=False)
+            self._bar.update(step - self._bar.n)
+            return
+        if first:
+            timing = f"first step (compilation included) {now - self._start:.1f} s"
+        else:
+            eta = tqdm.tqdm.format_interval((self.total_steps - step) / max(rate, 1e-9))
+            timing = f"{rate:.2f} step/s ETA {eta}"
+        self.stream.write(f"step {step}/{self.total_steps} {timing} {fields}\n")
         self.stream.flush()
 
     def close(self):
-        if self.enabled and self._tty:
-            self.stream.write("\n")
+        if self._bar is not None:
+            self._bar.close()
 
 
 def summary_table(result, class_names):

@@ -3,6 +3,7 @@ once; a directory or pattern that matches nothing is a one-line error naming it.
 are read upright (EXIF orientation)."""
 
 import os
+import re
 import types
 
 import numpy as np
@@ -89,7 +90,7 @@ def test_an_exif_rotated_photo_is_predicted_and_written_upright(tmp_path, monkey
         given.append(image)
         return (image[..., 0] > 128).astype(np.int32)
 
-    info = types.SimpleNamespace(num_classes=2, ignore_label=255,
+    info = types.SimpleNamespace(num_classes=2, ignore_label=255, class_names=("bg", "fg"),
                                  palette=np.array([[0, 0, 0], [0, 255, 0], [255, 255, 255]],
                                                   np.uint8))
     monkeypatch.setattr(common, "restore_predictor", lambda *args, **kwargs: (predictor, info, 1))
@@ -102,4 +103,64 @@ def test_an_exif_rotated_photo_is_predicted_and_written_upright(tmp_path, monkey
     with PIL.Image.open(tmp_path / "out" / "phone_label.png") as png:
         np.testing.assert_array_equal(np.asarray(png), upright[..., 0] > 128)
     with PIL.Image.open(tmp_path / "out" / "phone_overlay.png") as png:
-        assert png.size == (32, 48)
+        assert png.size == (32 * 11, 48 * 11)  # upright, enlarged to a long side >= 512
+
+
+def _fake_run(monkeypatch, tmp_path):
+    """A work dir whose 'model' labels class 1 where the red channel is over 128 (shapes'
+    palette and class names, class 0 'background'), without restoring anything."""
+    from lapseg import data  # pylint: disable=import-outside-toplevel
+
+    info = data.dataset_info("shapes")
+    monkeypatch.setattr(common, "restore_predictor", lambda *args, **kwargs: (
+        lambda image: (image[..., 0] > 128).astype(np.int32), info, 1))
+    config_lib.save(config_lib.base_config(), tmp_path / "w")
+    return info
+
+
+def test_masks_add_a_ground_truth_panel(tmp_path, monkeypatch):
+    from lapseg import visualize  # pylint: disable=import-outside-toplevel
+
+    info = _fake_run(monkeypatch, tmp_path)
+    image = np.zeros((30, 40, 3), np.uint8)
+    image[5:20, 5:25, 0] = 255
+    PIL.Image.fromarray(image).save(tmp_path / "im.png")
+    truth = np.zeros((30, 40), np.uint8)
+    truth[6:22, 5:25], truth[:2] = 2, 255
+    (tmp_path / "masks").mkdir()
+    PIL.Image.fromarray(truth).save(tmp_path / "masks" / "im.png")
+    assert run("predict", "--workdir", tmp_path / "w", f"--output_dir={tmp_path / 'out'}",
+               f"--masks={tmp_path / 'masks'}", tmp_path / "im.png") == 0
+    pred = (image[..., 0] > 128).astype(np.int32)
+    with PIL.Image.open(tmp_path / "out" / "im_panels.png") as png:
+        panels = np.asarray(png)
+    np.testing.assert_array_equal(panels, visualize.side_by_side(
+        image, pred, info.palette, class_names=info.class_names, ignore_label=255,
+        ground_truth=truth.astype(np.int64)))
+    without = visualize.side_by_side(image, pred, info.palette, class_names=info.class_names,
+                                     ignore_label=255)
+    assert panels.shape[1] > without.shape[1] and max(panels.shape[:2]) >= 512
+    with PIL.Image.open(tmp_path / "out" / "im_overlay.png") as png:
+        overlay = np.asarray(png)
+    big_image, big_pred = visualize.enlarge(image, pred, scale=13)  # 40 * 13 >= 512
+    assert overlay.shape == big_image.shape
+    np.testing.assert_array_equal(overlay[big_pred == 0], big_image[big_pred == 0])
+
+
+@pytest.mark.parametrize("mask, message", [
+    (None, "--masks: cannot read the ground truth .*im.png"),
+    (np.zeros((5, 5), np.uint8), r"--masks: .*im.png is \(5, 5\) .*its image \(30, 40\)"),
+    (np.full((30, 40), 9, np.uint8), r"--masks: .*im.png holds value 9, neither a class id"),
+])
+def test_bad_masks_are_one_line_errors(tmp_path, monkeypatch, mask, message):
+    _fake_run(monkeypatch, tmp_path)
+    PIL.Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "im.png")
+    (tmp_path / "masks").mkdir()
+    if mask is not None:
+        PIL.Image.fromarray(mask).save(tmp_path / "masks" / "im.png")
+    got = run("predict", "--workdir", tmp_path / "w", f"--output_dir={tmp_path / 'out'}",
+              f"--masks={tmp_path / 'masks'}", tmp_path / "im.png")
+    assert isinstance(got, str) and "\n" not in got and re.search(message, got), got
+    got = run("predict", "--workdir", tmp_path / "w", f"--masks={tmp_path / 'nowhere'}",
+              tmp_path / "im.png")
+    assert isinstance(got, str) and "is not a directory" in got, got

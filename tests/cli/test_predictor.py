@@ -59,11 +59,19 @@ def test_from_workdir_gives_the_labels_of_predict(tiny_workdir, tmp_path):
     assert out["probabilities"].shape == (70, 100, 5) and out["probabilities"].dtype == np.float32
     np.testing.assert_allclose(out["probabilities"].sum(-1), 1.0, atol=1e-5)
     np.testing.assert_array_equal(out["probabilities"].argmax(-1), want)
-    np.testing.assert_array_equal(out["overlay"], want_overlay)  # predict's --alpha=0.5
+    info = predictor.info
+    scale = visualize.display_scale(70, 100)  # predict's overlay: enlarged, the same colours
+    np.testing.assert_array_equal(want_overlay, visualize.overlay(
+        *visualize.enlarge(image, want, scale=scale), info.palette,
+        ignore_label=info.ignore_label, background=0))
+    np.testing.assert_array_equal(out["overlay"], visualize.overlay(
+        image, want, info.palette, ignore_label=info.ignore_label, background=0))
     only = predictor(image, overlay=True, alpha=1.0)
     assert sorted(only) == ["labels", "overlay"]
-    np.testing.assert_array_equal(only["overlay"], visualize.colorize(
-        want, predictor.info.palette, ignore_label=predictor.info.ignore_label))
+    colors = visualize.colorize(want, info.palette, ignore_label=info.ignore_label)
+    background = want == 0  # shapes' class 0 is 'background': the photo shows through
+    np.testing.assert_array_equal(only["overlay"][background], image[background])
+    np.testing.assert_array_equal(only["overlay"][~background], colors[~background])
 
 
 def test_from_workdir_best_and_options(tiny_workdir):

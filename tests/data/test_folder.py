@@ -265,3 +265,25 @@ def test_camvid_as_a_folder_trains_and_evaluates(camvid_dir, tmp_path, monkeypat
     PIL.Image.fromarray(label).save(bad)
     message = helpers.run("eval", "--workdir", workdir)
     assert f"mask {bad} holds value 12" in message and "\n" not in message
+
+
+def test_reading_does_not_advise_opencv(source_dir, tmp_path):
+    """tfds logs once per process (absl) that OpenCV would decode faster; lapseg decodes
+    with PIL on purpose, so a fresh process reading a source prints no such hint."""
+    import subprocess  # pylint: disable=import-outside-toplevel
+    import sys  # pylint: disable=import-outside-toplevel
+
+    script = (
+        "import logging, sys\n"
+        "from absl import logging as absl_logging\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        "absl_logging.set_verbosity(absl_logging.INFO)\n"
+        "from lapseg import data\n"
+        f"source = data.load_source('folder', 'train', data_dir={str(tmp_path / 'tfds')!r}, "
+        f"source_dir={str(source_dir)!r})\n"
+        "print(source[1]['image'].shape)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300, cwd=os.getcwd(), check=True)
+    assert "(24, 32, 3)" in out.stdout
+    assert "OpenCV" not in out.stdout + out.stderr

@@ -119,3 +119,24 @@ def test_weight_decay_mask_modes_and_bad_mode():
         "lr_power": 0.0, "lr_multipliers": (), "weight_decay_mask": "bn"})
     with pytest.raises(ValueError, match="weight_decay_mask = 'bn'"):
         optim.make_optimizer(config, total_steps=10)
+
+
+def test_a_plain_dict_with_defaults_equals_the_full_config():
+    """Library use: a dict with just a rate (and LRR's multipliers) gives the optimiser the
+    training config builds from every field at the documented defaults."""
+    from lapseg.train import recipes  # pylint: disable=import-outside-toplevel
+
+    rules = recipes.lrr_multipliers((0.1,) * 4)
+    short = optim.make_optimizer({"learning_rate": 0.2, "lr_multipliers": rules}, 10)
+    full = optim.make_optimizer(ml_collections.ConfigDict(
+        {**optim.OPTIMIZER_DEFAULTS, "learning_rate": 0.2, "lr_multipliers": rules}), 10)
+    params = {"coefficients_res5": PARAMS["coefficients_res5"], "backbone": PARAMS["backbone"]}
+    grads = jax.tree.map(jnp.ones_like, params)
+    got, _ = short.update(grads, short.init(params), params)
+    want, _ = full.update(grads, full.init(params), params)
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+    # The coefficient convs at 0.1x, their biases at 0.2x (lrr_multipliers' bias rule).
+    ratio = got["coefficients_res5"]["conv"]["kernel"] / got["backbone"]["conv"]["kernel"].mean()
+    np.testing.assert_allclose(ratio, 0.1, rtol=1e-6)
+    with pytest.raises(ValueError, match="no learning_rate"):
+        optim.make_optimizer({"momentum": 0.9}, 10)
