@@ -4,6 +4,7 @@
                                   [--batch 2] [--size 256] [--threads N]
                                   [--torch-format channels_last|nchw|both] [--ablate]
     python -m benchmarks.vs_torch --profile pspnet      # per-op times of both sides
+    python -m benchmarks.vs_torch --infer-scaling [--rounds 3]  # inference against image size
 
 For each model, in interleaved rounds (every round runs every model, mode and side once,
 after two warm-up calls each, the first of which compiles), the median seconds of:
@@ -57,6 +58,18 @@ cores (its steps take up to 10x longer on a loaded 2-core machine), so under loa
 ratios flatter lapseg; `--threads 1` (one thread each side) is much less sensitive to it.
 torch is imported only here and only when installed (else a one-line exit); torchvision
 is not needed.
+
+`--infer-scaling` prints instead how inference time grows with the image size and batch:
+lapseg / torch (the median over interleaved rounds of the rounds' time ratios, above 1:
+lapseg faster) of the eval-mode forward for ResNet-50 OS 8, PSPNet-R50, LRR-R50 (res5 to
+res2, 10 cosine bases per class; its PyTorch twin reconstructs by grouped transposed
+convolutions) and ICNet, one column per cell of `SCALING_CELLS`: 256, 512 and 1024 square
+(and 1024x2048 for ICNet) at batch 1, and batch 1, 2 and 4 at 512. lapseg's model is
+folded (`lapseg.infer.fold_batch_norm`, what `lapseg predict` and `lapseg export` run);
+PyTorch's is eager with its BatchNorms. Each cell is compiled, warmed and timed on its own
+(every model of the cell once per round), so that one cell's memory is freed before the
+next. `--scaling-cells HxWxN,...` and `--scaling-models` pick other cells and models (a
+smoke test: `--scaling-cells 64x64x1 --scaling-models lrr --rounds 1`).
 """
 
 import argparse
@@ -72,7 +85,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lapseg import backbones, losses, models
+from lapseg import backbones, infer, losses, models
 from lapseg.layers import conv as conv_lib
 from lapseg.train import recipes
 from lapseg.train import state as state_lib
@@ -81,6 +94,12 @@ from lapseg.train import step as step_lib
 NUM_CLASSES = 21
 IGNORE_LABEL = 255
 MODELS = ("resnet50_os8", "pspnet", "fcn8s", "icnet")
+# --infer-scaling: its models, and its cells `(height, width, batch)`, one column each
+# (ICNet alone runs 1024x2048: its paper's Cityscapes size).
+SCALING_MODELS = ("resnet50_os8", "pspnet", "lrr", "icnet")
+SCALING_CELLS = ((256, 256, 1), (512, 512, 1), (1024, 1024, 1), (1024, 2048, 1),
+                 (512, 512, 2), (512, 512, 4))
+ICNET_ONLY_CELLS = ((1024, 2048, 1),)
 LOSS_WEIGHTS = {
     "pspnet": {"logits": 1.0, "aux": 0.4},
     "fcn8s": {"logits": 1.0},
@@ -97,7 +116,9 @@ def lapseg_model(name):
         return models.create_model("fcn8s", num_classes=NUM_CLASSES, backbone="resnet18")
     if name == "icnet":
         return models.create_model("icnet", num_classes=NUM_CLASSES, **recipes.ICNET50)
-    raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
+    if name == "lrr":
+        return models.create_model("lrr", num_classes=NUM_CLASSES, backbone="resnet50")
+    raise ValueError(f"unknown model {name!r}; choose from {MODELS + SCALING_MODELS}")
 
 
 # ----------------------------------------------------------------------------- lapseg side
@@ -389,7 +410,51 @@ def torch_modules(torch):
                 outputs.update(aux_sub4=aux_sub4, aux_sub24=aux_sub24, coarse_logits=coarse)
             return outputs
 
-    return {"resnet50_os8": Backbone, "pspnet": PSPNet, "fcn8s": FCN, "icnet": ICNet}
+    class LRR(tnn.Module):
+        """lapseg's LRR: per level a coefficient conv (K * C channels, channel c*K + k) and the
+        reconstruction as a grouped transposed conv (`lapseg.ops.basis.reconstruct`'s
+        equivalent); coarser levels upsampled x2 bilinearly (kernel 4, stride 2, pad 1)
+        and refined through the boundary mask of their softmax."""
+
+        def __init__(self, spec):
+            super().__init__()
+            self.backbone = ResNet(spec.backbone)
+            info = spec.backbone.feature_info()
+            classes, bases, factor = spec.num_classes, spec.num_bases, spec.upsample
+            kernel = spec.coefficient_kernel
+            self.names = tuple(spec.features)
+            self.coefficients = tnn.ModuleList(
+                tnn.Conv2d(info[n].channels, bases * classes, kernel, padding=kernel // 2)
+                for n in self.names)
+            self.reconstruct = tnn.ConvTranspose2d(bases * classes, classes, 2 * factor, factor,
+                                                   factor // 2, groups=classes, bias=False)
+            self.up2 = tnn.ConvTranspose2d(classes, classes, 4, 2, 1, groups=classes, bias=False)
+            for fixed in (self.reconstruct, self.up2):  # lapseg's bases are constants
+                fixed.weight.requires_grad_(False)
+            self.mask_size = spec.mask_size or 2 * factor + 1
+            self.factor = info[self.names[-1]].stride // factor
+
+        def forward(self, images):
+            features = self.backbone(images)
+            prediction, size = None, self.mask_size
+            for name, conv in zip(self.names, self.coefficients):
+                reconstruction = self.reconstruct(conv(features[name]))
+                if prediction is None:
+                    prediction = reconstruction
+                    continue
+                coarse = self.up2(prediction)[:, :, :reconstruction.shape[2],
+                                              :reconstruction.shape[3]]
+                probs = F.softmax(coarse, 1)
+                mask = (F.max_pool2d(probs, size, 1, size // 2)
+                        + F.max_pool2d(-probs, size, 1, size // 2))
+                prediction = coarse + mask * reconstruction
+            if self.factor > 1:
+                prediction = F.interpolate(prediction, scale_factor=self.factor,
+                                           mode="bilinear", align_corners=False)
+            return {"logits": prediction[:, :, :images.shape[2], :images.shape[3]]}
+
+    return {"resnet50_os8": Backbone, "pspnet": PSPNet, "fcn8s": FCN, "icnet": ICNet,
+            "lrr": LRR}
 
 
 def torch_steps(torch, modules, name, spec, images, labels, memory_format):
@@ -576,6 +641,90 @@ def profile(name, torch, modules, images, labels, steps=2, top=15):
 # ------------------------------------------------------------------------------------ main
 
 
+# ------------------------------------------------------------------ --infer-scaling
+
+
+def parse_cells(text):
+    """`'256x256x1,512x512x2'` -> `((256, 256, 1), (512, 512, 2))`; a ValueError otherwise."""
+    cells = []
+    for item in text.split(","):
+        try:
+            height, width, batch = (int(v) for v in item.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"--scaling-cells takes HxWxN,..., got {item!r}") from None
+        if min(height, width, batch) < 1:
+            raise ValueError(f"--scaling-cells: sizes and batch must be positive, got {item!r}")
+        cells.append((height, width, batch))
+    return tuple(cells)
+
+
+def lapseg_folded_infer(name, model, images):
+    """A zero-argument callable running lapseg's folded eval-mode forward on `images` once
+    (jitted, blocking), and the shape of what it returns ('res5' for the backbone)."""
+    variables = state_lib.init_variables(model, jax.random.key(0), images.shape)
+    folded_model, folded = infer.fold_batch_norm(model, variables, image_shape=images.shape)
+    key = "res5" if name == "resnet50_os8" else "logits"
+    forward = jax.jit(lambda v, x: folded_model.apply(v, x, train=False)[key])
+    x = jnp.asarray(images)
+
+    def run():
+        jax.block_until_ready(forward(folded, x))
+
+    return run, jax.eval_shape(forward, folded, x).shape
+
+
+def infer_scaling(args, torch, modules):
+    """Prints lapseg / torch of the eval-mode forward for each model and cell (see the
+    module docstring): per cell, every model of both sides compiled and warm, then
+    `args.rounds` interleaved rounds."""
+    cells = parse_cells(args.scaling_cells) if args.scaling_cells else SCALING_CELLS
+    names = args.scaling_models
+    rng = np.random.default_rng(0)
+    ratios, medians = {}, {}
+    for height, width, batch in cells:
+        images = rng.standard_normal((batch, height, width, 3)).astype(np.float32)
+        labels = np.zeros((batch, height, width), np.int32)
+        runs = {}
+        for name in names:
+            if (height, width, batch) in ICNET_ONLY_CELLS and name != "icnet":
+                continue
+            model = lapseg_model(name)
+            ours, shape = lapseg_folded_infer(name, model, images)
+            theirs = torch_steps(torch, modules, name, model, images, labels,
+                                 args.torch_format if args.torch_format != "both"
+                                 else "channels_last")[1]
+            runs[name] = (compiled_now(ours), compiled_now(theirs))
+            print(f"{height}x{width} batch {batch}: {name} compiled and warm (lapseg out "
+                  f"{shape})", flush=True)
+        times = {name: ([], []) for name in runs}
+        for _ in range(args.rounds):
+            for name, fns in runs.items():
+                for side, fn in enumerate(fns):
+                    start = time.perf_counter()
+                    fn()
+                    times[name][side].append(time.perf_counter() - start)
+        for name, (ours, theirs) in times.items():
+            cell = (name, height, width, batch)
+            ratios[cell] = statistics.median(t / o for o, t in zip(ours, theirs))
+            medians[cell] = (statistics.median(ours), statistics.median(theirs))
+        print(f"{height}x{width} batch {batch}: {args.rounds} rounds done", flush=True)
+
+    columns = [f"{h}x{w} b{n}" for h, w, n in cells]
+    print(f"\nlapseg (BatchNorm folded) / torch eager ({args.torch_format}), inference, f32, "
+          f"median of {args.rounds} interleaved rounds' time ratios (above 1: lapseg "
+          f"faster); {jax.devices()[0].platform} x {len(os.sched_getaffinity(0))} threads, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    for title, cell_text in (
+            ("lapseg / torch", lambda c: f"{ratios[c]:.2f}"),
+            ("median ms, lapseg / torch", lambda c: f"{1e3 * medians[c][0]:.0f} / "
+                                                    f"{1e3 * medians[c][1]:.0f}")):
+        print(f"\n{title}\n| model | " + " | ".join(columns) + " |")
+        print("|---|" + "---:|" * len(columns))
+        for name in names:
+            row = [cell_text((name, *c)) if (name, *c) in ratios else "-" for c in cells]
+            print(f"| {name} | " + " | ".join(row) + " |")
+
+
 def _import_torch():
     try:
         import torch  # pylint: disable=import-outside-toplevel
@@ -602,7 +751,20 @@ def main():
     parser.add_argument("--ablate", action="store_true",
                         help="add lapseg-only rows without some fast paths of "
                         "lapseg.layers.conv (for every model timed)")
+    parser.add_argument("--infer-scaling", action="store_true",
+                        help="instead of the table: lapseg (folded) / torch inference for "
+                        "each image size and batch of --scaling-cells")
+    parser.add_argument("--scaling-models", nargs="*", default=list(SCALING_MODELS),
+                        choices=tuple(dict.fromkeys(SCALING_MODELS + MODELS)))
+    parser.add_argument("--scaling-cells", default="",
+                        help="HxWxN,... (default: 256, 512, 1024 square and 1024x2048 "
+                        "(ICNet) at batch 1, batch 2 and 4 at 512)")
     args = parser.parse_args()
+    if args.scaling_cells:
+        try:
+            parse_cells(args.scaling_cells)
+        except ValueError as err:
+            parser.error(str(err))
 
     if args.threads:  # before JAX's CPU client exists: it sizes its thread pool from this
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.threads])
@@ -620,6 +782,9 @@ def main():
     modules = torch_modules(torch)
     if args.profile:
         profile(args.profile, torch, modules, images, labels)
+        return
+    if args.infer_scaling:
+        infer_scaling(args, torch, modules)
         return
     formats = ("channels_last", "nchw") if args.torch_format == "both" else (args.torch_format,)
     torch_sides = [f"torch {f}" for f in formats]

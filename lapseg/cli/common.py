@@ -280,6 +280,14 @@ def define_inference_flags(flag_values) -> None:
     flags.DEFINE_integer("bucket", 0, "Pad images to multiples of this: one compilation "
                          "per padded size (0: the training loop's evaluation sizes, multiples "
                          "of 32 up to 512, coarser above).", flag_values=flag_values)
+    define_fold_bn(flag_values)
+
+
+def define_fold_bn(flag_values) -> None:
+    """`--fold_bn` (default true) of the inference commands (`eval`, `predict`, `export`)."""
+    flags.DEFINE_bool("fold_bn", True, "Fold every BatchNorm into the conv before it (the same "
+                      "outputs to float rounding, faster); --fold_bn=false runs the model as "
+                      "trained.", flag_values=flag_values)
 
 
 def parse_run_flags(argv, doc: str, *, define=None):
@@ -326,9 +334,9 @@ def inference_options(program: str, flag_values) -> dict:
             "scales": scales, "flip": flag_values.flip, "bucket": flag_values.bucket}
 
 
-def restore_model(program: str, config, workdir: str, *, best: bool):
+def restore_model(program: str, config, workdir: str, *, best: bool, fold_bn: bool = False):
     """`lapseg.infer.restore_model`'s `(model, variables, DatasetInfo, step)` of `workdir`'s
-    latest (or best) checkpoint.
+    latest (or best) checkpoint, with `fold_bn` its BatchNorms folded into the convs.
 
     A work dir without such a checkpoint, or one of another model, is a one-line exit.
     """
@@ -342,7 +350,8 @@ def restore_model(program: str, config, workdir: str, *, best: bool):
     from lapseg.train import checkpoint as checkpoint_lib
 
     try:
-        model, variables, info, step = infer.restore_model(config, workdir, best=best)
+        model, variables, info, step = infer.restore_model(config, workdir, best=best,
+                                                           fold_bn=fold_bn)
     except checkpoint_lib.CheckpointError as err:
         fail(program, str(err), f"train first (lapseg train --workdir {workdir})"
              if str(err).startswith("no checkpoint") else
@@ -353,12 +362,14 @@ def restore_model(program: str, config, workdir: str, *, best: bool):
     return model, variables, info, step
 
 
-def restore_predictor(program: str, config, workdir: str, options: dict, *, best: bool):
+def restore_predictor(program: str, config, workdir: str, options: dict, *, best: bool,
+                      fold_bn: bool = False):
     """`(Predictor, DatasetInfo, step)` of `workdir`'s latest (or best) checkpoint
-    (`restore_model`'s one-line exits)."""
+    (`restore_model`'s one-line exits), with `fold_bn` its BatchNorms folded."""
     from lapseg import infer  # pylint: disable=import-outside-toplevel
 
-    model, variables, info, step = restore_model(program, config, workdir, best=best)
+    model, variables, info, step = restore_model(program, config, workdir, best=best,
+                                                 fold_bn=fold_bn)
     predictor = infer.Predictor(model, variables, normalization=config.data.normalize,
                                 **options)
     return predictor, info, step

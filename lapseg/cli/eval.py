@@ -13,10 +13,11 @@ refinement buys), and writes them to `<workdir>/eval_<split>.json`:
 
 The model's config is the run's own `<workdir>/config.json` (written by `lapseg train`);
 --config replaces it, for runs without one. `--config.field=value` overrides either.
-Inference flags (--scales, --flip, --tile_size, --tile_overlap, --bucket) are those of
-`lapseg predict`; with the default --bucket=0 images are padded as the training loop's
-evaluation pads them, so the mIoU is the one the loop reported for that checkpoint, and the
-labels are those `lapseg predict` writes.
+Inference flags (--scales, --flip, --tile_size, --tile_overlap, --bucket, --fold_bn) are
+those of `lapseg predict`; with the default --bucket=0 images are padded as the training
+loop's evaluation pads them, so the mIoU is the one the loop reported for that checkpoint
+(to float rounding: BatchNorm is folded unless --fold_bn=false), and the labels are those
+`lapseg predict` writes.
 """
 
 import contextlib
@@ -91,7 +92,8 @@ def main(argv) -> int:
     from lapseg.train import reporting as log_lib
 
     predictor, info, step = common.restore_predictor(program, config, workdir, options,
-                                                     best=flag_values.best)
+                                                     best=flag_values.best,
+                                                     fold_bn=flag_values.fold_bn)
     try:
         source = data.load_source(config.data.dataset, split, **data.location(config.data))
     except (ValueError, OSError) as err:  # a missing split, or data that does not build

@@ -16,8 +16,11 @@ the summary line: `lapseg.ops.normalize(images, convention)`). The labels are th
 --size fixes H and W: by default the dataset's image size (shapes: 96,96; CamVid:
 360,480), else the training crop (`config.data.crop_size`); a dataset of varying sizes
 (`folder`) without a crop size needs --size. --platforms: lowered for each of them
-(default cpu,cuda,tpu). The file is written atomically; one summary line is printed
-(path, input and output shapes, size in MB). The config is the run's own
+(default cpu,cuda,tpu). Every BatchNorm is folded into its conv, so the artifact holds
+the folded weights and no BatchNorm statistics (`lapseg.infer.fold_batch_norm`; the same
+logits to float rounding); --fold_bn=false exports the model as trained. The file is
+written atomically; one summary line is printed (path, input and output shapes, size in
+MB). The config is the run's own
 `<workdir>/config.json`, or --config for runs without one.
 """
 
@@ -40,6 +43,7 @@ def _define(flag_values):
     flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"],
                       f"Platforms to lower for, of {', '.join(PLATFORMS)}.",
                       flag_values=flag_values)
+    common.define_fold_bn(flag_values)
 
 
 def parse_size(program: str, values) -> tuple[int, int] | None:
@@ -84,7 +88,8 @@ def main(argv) -> int:
 
     config, workdir = flag_values.config, flag_values.workdir
     model, variables, info, step = common.restore_model(program, config, workdir,
-                                                        best=flag_values.best)
+                                                        best=flag_values.best,
+                                                        fold_bn=flag_values.fold_bn)
     size = size or default_size(config, info)
     if size is None:
         common.fail(program, f"dataset {info.name!r} has no fixed image size and the config no "

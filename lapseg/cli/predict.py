@@ -28,6 +28,8 @@ Inference flags, shared with `lapseg eval`:
   --tile_size=512,512           sliding window (overlap --tile_overlap, default 1/3)
   --bucket=0                    pad images as the training loop's evaluation (the default;
                                 N: to multiples of N): one compile per padded size
+  --fold_bn=false               run the model as trained; by default every BatchNorm is
+                                folded into its conv (same labels, faster)
 """
 
 import glob
@@ -169,7 +171,8 @@ def main(argv) -> int:
 
     predictor, info, _ = common.restore_predictor(program, flag_values.config,
                                                   flag_values.workdir, options,
-                                                  best=flag_values.best)
+                                                  best=flag_values.best,
+                                                  fold_bn=flag_values.fold_bn)
     if flag_values.palette:
         try:
             palette = visualize.palette_for(flag_values.palette)

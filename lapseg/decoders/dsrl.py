@@ -57,7 +57,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from lapseg.layers.conv import Conv, ConvBN
+from lapseg.layers.conv import Conv, ConvBN, enclosing_setting
 from lapseg.layers.taps import tapped
 from lapseg.ops import dupsample, normalize, resize
 
@@ -140,22 +140,41 @@ class SSSRUpsample(nn.Module):
     channels: int = 64
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    fold_bn: bool | None = None
+
+    def batch_norm_folds(self) -> dict:
+        """`{'bn<i>': (('deconv<i>',), ('deconv<i>_bias',))}`: each BatchNorm folds into its
+        deconvolution's kernel `[2, 2, I, O]` and a bias `[O]` (`lapseg.layers.fold`)."""
+        return {f"bn{step}": ((f"deconv{step}",), (f"deconv{step}_bias",))
+                for step in range(int(math.log2(max(self.scale, 1))))}
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        """`x`: `[N, h, w, C]`; with `fold_bn` (own or enclosing, as `ConvBN`'s) each
+        BatchNorm is folded into its deconvolution, a bias added instead (inference only)."""
         steps = int(math.log2(self.scale))
         if self.scale < 2 or 2**steps != self.scale:
             raise ValueError(f"DSRL's learned SSSR upsampling needs a power-of-2 scale >= 2, got "
                              f"{self.scale}; use sssr_upsampling='bilinear'")
+        folded = bool(enclosing_setting(self, "fold_bn"))
+        if folded and train:
+            raise ValueError("DSRL's SSSR upsampling with its BatchNorms folded (fold_bn) is "
+                             "for inference only; call it with train=False")
         # He initialisation with fan-in I: each output pixel sees one input pixel's I channels.
         init = nn.initializers.variance_scaling(2.0, "fan_in", "normal", in_axis=2, out_axis=3)
         for step in range(steps):
             kernel = self.param(f"deconv{step}", init, (2, 2, x.shape[-1], self.channels),
                                 self.param_dtype)
             x = deconv2x2(x.astype(self.dtype), kernel.astype(self.dtype))
-            # PyTorch's BatchNorm2d defaults (momentum 0.1, i.e. flax's 0.9), as `ConvBN`.
-            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                             dtype=self.dtype, param_dtype=self.param_dtype, name=f"bn{step}")(x)
+            if folded:
+                bias = self.param(f"deconv{step}_bias", nn.initializers.zeros, (self.channels,),
+                                  self.param_dtype)
+                x = x + bias.astype(self.dtype)
+            else:
+                # PyTorch's BatchNorm2d defaults (momentum 0.1, i.e. flax's 0.9), as `ConvBN`.
+                x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                                 dtype=self.dtype, param_dtype=self.param_dtype,
+                                 name=f"bn{step}")(x)
             x = nn.relu(x)
         return Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
                     name="classifier")(x)

@@ -18,6 +18,8 @@ sizes carry over exactly:
 
 Submodules are named `conv` (params `kernel` [kh, kw, in, out] (HWIO), `bias`) and
 `bn` (params `scale`, `bias`; batch_stats `mean`, `var`); weight import relies on it.
+With `fold_bn` (inference only, `lapseg.layers.fold`) the BatchNorm is folded into `conv`,
+which then has a `bias`, and there is no `bn`.
 
 `conv` is a `Conv`: flax's `nn.Conv` (same fields, parameters and initialisers) whose
 convolution is `conv_general_dilated`. Every convolution of lapseg's layers, backbones and
@@ -358,15 +360,22 @@ class _Convolution:
         return conv_general_dilated(*args, fast_paths=self.fast_paths, **kwargs)
 
 
+def enclosing_setting(module: nn.Module, name: str):
+    """`module`'s attribute `name` if it has one that is not None, else the nearest
+    enclosing module's (up the `parent` chain), else None: how `Conv.fast_paths` and
+    `ConvBN.fold_bn` defer to a wrapper (`WithFastPaths`, `lapseg.layers.fold`)."""
+    while isinstance(module, nn.Module):
+        setting = getattr(module, name, None)
+        if setting is not None:
+            return setting
+        module = module.parent
+    return None
+
+
 def enclosing_fast_paths(module: nn.Module) -> frozenset[str]:
     """The paths `module` may take: its own `fast_paths` if it has one that is not None,
     else the nearest enclosing module's, else every path."""
-    while isinstance(module, nn.Module):
-        setting = getattr(module, "fast_paths", None)
-        if setting is not None:
-            return resolve_fast_paths(setting)
-        module = module.parent
-    return frozenset(PATHS)
+    return resolve_fast_paths(enclosing_setting(module, "fast_paths"))
 
 
 class Conv(nn.Conv):
@@ -440,6 +449,11 @@ class ConvBN(nn.Module):
       param_dtype: dtype of the parameters.
       fast_paths: the conv's CPU fast paths (`Conv.fast_paths`); None: the enclosing
         modules' setting, or every path.
+      fold_bn: True: inference with the BatchNorm folded into the conv
+        (`lapseg.layers.fold.fold_batch_norm` makes the variables): the conv has a bias
+        and there is no `bn` (`train=True` is then a ValueError); None (the default): the
+        nearest enclosing module's `fold_bn` (`WithFoldedBatchNorm`), else False. Without
+        `use_bn` there is nothing to fold and it changes nothing.
     """
 
     features: int
@@ -456,12 +470,22 @@ class ConvBN(nn.Module):
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
     fast_paths: FastPathsSetting = None
+    fold_bn: bool | None = None
+
+    def batch_norm_folds(self) -> dict:
+        """`{BatchNorm name: (kernel path, bias path)}` of the params it folds into, paths
+        relative to this module (`lapseg.layers.fold.fold_batch_norm` reads it)."""
+        return {"bn": (("conv", "kernel"), ("conv", "bias"))}
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         """`x`: `[N, H, W, C_in]`; `train` uses batch statistics (mutable 'batch_stats')."""
         if x.ndim != 4:
             raise ValueError(f"ConvBN expects NHWC input of rank 4, got shape {x.shape}")
+        folded = self.use_bn and bool(enclosing_setting(self, "fold_bn"))
+        if folded and train:
+            raise ValueError("a ConvBN with its BatchNorm folded (fold_bn) is for inference "
+                             "only; call it with train=False, or train the unfolded model")
         dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = Conv(
             self.features,
@@ -469,13 +493,13 @@ class ConvBN(nn.Module):
             strides=_pair(self.strides, "strides"),
             padding=torch_padding(self.kernel_size, self.dilation, self.padding),
             kernel_dilation=_pair(self.dilation, "dilation"),
-            use_bias=self.use_bias,
+            use_bias=self.use_bias or folded,
             kernel_init=self.kernel_init,
             fast_paths=self.fast_paths,
             name="conv",
             **dtypes,
         )(x)
-        if self.use_bn:
+        if self.use_bn and not folded:
             x = nn.BatchNorm(
                 use_running_average=not train,
                 momentum=1.0 - self.bn_momentum,
