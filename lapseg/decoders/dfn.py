@@ -100,12 +100,6 @@ class DFN(nn.Module):
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
-    def __post_init__(self):
-        if isinstance(self.features, str) or len(self.features) < 1:
-            raise ValueError(f"DFN needs backbone features deepest first, e.g. ('res5', 'res4', "
-                             f"'res3', 'res2'); got {self.features!r}")
-        super().__post_init__()
-
     def __call__(self, images: jnp.ndarray, train: bool = False) -> dict:
         """`images`: `[N, H, W, 3]` normalised; `train`: batch-statistics BN."""
         normalize.check_images(images)
@@ -114,6 +108,9 @@ class DFN(nn.Module):
     @nn.compact
     def decode(self, features: dict, size: tuple[int, int], train: bool = False) -> dict:
         """Smooth and border networks on backbone `features`; every output at `size` `(H, W)`."""
+        if isinstance(self.features, str) or len(self.features) < 1:
+            raise ValueError(f"DFN needs backbone features deepest first, e.g. ('res5', 'res4', "
+                             f"'res3', 'res2'); got {self.features!r}")
         backbones.require_features(features, self.features, "DFN")
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         maps = [features[name] for name in self.features]

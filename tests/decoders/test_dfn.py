@@ -396,3 +396,11 @@ def test_lapseg_train_runs_dfn_on_shapes(tmp_path):
     train = [json.loads(line) for line in lines if '"train"' in line]
     assert len(train) == 2 and all(math.isfinite(m["loss"]) for m in train)
     assert all(m["loss/border_res2"] > 0 and "loss/logits" in m for m in train)
+
+
+@pytest.mark.parametrize("features", ["res5", ()])
+def test_features_that_are_not_a_sequence_of_names_are_one_line(features):
+    model = models.create_model("dfn", backbone="resnet18", num_classes=3,
+                                backbone_kwargs={"width": 0.125}, features=features)
+    with pytest.raises(ValueError, match="DFN needs backbone features deepest first"):
+        model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
