@@ -159,7 +159,7 @@ def print_table(results: dict, title: str) -> None:
                 cell += f" ({mean - base_mean:+.4f}{tie})"
             cells.append(cell)
         minutes = [r["minutes"] for r in result["runs"] if r["minutes"] is not None]
-        print(f"| {model} | " + " | ".join(cells) + f" | {np.mean(minutes) if minutes else '-':} |")
+        print(f"| {model} | " + " | ".join(cells) + f" | {f'{np.mean(minutes):.1f}' if minutes else '-'} |")
     for model, result in results.items():
         if result["repeat"] is not None:
             first = result["runs"][0]
