@@ -13,6 +13,12 @@ scale, no flip and no tiling, with images padded to multiples of 32 (`bucket=32`
 images are normalised by the caller, in the training config's `data.normalize` convention
 (`lapseg.ops.normalize`); the height and width are fixed at export, the batch size is
 symbolic.
+
+Only the variables the logits depend on are baked in (`used_leaves`): an auxiliary head's
+weights (PSPNet's, DSRL's), DSRL's SISR branch and DFN's Border Network feed outputs the
+artifact does not return, and are left out (a tracer-level liveness pass over the traced
+function; XLA would skip their computation anyway, but a closed-over array stays in the
+serialized module whether used or not).
 """
 
 import os
@@ -46,6 +52,24 @@ def check_size(size) -> tuple[int, int]:
     return height, width
 
 
+def used_leaves(fn, variables, *args) -> list[bool]:
+    """For each leaf of `variables` (in `jax.tree.leaves` order), whether `fn(variables,
+    *args)`'s outputs depend on it.
+
+    A backward liveness pass over `jax.make_jaxpr(fn)`: an equation is live when one of its
+    outputs is used or it has effects, and then all its inputs are used (a call such as
+    `pjit` or `custom_jvp_call` is taken whole: conservative, never wrong).
+    """
+    leaves, treedef = jax.tree.flatten(variables)
+    closed = jax.make_jaxpr(lambda flat, *rest: fn(treedef.unflatten(flat), *rest))(leaves, *args)
+    jaxpr = closed.jaxpr
+    live = {v for v in jaxpr.outvars if not hasattr(v, "val")}  # Literals carry a .val
+    for eqn in reversed(jaxpr.eqns):
+        if eqn.effects or any(v in live for v in eqn.outvars):
+            live.update(v for v in eqn.invars if not hasattr(v, "val"))
+    return [v in live for v in jaxpr.invars[:len(leaves)]]
+
+
 def export_model(model, variables, size, *, platforms=DEFAULT_PLATFORMS,
                  size_multiple: int = 32) -> jax.export.Exported:
     """`model`'s eval-mode logits as a `jax.export.Exported`, `variables` as constants.
@@ -53,7 +77,8 @@ def export_model(model, variables, size, *, platforms=DEFAULT_PLATFORMS,
     Args:
       model: a lapseg model (returns a dict with `'logits'` at input resolution).
       variables: its variables (`{'params': ..., 'batch_stats': ..., ...}`), closed over:
-        the artifact holds them, and the exported function takes images only.
+        the artifact holds those the logits use (`used_leaves`), and the exported function
+        takes images only.
       size: `(H, W)` of the images the artifact takes.
       platforms: the platforms lowered for (`jax.export`'s names: 'cpu', 'cuda', 'rocm',
         'tpu'); None: the default backend's only.
@@ -66,8 +91,16 @@ def export_model(model, variables, size, *, platforms=DEFAULT_PLATFORMS,
     """
     spec = input_spec(size)
 
-    def logits_fn(images):
+    def logits(variables, images):
         return infer.model_logits(model, variables, images, size_multiple=size_multiple)
+
+    leaves, treedef = jax.tree.flatten(variables)
+    used = used_leaves(logits, variables, jax.ShapeDtypeStruct((1, *spec.shape[1:]), spec.dtype))
+    # An unused leaf becomes zeros made inside the function: a broadcast, not a constant.
+    def logits_fn(images):
+        flat = [leaf if keep else jnp.zeros(jnp.shape(leaf), jnp.result_type(leaf))
+                for leaf, keep in zip(leaves, used)]
+        return logits(treedef.unflatten(flat), images)
 
     platforms = None if platforms is None else tuple(platforms)
     return jax.export.export(jax.jit(logits_fn), platforms=platforms)(spec)

@@ -88,3 +88,38 @@ def test_a_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         export.save(Broken(), path)
     assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["model.jaxexport"]
+
+
+@pytest.mark.parametrize("name,unused", [("pspnet", ("aux_conv", "aux_classifier")),
+                                         ("dsrl", ("sisr", "ftm", "aux_conv", "aux_classifier"))])
+def test_heads_the_logits_do_not_use_are_left_out(name, unused):
+    """The variables the logits do not use are found: PSPNet's auxiliary head, DSRL's SISR
+    branch and feature-transform module (and its PSPNet's auxiliary head). The auxiliary
+    head, which eval mode computes (its output `'aux'`), is no longer baked into the
+    artifact: smaller by about its weights' bytes (the SISR branch, which eval mode does not
+    run, never was). The logits are those of the model with every variable."""
+    kwargs = {"base": "pspnet"} if name == "dsrl" else {}
+    model = models.create_model(name, num_classes=NUM_CLASSES, **SMALL, **kwargs)
+    images = _images(2, (64, 64))
+    variables = jax.jit(lambda key: model.init(key, images, train=False))(jax.random.key(0))
+    # No constant-valued array (zero biases, unit variances), which serializes as one value.
+    variables = jax.tree.map(lambda x: x + 0.01 * jax.random.uniform(jax.random.key(1), x.shape),
+                             variables)
+
+    def logits(v, x):
+        return infer.model_logits(model, v, x)
+
+    used = export.used_leaves(logits, variables, images)
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(variables)[0]]
+    dropped = {p for p, keep in zip(paths, used) if not keep}
+    assert dropped == {p for p in paths if any(f"['{u}']" in p for u in unused)}
+    assert all("['backbone']" not in p for p in dropped)
+    aux_bytes = sum(leaf.nbytes for path, leaf in zip(paths, jax.tree.leaves(variables))
+                    if "['aux_" in path)
+    pruned = export.export_model(model, variables, (64, 64), platforms=None)
+    whole = jax.export.export(jax.jit(lambda x: logits(variables, x)))(export.input_spec((64, 64)))
+    saved = len(whole.serialize()) - len(pruned.serialize())
+    assert 0.9 * aux_bytes < saved < 1.1 * aux_bytes, (saved, aux_bytes)
+    want = whole.call(images)  # float rounding aside, the jitted model's logits
+    np.testing.assert_allclose(pruned.call(images), want, rtol=1e-5,
+                               atol=1e-5 * float(jnp.abs(want).max()))
