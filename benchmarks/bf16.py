@@ -1,9 +1,9 @@
-"""bfloat16 against float32 for the main job (`configs/default.py`): step speed and accuracy.
+"""bfloat16 against float32 for the FCN-8s shapes job (`configs/shapes_fcn8s.py`): step speed and accuracy.
 
     python -m benchmarks.bf16 [--rounds 7] [--steps 5]          # train-step speed, CPU
     python -m benchmarks.bf16 --train [--train_steps 1000] [--seeds 0,1,2]  # val mIoU
 
-Speed: the default job's model (FCN-8s on a quarter-width ResNet-18) and train step (SGD
+Speed: that job's model (FCN-8s on a quarter-width ResNet-18) and train step (SGD
 momentum, BN in train mode, batch 16 at 96 x 96, the loss at the input resolution) built
 with `config.dtype` = 'float32' and 'bfloat16', on one fixed random batch; interleaved rounds
 of `--steps` steps each, median step time per dtype and the bf16 / f32 ratio of the same run.
@@ -11,7 +11,7 @@ It also shows where the compute runs in bf16: the FLOPs of the step's convolutio
 matmuls by operand dtype (from the jaxpr, `benchmarks.flops.matmul_flops`), and the dtypes of
 the logits, the loss, the gradients and the parameters (which stay float32).
 
-`--train`: `lapseg.train.loop.train_and_evaluate` on the default job with
+`--train`: `lapseg.train.loop.train_and_evaluate` on that job with
 `num_train_steps=N` (the schedule over N steps), evaluated at the end, with each dtype and
 each of `--seeds` (`config.seed`: initialisation and data order), in fresh work dirs
 `benchmarks_out/bf16/<dtype>_seed<s>`; prints the validation mIoUs, their means per dtype
@@ -43,8 +43,8 @@ OUT = os.path.join("benchmarks_out", "bf16")
 
 
 def job_config(dtype: str, **overrides):
-    """`configs/default.py`'s job with `config.dtype = dtype` and dotted `overrides`."""
-    config = config_lib.default_job()
+    """`configs/shapes_fcn8s.py`'s job with `config.dtype = dtype` and dotted `overrides`."""
+    config = config_lib.shapes_job("fcn8s")
     config.dtype = dtype
     for dotted, value in overrides.items():
         *parents, leaf = dotted.split(".")
@@ -68,7 +68,7 @@ def _dtype_flops(jaxpr, totals):
 
 
 class Job:
-    """The default job's jitted train step for one dtype, on a fixed batch."""
+    """The FCN-8s shapes job's jitted train step for one dtype, on a fixed batch."""
 
     def __init__(self, dtype: str, batch: int, size: int, mesh):
         config = job_config(dtype, **{"data.batch_size": batch})
@@ -126,7 +126,7 @@ class Job:
 def speed(args) -> dict:
     mesh = step_lib.make_mesh(1)  # one device, as the main job has on a plain CPU
     device = jax.devices()[0]
-    print(f"train step of configs/default.py (batch {args.batch} at {args.size}x{args.size}) on "
+    print(f"train step of configs/shapes_fcn8s.py (batch {args.batch} at {args.size}x{args.size}) on "
           f"{jax.device_count()} x {device.platform} ({device.device_kind}); {args.rounds} "
           f"interleaved rounds of {args.steps} steps")
     jobs = {dtype: Job(dtype, args.batch, args.size, mesh) for dtype in DTYPES}
@@ -150,7 +150,7 @@ def speed(args) -> dict:
 
 
 def train(args) -> dict:
-    """Trains the default job for `args.train_steps` steps per dtype and seed; val mIoUs."""
+    """Trains the FCN-8s shapes job for `args.train_steps` steps per dtype and seed; val mIoUs."""
     from lapseg.train import loop  # pylint: disable=import-outside-toplevel
 
     seeds = [int(s) for s in str(args.seeds).split(",")]

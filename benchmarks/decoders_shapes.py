@@ -5,7 +5,7 @@
         [--workdir benchmarks_out/decoders_shapes] [--reuse]
 
 Every model trains from scratch with the main job's data, backbone, steps and batch
-(`configs/default.py`, `configs/shapes_lrr.py`, and the latter with `basis='bilinear'`),
+(`configs/shapes_fcn8s.py`, `configs/default.py` (LRR), and the latter with `basis='bilinear'`),
 one after the other in this process, in its own kept work dir (`<workdir>/<model>`, so that
 `lapseg eval --workdir` can evaluate it again on any split). Each is then evaluated by
 `lapseg eval` on the whole validation split at full resolution. `lrr_staged` is the
@@ -54,9 +54,9 @@ def model_config(model: str, stage: str = "all"):
     64 smooth channels for the quarter-width ResNet-18's 128 at res5: ResNet-101's 2048 feed
     DFN's 512)."""
     if model == "fcn8s":
-        return load_config("default")
+        return load_config("shapes_fcn8s")
     if model == "dfn":
-        config = load_config("default")
+        config = load_config("shapes_fcn8s")
         config.model = "dfn"
         config.model_kwargs.channels = 64
         config.model_kwargs.backbone_kwargs.deep_stem = False  # FCN-8s's backbone, not DFN's default

@@ -5,8 +5,8 @@
         [--run-steps 300] [--data-dir DIR]
     python -m benchmarks.input_pipeline --summary WORKDIR   # a finished run's metrics.jsonl
 
-The job is the embedded default (`lapseg train`: configs/default.py, FCN-8s on a
-quarter-width ResNet-18, `shapes`, batch 16, 96x96). Three measurements:
+The job is the FCN-8s shapes job (configs/shapes_fcn8s.py: the default job's data, batch
+16 of 96x96, and quarter-width ResNet-18, with FCN-8s's decoder). Three measurements:
 
 - pipeline: batches/s that `create_loader` alone delivers, and the CPU time it spends
   per batch (all its threads), after one warm-up epoch (so the decoded-example cache,
@@ -56,7 +56,7 @@ from lapseg.train import step as step_lib
 
 
 def _config(variant, data_dir):
-    config = config_lib.default_job()
+    config = config_lib.shapes_job("fcn8s")
     config.data.data_dir = data_dir
     for item in filter(None, variant.split(",")):
         if item == "default":

@@ -15,7 +15,6 @@ Printed per variant: lambda, its ratio to FCN-8s's, and the largest stable plain
 """
 
 import argparse
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -123,7 +122,7 @@ def main():
         ("LRR, reference-scaled, reference multipliers", "lrr", pca, DEFAULT_WEIGHTS,
          recipes.lrr_reference_multipliers(), fitted["reference"]),
         ("LRR, unit-gain, configs' multipliers (0.1x, biases 2x)", "lrr", pca, DEFAULT_WEIGHTS,
-         recipes.lrr_multipliers((0.1, 0.1, 0.1, 0.1)), fitted["flat_field"]),
+         optim.lrr_multipliers((0.1, 0.1, 0.1, 0.1)), fitted["flat_field"]),
         ("LRR, bilinear basis", "lrr", {**BACKBONE, "basis": "bilinear"}, DEFAULT_WEIGHTS, (), {}),
     ]
     print(f"top Hessian eigenvalue of the head's loss at init ({args.images} shapes crops 96x96, "

@@ -14,7 +14,7 @@ convs at 0.1x (biases 2x that), as configs/shapes_lrr.py sets them from the meas
 curvature (`python -m benchmarks.lrr_curvature`).
 """
 
-from lapseg.train import recipes
+from lapseg.train import optim, recipes
 
 
 def get_config():
@@ -24,5 +24,5 @@ def get_config():
          "num_bases": 10},
         dataset="camvid", crop_size=(352, 480), scale_range=(0.75, 1.5), normalize="torch",
         batch_size=8, learning_rate=0.01, warmup_steps=100,
-        lr_multipliers=recipes.lrr_multipliers((0.1, 0.1, 0.1, 0.1)), dilation_erosion=False,
+        lr_multipliers=optim.lrr_multipliers((0.1, 0.1, 0.1, 0.1)), dilation_erosion=False,
         num_train_steps=5000)

@@ -40,6 +40,7 @@ import PIL.Image
 from jax import lax
 
 from lapseg import models, visualize
+from lapseg.models import model_logits  # also `lapseg.infer.model_logits`
 from lapseg.layers.fold import fold_batch_norm  # also `lapseg.infer.fold_batch_norm`
 from lapseg.ops import resize, sizes
 from lapseg.ops.normalize import normalize
@@ -47,29 +48,6 @@ from lapseg.train import checkpoint as checkpoint_lib
 from lapseg.train import state as state_lib
 
 DEFAULT_INIT_SIZE = (64, 64)  # init image size when the config has no crop size
-
-
-def model_logits(model, variables, images, *, size_multiple: int = 32) -> jnp.ndarray:
-    """`model`'s eval-mode logits, the input zero-padded (bottom/right) to a size multiple.
-
-    Args:
-      model: a lapseg model (returns a dict with `'logits'` at input resolution).
-      variables: its variables.
-      images: f32 `[N, H, W, 3]`, normalised (0 is the normalisation mean, the padding value
-        of the eval pipeline).
-      size_multiple: the model sees `[N, H', W', 3]` with H', W' the next multiples (the
-        backbone's output stride); the logits are cropped back.
-
-    Returns:
-      f32 `[N, H, W, C]`.
-    """
-    height, width = images.shape[1:3]
-    padded_height = size_multiple * math.ceil(height / size_multiple)
-    padded_width = size_multiple * math.ceil(width / size_multiple)
-    images = jnp.pad(
-        images, ((0, 0), (0, padded_height - height), (0, padded_width - width), (0, 0)))
-    logits = model.apply(variables, images, train=False)["logits"]
-    return logits[:, :height, :width].astype(jnp.float32)
 
 
 def tile_starts(size: int, tile: int, stride: int) -> list[int]:

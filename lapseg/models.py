@@ -31,6 +31,7 @@ only a matching `num_classes` may be given besides the wrapper's fields).
 
 import dataclasses
 import importlib
+import math
 import numbers
 
 
@@ -201,3 +202,28 @@ def from_config(config, num_classes: int):
 
     return create_model(config.model, num_classes=num_classes, dtype=jnp.dtype(config.dtype),
                         **dict(config.model_kwargs))
+
+
+def model_logits(model, variables, images, *, size_multiple: int = 32):
+    """`model`'s eval-mode logits, the input zero-padded (bottom/right) to a size multiple.
+
+    Args:
+      model: a lapseg model (returns a dict with `'logits'` at input resolution).
+      variables: its variables.
+      images: f32 `[N, H, W, 3]`, normalised (0 is the normalisation mean, the padding value
+        of the eval pipeline).
+      size_multiple: the model sees `[N, H', W', 3]` with H', W' the next multiples (the
+        backbone's output stride); the logits are cropped back.
+
+    Returns:
+      f32 `[N, H, W, C]`.
+    """
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+    height, width = images.shape[1:3]
+    padded_height = size_multiple * math.ceil(height / size_multiple)
+    padded_width = size_multiple * math.ceil(width / size_multiple)
+    images = jnp.pad(
+        images, ((0, 0), (0, padded_height - height), (0, padded_width - width), (0, 0)))
+    logits = model.apply(variables, images, train=False)["logits"]
+    return logits[:, :height, :width].astype(jnp.float32)

@@ -27,6 +27,22 @@ def test_default_config_is_the_default_job():
     assert load_config(CONFIG_DIR / "default.py") == config_lib.default_job()
 
 
+def test_the_default_job_is_lrr_and_shapes_fcn8s_differs_only_in_the_decoder():
+    """`lapseg train` trains LRR; configs/shapes_fcn8s.py is the same job (steps, batch,
+    data, backbone, base optimiser) with FCN-8s's decoder."""
+    lrr, fcn8s = config_lib.default_job(), load_config(CONFIG_DIR / "shapes_fcn8s.py")
+    assert (lrr.model, fcn8s.model) == ("lrr", "fcn8s")
+    assert lrr.model_kwargs.num_bases == 10 and "num_bases" not in fcn8s.model_kwargs
+    assert set(lrr.loss.weights) == {"level_32", "level_16", "level_8", "level_4"}
+    assert dict(fcn8s.loss.weights) == {"logits": 1.0} and fcn8s.optimizer.lr_multipliers == ()
+    different = {"model", "model_kwargs", "loss", "optimizer"}
+    assert all(lrr[key] == fcn8s[key] for key in lrr if key not in different)
+    assert lrr.model_kwargs.backbone_kwargs == fcn8s.model_kwargs.backbone_kwargs
+    assert {k: v for k, v in lrr.optimizer.items() if k != "lr_multipliers"} == {
+        k: v for k, v in fcn8s.optimizer.items() if k != "lr_multipliers"}
+    assert lrr.num_train_steps == fcn8s.num_train_steps and lrr.data == fcn8s.data
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_config_builds_its_model(path):
     """Label-fitted constants (LRR, DUpsampling) are variables attached after `init`: the
@@ -69,7 +85,7 @@ PRETRAINED = {
     "voc_lrr_vgg16": "vgg16_caffe",
     "voc_dfn_resnet101": "resnet101_deep_stem", "cityscapes_dfn_resnet101": "resnet101_deep_stem",
     "camvid_icnet_resnet50": None, "cityscapes_icnet_resnet50": None, "default": None,
-    "shapes_lrr": None,
+    "shapes_lrr": None, "shapes_fcn8s": None,
 }  # fmt: skip
 HUB = {"resnet50": "hf://timm/resnet50.tv_in1k", "resnet101": "hf://timm/resnet101.tv_in1k"}
 

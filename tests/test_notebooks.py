@@ -39,3 +39,30 @@ def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
                             resources={"metadata": {"path": str(tmp_path)}})
     client.execute()  # Raises CellExecutionError, with the cell and traceback, on any error.
     assert notebook.cells[-1].outputs[0]["text"].strip() == sys.executable
+
+
+def test_render_writes_markdown_text_and_pictures(tmp_path):
+    """notebooks/render.py's page of an executed notebook: markdown as is, code, what it
+    printed, and its figures as PNG files linked from the page."""
+    import base64  # pylint: disable=import-outside-toplevel
+    import importlib.util  # pylint: disable=import-outside-toplevel
+    import io  # pylint: disable=import-outside-toplevel
+
+    import PIL.Image  # pylint: disable=import-outside-toplevel
+
+    spec = importlib.util.spec_from_file_location("render", NOTEBOOKS[0].parent / "render.py")
+    render = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render)
+    png = io.BytesIO()
+    PIL.Image.new("RGB", (4, 3), (255, 0, 0)).save(png, format="PNG")
+    code = nbformat.v4.new_code_cell("print('hi'); plot()")
+    code.outputs = [nbformat.v4.new_output("stream", name="stdout", text="hi\n"),
+                    nbformat.v4.new_output("display_data", data={
+                        "image/png": base64.b64encode(png.getvalue()).decode(),
+                        "text/plain": "<Figure size 4x3>"})]
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Title"), code])
+    page = render.render(notebook, "demo", tmp_path, "test settings")
+    assert "# Title" in page and "```python\nprint('hi'); plot()\n```" in page
+    assert "```text\nhi\n```" in page and "<Figure" not in page
+    assert "![cell 1, picture 1](demo/cell1_1.png)" in page
+    assert PIL.Image.open(tmp_path / "demo" / "cell1_1.png").size == (4, 3)

@@ -29,7 +29,7 @@ VERBOSE_FLAG = "--verbose"
 # name -> (module, one-line help). The module provides main(argv).
 COMMANDS = {
     "train": ("lapseg.cli.train",
-              "train a model from a config (default: FCN-8s on the generated shapes data)"),
+              "train a model from a config (default: LRR on the generated shapes data)"),
     "eval": ("lapseg.cli.eval",
              "evaluate a work dir's checkpoint: per-class IoU, mIoU, pixel and trimap accuracy"),
     "predict": ("lapseg.cli.predict", "write label, overlay and side-by-side PNGs for images"),
@@ -37,7 +37,7 @@ COMMANDS = {
                "write a run's model as a jax.export (StableHLO) artifact for serving"),
     "basis": ("lapseg.cli.basis",
               "fit the label-fitted constants (LRR bases, DUpsampling matrix) of a config"),
-    "config": ("lapseg.cli.config", "print every field of a config with its value"),
+    "config": ("lapseg.cli.config", "print every field of a config with its value and meaning"),
     "convert-weights": ("lapseg.cli.convert_weights",
                         "convert a PyTorch state dict to .npz (readable without PyTorch)"),
 }
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = common.OneLineArgumentParser(
         prog="lapseg",
         description="Semantic-segmentation decoders in JAX/Flax. Without --config, "
-        "`lapseg train` runs the default job: FCN-8s on a quarter-width ResNet-18, "
+        "`lapseg train` runs the default job: LRR on a quarter-width ResNet-18, "
         "trained from scratch on the generated shapes data.",
         epilog="`lapseg COMMAND --help` lists a command's flags. An error is one line and "
         "exit status 2; --verbose (any command) adds its traceback.")

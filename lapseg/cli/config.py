@@ -1,15 +1,15 @@
 """`lapseg config [--config C] [--config.field=value ...]`
 
-Prints every field of a config with its value, one `field = value` line each, nested
-fields by their dotted names (`data.crop_size`): what `lapseg train --config C` would run
-with these overrides. Without --config, the default job (`lapseg train` without --config).
-Each field's meaning is documented in lapseg/train/config.py (data fields:
-lapseg/data/pipeline.py).
+Prints every field of a config with its value and meaning, one `field = value  # meaning`
+line each, nested fields by their dotted names (`data.crop_size`): what `lapseg train
+--config C` would run with these overrides. Without --config, the default job (`lapseg
+train` without --config). Override any field on any command with `--config.field=value`.
 """
 
 import sys
 
 from lapseg.cli import common
+from lapseg.train import fields
 
 
 def field_lines(config, prefix: str = "") -> list[str]:
@@ -32,7 +32,11 @@ def main(argv) -> int:
         config_help="Config file (.py with get_config()); default: the default job.")
     if positional:
         common.fail(program, f"unexpected arguments {' '.join(positional)}", "see --help")
-    print("\n".join(field_lines(flag_values.config)))
+    lines = field_lines(flag_values.config)
+    width = max(map(len, lines), default=0)
+    for line in lines:
+        meaning = fields.meaning(line.split(" = ", 1)[0])
+        print(f"{line:<{width}}  # {meaning}" if meaning else line)
     return 0
 
 

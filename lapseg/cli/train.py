@@ -2,8 +2,8 @@
 
 Trains the config's model in the work dir, resuming from its latest checkpoint, and
 prints the final evaluation table. Without --config it trains the default job
-(`lapseg/train/config.py`: FCN-8s on a quarter-width ResNet-18, from scratch, on the
-generated shapes data). The work dir receives the resolved config (`config.json`, which
+(`lapseg/train/config.py`: LRR-4x on a quarter-width ResNet-18, from scratch, on the
+generated shapes data; `lapseg config` lists its fields). The work dir receives the resolved config (`config.json`, which
 `lapseg eval` / `lapseg predict --workdir W` read; written before the run's first
 checkpoint, so a run that fails earlier leaves it as it was), checkpoints, `metrics.jsonl`
 and TensorBoard events. One run at a time per work dir: a second gets one line naming
@@ -20,7 +20,7 @@ anything of it is saved (the checkpoints and best/ stay as they were); with
 --config.nonfinite=skip such steps are skipped and counted instead. A latest checkpoint
 that cannot be read is moved aside with a warning, and the run resumes from the previous.
 
-  lapseg train --config configs/shapes_lrr.py --workdir runs/lrr --config.num_train_steps=500
+  lapseg train --config configs/shapes_fcn8s.py --workdir runs/fcn8s --config.num_train_steps=500
 """
 
 import sys

@@ -44,7 +44,7 @@ field gain 6-14 instead of the bilinear kernel's 1), the rest from the 5x5 coeff
 (25x the fan-in of a 1x1 score layer) and four summed losses that all flow through the
 coarsest level. Bases at unit flat-field gain (`lapseg.bases`, the default) bring it to 264;
 the configs then train the coefficient convs at 0.1x the base rate, biases 2x, through the
-per-group rates (`config.optimizer.lr_multipliers`, `lapseg.train.recipes.lrr_multipliers`).
+per-group rates (`config.optimizer.lr_multipliers`, `lapseg.train.optim.lrr_multipliers`).
 The reference trains them at 0.1, 0.05, 0.0125 and 0.1/512 of its base rate for 32x..4x
 (`learning_rate_for_new_vars`), `recipes.lrr_reference_multipliers`.
 

@@ -92,6 +92,12 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval_every_steps = 1000
     config.checkpoint_every_steps = 1000
     config.keep_checkpoints = 2
+    # At every evaluation, this many validation images with their predictions and ground
+    # truth go to TensorBoard (`lapseg.train.preview`); 0: none.
+    config.preview_images = 3
+    # Weights & Biases (`pip install 'lapseg[wandb]'`): the project every scalar and preview
+    # image also goes to; None: off. WANDB_MODE=offline keeps the run on disk.
+    config.wandb_project = ml_collections.config_dict.placeholder(str)
     # A step whose loss or gradient norm is not finite (`lapseg.train.step.NONFINITE_MODES`):
     # 'stop' raises `lapseg.train.loop.DivergenceError` before any checkpoint, `best/` or
     # evaluation of the diverged state; 'skip' drops that step's update and goes on, logging
@@ -164,6 +170,14 @@ def validate(config) -> None:
             fail(field, value, f"must be an integer >= {minimum}")
 
     at_least("num_train_steps", 0)
+    if "preview_images" in config:
+        at_least("preview_images", 0)
+    if config.get("wandb_project") is not None:
+        import importlib.util  # pylint: disable=import-outside-toplevel
+
+        if importlib.util.find_spec("wandb") is None:
+            fail("wandb_project", config.wandb_project, "needs the wandb package",
+                 "pip install 'lapseg[wandb]', or set --config.wandb_project=None")
     for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps",
                   "keep_checkpoints", "data.batch_size"):
         at_least(field, 1)
@@ -289,19 +303,43 @@ def distributed_defaults() -> ml_collections.ConfigDict:
     })
 
 
-def default_job() -> ml_collections.ConfigDict:
-    """The embedded default job: FCN-8s on a quarter-width ResNet-18 from scratch on `shapes`.
+SHAPES_MODELS = ("lrr", "fcn8s")
 
-    It must reach >= 0.85 val mIoU on `shapes` in < 10 min on a 2-core CPU: `lapseg train`
-    reached 0.868 after these 6500 steps (the same before and after the wave-2 restructuring,
-    `lapseg train` at 538b3e9 and now; wave 1 timed it at 7 min 27 s with the dataset build,
-    ~16 steps/s, on an idle 2-core CPU).
-    LRR on the same backbone learns more slowly per second: configs/shapes_lrr.py.
+
+def shapes_job(model: str = "lrr") -> ml_collections.ConfigDict:
+    """The embedded `shapes` job: `model` ('lrr' or 'fcn8s') on a quarter-width ResNet-18
+    (output stride 32) from scratch, batch 16 of 96 x 96 crops, 4000 steps of SGD at 0.1.
+
+    'lrr' is the default job (`default_job`): LRR-4x with K = 10 PCA bases per class fitted
+    from the training labels, every pyramid level supervised (weights 1), its coefficient
+    convs at 0.1x the base rate (biases 2x that), from the loss curvature at initialisation
+    (`python -m benchmarks.lrr_curvature`: the head's top Hessian eigenvalue is 241 with
+    unit-gain bases against FCN-8s's 24). It is sized to reach >= 0.85 val mIoU in under
+    10 minutes on a 2-core CPU (docs/benchmarks.md, "The main job", has the measurement).
+    'fcn8s' is the same job with FCN-8s's decoder (configs/shapes_fcn8s.py).
     """
+    # pylint: disable=import-outside-toplevel  (losses and optim import JAX)
+    from lapseg.losses.lrr import DEFAULT_WEIGHTS
+    from lapseg.train import optim
+
+    if model not in SHAPES_MODELS:
+        raise ValueError(f"shapes_job: model must be one of {SHAPES_MODELS}, got {model!r}")
     config = base_config()
     config.data.crop_size = (96, 96)  # whole shapes images (96x96), randomly rescaled
     config.data.scale_range = (0.75, 1.5)
+    config.num_train_steps = 4000
+    config.model = model
+    if model == "lrr":
+        config.model_kwargs.num_bases = 10
+        config.optimizer.lr_multipliers = optim.lrr_multipliers((0.1, 0.1, 0.1, 0.1))
+        config.loss.weights = dict(DEFAULT_WEIGHTS)
     return config
+
+
+def default_job() -> ml_collections.ConfigDict:
+    """The embedded default job (`lapseg train` without --config): LRR on `shapes`
+    (`shapes_job('lrr')`)."""
+    return shapes_job("lrr")
 
 
 def save(config, workdir) -> str:

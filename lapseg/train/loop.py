@@ -46,6 +46,7 @@ from lapseg.train import init as init_lib
 from lapseg.train import lock as lock_lib
 from lapseg.train import reporting as log_lib
 from lapseg.train import optim
+from lapseg.train import preview as preview_lib
 from lapseg.train import state as state_lib
 from lapseg.train import step as step_lib
 
@@ -348,7 +349,9 @@ class _Trainer:
         self.eval_step = step_lib.jit_eval_step(
             run.mesh, model=run.model, num_classes=info.num_classes,
             ignore_label=info.ignore_label)
-        self.writer = log_lib.MetricWriter(run.workdir, enabled=run.is_main)
+        self.writer = log_lib.MetricWriter(run.workdir, enabled=run.is_main,
+                                           wandb_project=config.get("wandb_project"),
+                                           config=config.to_dict())
         self.progress = log_lib.Progress(config.num_train_steps, config.data.batch_size,
                                          enabled=run.is_main)
         self.learning_rates = _learning_rates(config)
@@ -357,6 +360,7 @@ class _Trainer:
         self.best_miou = _read_best(run.workdir)
         self.result = None  # the last evaluation
         self._config_saved = False
+        self.previewer = _previewer(run)
 
     def train(self, state):
         """Steps until `num_train_steps` (or a preemption notice): `(state, step)`."""
@@ -420,6 +424,8 @@ class _Trainer:
             "miou": result["miou"], "pixel_accuracy": result["pixel_accuracy"],
             **{f"iou/{name}": iou for name, iou in zip(self.run.info.class_names,
                                                         result["per_class_iou"])}})
+        if self.previewer is not None:
+            self.writer.write_images(step, self.previewer(state.variables))
         if result["miou"] > self.best_miou:
             self.best_miou = result["miou"]
             self._save_config()
@@ -431,6 +437,21 @@ class _Trainer:
         if self.run.is_main and not self._config_saved:
             config_lib.save(self.run.config, self.run.workdir)
             self._config_saved = True
+
+
+def _previewer(run: _Run):
+    """The evaluation's prediction pictures (`lapseg.train.preview`): the first
+    `config.preview_images` images of the evaluation split; None when that is 0, without an
+    evaluation split, and in a multi-process job (whose variables are global arrays that
+    one process cannot run a forward pass on alone)."""
+    count = run.config.get("preview_images", 0)
+    if not (count and run.eval_split and run.is_main and jax.process_count() == 1):
+        return None
+    source = data_lib.load_source(run.config.data.dataset, run.eval_split,
+                                  **data_lib.location(run.config.data))
+    examples = [source[index] for index in range(min(count, len(source)))]
+    return preview_lib.Previewer(run.model, examples, info=run.info,
+                                 normalization=run.config.data.normalize)
 
 
 def _eval_split(config, location, is_main):

@@ -154,7 +154,7 @@ def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
         its coefficient convs slower than the rest:
 
             tx = make_optimizer({"learning_rate": 0.1,
-                                 "lr_multipliers": recipes.lrr_multipliers((0.1,) * 4)}, 6500)
+                                 "lr_multipliers": lrr_multipliers((0.1,) * 4)}, 6500)
       total_steps: where the poly schedule reaches 0.
 
     Returns:
@@ -183,3 +183,22 @@ def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
         return tree_lib.map_with_names(lambda path, _: str(resolved[path]), params)
 
     return optax.multi_transform({str(m): sgd(m) for m in multipliers}, labels)
+
+
+# LRR's pyramid levels, coarse to fine, on ResNet (the coefficient convs are
+# `coefficients_<feature>`; the dilation/erosion heads `<kind>_coefficients_<coarsest>`).
+LRR_FEATURES = ("res5", "res4", "res3", "res2")
+
+
+def lrr_multipliers(level_rates=(1.0, 1.0, 1.0, 1.0), *, bias: float = 2.0,
+                    bias_rate: float | None = None, features=LRR_FEATURES) -> tuple:
+    """`config.optimizer.lr_multipliers` for LRR: each level's coefficient convs (and, at the
+    coarsest, the dilation/erosion heads) at `level_rates`, their biases at `bias` x that, or,
+    with `bias_rate`, at `bias_rate` x the base rate at every level (the reference's); the
+    backbone and everything else at 1x."""
+    rules = []
+    for feature, rate in zip(features, level_rates):
+        bias_multiplier = bias * rate if bias_rate is None else bias_rate
+        rules += [(f"*coefficients_{feature}/*/bias", bias_multiplier),
+                  (f"*coefficients_{feature}/*", rate)]
+    return tuple(rules)

@@ -24,6 +24,7 @@ import os
 
 from lapseg.losses.lrr import DEFAULT_WEIGHTS as LRR_LEVEL_WEIGHTS
 from lapseg.train.config import base_config
+from lapseg.train.optim import LRR_FEATURES, lrr_multipliers
 
 # The ImageNet weights the configs start from, by name. Those in `HUB_WEIGHTS` are read from
 # the Hugging Face hub (`hf://...`, docs/weights.md: cached under HF_HOME, HF_HUB_OFFLINE
@@ -281,9 +282,6 @@ def caffe_sum_loss_weight_decay(weight_decay: float, pixels: int) -> float:
     return weight_decay / pixels
 
 
-# LRR's pyramid levels, coarse to fine, on ResNet (the coefficient convs are
-# `coefficients_<feature>`; the dilation/erosion heads `<kind>_coefficients_<coarsest>`).
-LRR_FEATURES = ("res5", "res4", "res3", "res2")
 # golnazghiasi/LRR `LRR4xTrainVGG16Pascal.m`: `learning_rate_for_new_vars = [0.1, 0.1/2,
 # 0.1/8, 0.1/512]`, the coefficient convs of the 32x, 16x, 8x and 4x levels at these
 # fractions of the base rate (`modelInitialization/AddSubModel.m`: `net.params(ind).
@@ -293,20 +291,6 @@ LRR_FEATURES = ("res5", "res4", "res3", "res2")
 # (`modelInitialization/AddDilationErosionObjectives.m`).
 LRR_REFERENCE_LEVEL_RATES = (0.1, 0.05, 0.0125, 0.1 / 512)
 LRR_REFERENCE_BIAS_RATE = 2.0
-
-
-def lrr_multipliers(level_rates=(1.0, 1.0, 1.0, 1.0), *, bias: float = 2.0,
-                    bias_rate: float | None = None, features=LRR_FEATURES) -> tuple:
-    """`config.optimizer.lr_multipliers` for LRR: each level's coefficient convs (and, at the
-    coarsest, the dilation/erosion heads) at `level_rates`, their biases at `bias` x that, or,
-    with `bias_rate`, at `bias_rate` x the base rate at every level (the reference's); the
-    backbone and everything else at 1x."""
-    rules = []
-    for feature, rate in zip(features, level_rates):
-        bias_multiplier = bias * rate if bias_rate is None else bias_rate
-        rules += [(f"*coefficients_{feature}/*/bias", bias_multiplier),
-                  (f"*coefficients_{feature}/*", rate)]
-    return tuple(rules)
 
 
 def lrr_reference_multipliers(features=LRR_FEATURES) -> tuple:

@@ -1,10 +1,15 @@
-"""Where training talks: a progress line, metrics as JSON lines, TensorBoard events.
+"""Where training talks: a progress line, metrics as JSON lines, TensorBoard events, and
+optionally Weights & Biases.
 
 `metrics.jsonl` in the work dir holds one JSON object per logged step (`{"step": ..,
 "split": "train"|"eval", ...}`); TensorBoard event files go to `workdir/tensorboard`
-(written with tensorboardX, which needs no TensorFlow).
+(written with tensorboardX, which needs no TensorFlow): scalars as `<split>/<name>`,
+evaluation pictures as images. With `wandb_project`, the same scalars and images go to
+that Weights & Biases project too, as one W&B run per work dir (its id derived from the
+work dir's path, so a resumed run continues it).
 """
 
+import hashlib
 import json
 import os
 import sys
@@ -16,16 +21,24 @@ import tqdm
 
 
 class MetricWriter:
-    """Appends scalars to `workdir/metrics.jsonl` and TensorBoard; only process 0 writes."""
+    """Appends scalars to `workdir/metrics.jsonl` and TensorBoard (and W&B with
+    `wandb_project`, `config` being the run's settings there); only process 0 writes."""
 
-    def __init__(self, workdir, *, enabled=True):
+    def __init__(self, workdir, *, enabled=True, wandb_project=None, config=None):
         self.enabled = enabled
-        self._tb = None
+        self._tb = self._wandb = None
         if not enabled:
             return
         os.makedirs(workdir, exist_ok=True)
         self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
         self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
+        if wandb_project:
+            import wandb  # pylint: disable=import-outside-toplevel  (an optional extra)
+
+            path = os.path.abspath(workdir)
+            self._wandb = wandb.init(
+                project=wandb_project, dir=path, name=os.path.basename(path), config=config,
+                id=hashlib.sha1(path.encode()).hexdigest()[:16], resume="allow")
 
     def write(self, step, split, scalars):
         if not self.enabled:
@@ -35,11 +48,28 @@ class MetricWriter:
         self._jsonl.flush()
         for key, value in scalars.items():
             self._tb.add_scalar(f"{split}/{key}", value, int(step))
+        if self._wandb is not None:
+            self._wandb.log({f"{split}/{k}": v for k, v in scalars.items()}, step=int(step))
+
+    def write_images(self, step, images):
+        """`images`: name -> uint8 `[H, W, 3]`, each a TensorBoard image at `step`."""
+        if not self.enabled:
+            return
+        for name, image in images.items():
+            self._tb.add_image(name, np.asarray(image, np.uint8), int(step), dataformats="HWC")
+        self._tb.flush()
+        if self._wandb is not None:
+            import wandb  # pylint: disable=import-outside-toplevel
+
+            self._wandb.log({name: wandb.Image(image) for name, image in images.items()},
+                            step=int(step))
 
     def close(self):
         if self.enabled:
             self._jsonl.close()
             self._tb.close()
+            if self._wandb is not None:
+                self._wandb.finish()
 
 
 class InputWait:

@@ -17,6 +17,7 @@ the checkpoint is compared on params (kernels, BN scales and biases).
 import itertools
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -37,8 +38,9 @@ from tests.cli import helpers
 
 REPO = "timm/resnet18.tv_in1k"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-# `lapseg train` with the default job (FCN-8s on ResNet-18) at full width, tiny and fast.
-TRAIN_FLAGS = ("--config.model_kwargs.backbone_kwargs.width=1.0", "--config.num_train_steps=1",
+# `lapseg train` with the FCN-8s shapes job (ResNet-18) at full width, tiny and fast.
+FCN8S_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "shapes_fcn8s.py"
+TRAIN_FLAGS = (f"--config={FCN8S_CONFIG}", "--config.model_kwargs.backbone_kwargs.width=1.0", "--config.num_train_steps=1",
                "--config.optimizer.learning_rate=0", "--config.optimizer.warmup_steps=0",
                "--config.data.crop_size=(32,32)", "--config.data.batch_size=8",
                "--config.checkpoint_every_steps=1", "--config.log_every_steps=1")

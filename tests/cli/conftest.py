@@ -1,18 +1,18 @@
 """Fixtures of the command tests: the toy model, one shapes build for the session, and one
-tiny trained default-job work dir for the session."""
+tiny trained FCN-8s shapes-job work dir for the session."""
 
 import pytest
 
 from lapseg.train import config as config_lib
 from tests.cli import helpers
 
-# The default job made tiny: FCN-8s, as `lapseg train` without --config, narrower and shorter.
+# The FCN-8s shapes job (configs/shapes_fcn8s.py) made tiny: narrower and shorter.
 TINY_DEFAULT_JOB = '''
-from lapseg.train.config import default_job
+from lapseg.train.config import shapes_job
 
 
 def get_config():
-    config = default_job()
+    config = shapes_job("fcn8s")
     config.model_kwargs.backbone_kwargs.width = 0.125
     config.data.data_dir = {data_dir!r}
     config.data.crop_size = (32, 32)
@@ -36,7 +36,7 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_workdir(tmp_path_factory, data_dir):
-    """A work dir of the default job (FCN-8s, ResNet-18) at an eighth of the width, trained
+    """A work dir of the FCN-8s shapes job (ResNet-18) at an eighth of the width, trained
     by `lapseg train` for 40 steps on 32 x 32 crops of the shapes data: enough that it
     predicts more than the background (after 20 steps it does not), so that equal labels
     mean something. Trained once per session, read-only for the tests."""

@@ -6,6 +6,7 @@ fitting itself is tested with `lapseg.train.fitted` and `lapseg.bases`.
 """
 
 import os
+import pathlib
 import sys
 import types
 
@@ -52,7 +53,8 @@ def ensure_calls(monkeypatch):
 
 
 def test_model_without_fitted_constants_has_nothing_to_do(ensure_calls, tmp_path, capsys):
-    assert run("basis", "--workdir", tmp_path) == 0  # the default job: FCN-8s
+    fcn8s = pathlib.Path(__file__).resolve().parents[2] / "configs" / "shapes_fcn8s.py"
+    assert run("basis", f"--config={fcn8s}", "--workdir", tmp_path) == 0
     assert "nothing to do" in capsys.readouterr().out
     assert ensure_calls == [("fcn8s", str(tmp_path))]
 

@@ -1,8 +1,8 @@
 """`lapseg export`: the artifact of a tiny trained FCN-8s run gives `lapseg predict`'s labels,
 at any batch size; its one-line errors.
 
-The run is the session's `tiny_workdir` (tests/cli/conftest.py): the default job at an
-eighth of the width, trained for 40 steps, so that equal labels mean something.
+The run is the session's `tiny_workdir` (tests/cli/conftest.py): the FCN-8s shapes job at
+an eighth of the width, trained for 40 steps, so that equal labels mean something.
 """
 
 import os

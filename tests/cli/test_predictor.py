@@ -2,7 +2,7 @@
 a PIL image or an array, with probabilities and an overlay; and one padding rule, so that
 `lapseg predict`, `lapseg eval` and the training loop's evaluation label an image alike.
 
-The run is the session's `tiny_workdir` (tests/cli/conftest.py), a 40-step default job.
+The run is the session's `tiny_workdir` (tests/cli/conftest.py), a 40-step FCN-8s shapes job.
 """
 
 import subprocess

@@ -12,11 +12,11 @@ from lapseg.ops import pca
 from lapseg.train import config as config_lib
 
 CONFIG = '''
-from lapseg.train.config import default_job
+from lapseg.train.config import shapes_job
 
 
 def get_config():
-    config = default_job()
+    config = shapes_job("fcn8s")
     config.model = "{model}"
     config.model_kwargs = {kwargs}
     config.data.crop_size = (64, 64)

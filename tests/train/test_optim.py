@@ -124,9 +124,8 @@ def test_weight_decay_mask_modes_and_bad_mode():
 def test_a_plain_dict_with_defaults_equals_the_full_config():
     """Library use: a dict with just a rate (and LRR's multipliers) gives the optimiser the
     training config builds from every field at the documented defaults."""
-    from lapseg.train import recipes  # pylint: disable=import-outside-toplevel
 
-    rules = recipes.lrr_multipliers((0.1,) * 4)
+    rules = optim.lrr_multipliers((0.1,) * 4)
     short = optim.make_optimizer({"learning_rate": 0.2, "lr_multipliers": rules}, 10)
     full = optim.make_optimizer(ml_collections.ConfigDict(
         {**optim.OPTIMIZER_DEFAULTS, "learning_rate": 0.2, "lr_multipliers": rules}), 10)
