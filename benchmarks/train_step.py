@@ -1,7 +1,7 @@
 """Train-step throughput per model, and how much of a step waits for input.
 
     python -m benchmarks.train_step [--models lrr fcn8s ...] [--size 96] [--batch 8] [--steps 10]
-    python -m benchmarks.train_step --configs configs/default.py configs/shapes_lrr.py \
+    python -m benchmarks.train_step --configs configs/shapes_fcn8s.py configs/default.py \
         'configs/shapes_lrr.py|model_kwargs.boundary_masking=False' [--rounds 5] [--steps 20] \
         [--profile]
 

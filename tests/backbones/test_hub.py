@@ -38,9 +38,11 @@ from tests.cli import helpers
 
 REPO = "timm/resnet18.tv_in1k"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-# `lapseg train` with the FCN-8s shapes job (ResNet-18) at full width, tiny and fast.
+# `lapseg train` with the FCN-8s shapes job (ResNet-18) at full width, tiny and fast (the
+# --config file first: field overrides follow it).
 FCN8S_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "shapes_fcn8s.py"
-TRAIN_FLAGS = (f"--config={FCN8S_CONFIG}", "--config.model_kwargs.backbone_kwargs.width=1.0", "--config.num_train_steps=1",
+TRAIN_FLAGS = (f"--config={FCN8S_CONFIG}", "--config.model_kwargs.backbone_kwargs.width=1.0",
+               "--config.num_train_steps=1",
                "--config.optimizer.learning_rate=0", "--config.optimizer.warmup_steps=0",
                "--config.data.crop_size=(32,32)", "--config.data.batch_size=8",
                "--config.checkpoint_every_steps=1", "--config.log_every_steps=1")
@@ -266,8 +268,9 @@ def test_training_from_hub_name_keeps_the_files_kernels(hub_home, data_dir, tmp_
     state_dict = resnet18_file()
     write_cache(hub_home, REPO, {"model.safetensors": state_dict})
     workdir = tmp_path / "run"
-    code = helpers.run("train", f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
-                       *TRAIN_FLAGS, f"--config.init.backbone_weights=hf://{REPO}")
+    code = helpers.run("train", f"--workdir={workdir}", *TRAIN_FLAGS,
+                       f"--config.data.data_dir={data_dir}",
+                       f"--config.init.backbone_weights=hf://{REPO}")
     assert code == 0
     checkpointer = checkpoint_lib.Checkpointer(workdir / "checkpoints")
     assert checkpointer.latest_step() == 1
@@ -292,8 +295,8 @@ def test_uncached_repo_offline_fails_before_step_0_in_one_line(hub_home, data_di
     steps = []
     monkeypatch.setattr(step_lib, "jit_train_step", lambda *a, **k: steps.append(1))
     workdir = tmp_path / "run"
-    message = helpers.run("train", f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
-                          *TRAIN_FLAGS,
+    message = helpers.run("train", f"--workdir={workdir}", *TRAIN_FLAGS,
+                          f"--config.data.data_dir={data_dir}",
                           "--config.init.backbone_weights=hf://timm/resnet34.tv_in1k")
     helpers.one_line(
         message, "lapseg train: config.init.backbone_weights: hf://timm/resnet34.tv_in1k: ",

@@ -288,8 +288,10 @@ def test_config_builds(name, tmp_path):
 
 
 # --------------------------------------------------------------------------------------
-# The class-plane pyramid against the NHWC implementation it replaced (issue 25): the
-# decoder and its loss as they were at e33cf84, copied here, on the same coefficient convs.
+# The class-plane pyramid against the NHWC implementation it replaced: the decoder and its
+# loss as they were at e33cf84, copied here on purpose and frozen, on the same coefficient
+# convs. This copy is the reference the class-plane layout is checked against (the layout
+# changed only how the same sums are arranged), not code to keep in step with the library.
 
 
 def _old_overlapping_tiles(x, kernel, offset):
